@@ -1,0 +1,144 @@
+"""Model configuration and presets (plain data).
+
+One frozen dataclass describes either architecture:
+- ``arch="causal_dit"``: ``depth`` = L frame-causal blocks, run at every denoising step.
+- ``arch="scd"``: ``encoder_depth`` = l causal blocks run once per frame, ``decoder_depth`` = m frame-wise
+  blocks run at every denoising step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+ARCHS = ("scd", "causal_dit")
+# How the decoder fuses the context c_i with the noisy frame (supplementary Tab. 1):
+#   seq_offset: sequence concat, c_i placed one frame earlier in RoPE time (default, preferred in Tab. 1)
+#   seq_same:   sequence concat, c_i at the same RoPE position as the noisy frame
+#   channel:    channel concat [c_i | x_i] followed by a Linear initialised to [I | I]
+FUSIONS = ("seq_offset", "seq_same", "channel")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["scd", "causal_dit"]
+    frame_shape: tuple[int, int, int] = (3, 64, 64)  # (C, H, W) of one frame: pixels or any latent
+    patch_size: int = 8
+    hidden: int = 256
+    head_dim: int = 64
+    depth: int = 0  # L (causal_dit)
+    encoder_depth: int = 0  # l (scd)
+    decoder_depth: int = 0  # m (scd)
+    num_actions: int = 17
+    mlp_ratio: float = 4.0
+    fusion: Literal["seq_offset", "seq_same", "channel"] = "seq_offset"
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        # Frozen dataclasses get lists from JSON; normalise to a tuple so configs compare equal.
+        object.__setattr__(self, "frame_shape", tuple(int(v) for v in self.frame_shape))
+        problems = []
+        if self.arch not in ARCHS:
+            problems.append(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if len(self.frame_shape) != 3 or min(self.frame_shape) < 1:
+            problems.append(f"frame_shape must be (C, H, W) with positive sizes, got {self.frame_shape}")
+        else:
+            _, h, w = self.frame_shape
+            if self.patch_size < 1 or h % self.patch_size or w % self.patch_size:
+                problems.append(f"patch_size {self.patch_size} must divide the frame size {h}x{w}")
+        if self.head_dim < 8 or self.head_dim % 2:
+            problems.append(f"head_dim must be even and >= 8, got {self.head_dim}")
+        elif self.hidden % self.head_dim:
+            problems.append(f"hidden {self.hidden} must be a multiple of head_dim {self.head_dim}")
+        if self.num_actions < 1:
+            problems.append(f"num_actions must be >= 1, got {self.num_actions}")
+        if self.arch == "causal_dit":
+            if self.depth < 1:
+                problems.append(f"causal_dit needs depth >= 1, got {self.depth}")
+            if self.encoder_depth or self.decoder_depth:
+                problems.append("causal_dit uses depth; encoder_depth/decoder_depth must be 0")
+        if self.arch == "scd":
+            if self.encoder_depth < 1 or self.decoder_depth < 1:
+                problems.append(
+                    f"scd needs encoder_depth >= 1 and decoder_depth >= 1, got {self.encoder_depth}+{self.decoder_depth}"
+                )
+            if self.depth:
+                problems.append("scd uses encoder_depth + decoder_depth; depth must be 0")
+            if self.fusion not in FUSIONS:
+                problems.append(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def heads(self) -> int:
+        return self.hidden // self.head_dim
+
+    @property
+    def tokens_per_frame(self) -> int:
+        _, h, w = self.frame_shape
+        return (h // self.patch_size) * (w // self.patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        _, h, w = self.frame_shape
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def patch_dim(self) -> int:
+        return self.frame_shape[0] * self.patch_size**2
+
+    def block_passes_per_frame(self, steps: int) -> int:
+        """Transformer block passes to generate one frame with `steps` denoising steps.
+
+        SCD: l + S*m. Causal DiT: L*S, plus L for the clean pass that writes the finished frame's K/V
+        (the paper's Tab. 5 counts L*S)."""
+        if self.arch == "scd":
+            return self.encoder_depth + steps * self.decoder_depth
+        return self.depth * steps + self.depth
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# The paper's supplementary Tab. 5 uses a DC-AE latent of 8x8x32 per 128x128 frame with patch 1: 64 tokens per frame.
+_PAPER_LATENT = dict(frame_shape=(32, 8, 8), patch_size=1, head_dim=64)
+_CRAFTER = dict(frame_shape=(3, 64, 64), patch_size=8, num_actions=17)
+
+PRESETS: dict[str, ModelConfig] = {
+    # Paper variants (Tab. 5): #blocks, hidden; head dim 64.
+    "dit-b": ModelConfig("causal_dit", depth=12, hidden=768, **_PAPER_LATENT),
+    "scd-b": ModelConfig("scd", encoder_depth=8, decoder_depth=4, hidden=768, **_PAPER_LATENT),
+    "scd-b-e": ModelConfig("scd", encoder_depth=12, decoder_depth=4, hidden=768, **_PAPER_LATENT),
+    "scd-b-d": ModelConfig("scd", encoder_depth=8, decoder_depth=12, hidden=768, **_PAPER_LATENT),
+    "far-m": ModelConfig("causal_dit", depth=12, hidden=1024, **_PAPER_LATENT),
+    "scd-m": ModelConfig("scd", encoder_depth=8, decoder_depth=4, hidden=1024, **_PAPER_LATENT),
+    "scd-m-e": ModelConfig("scd", encoder_depth=12, decoder_depth=4, hidden=1024, **_PAPER_LATENT),
+    "scd-m-d": ModelConfig("scd", encoder_depth=8, decoder_depth=12, hidden=1024, **_PAPER_LATENT),
+    # Small models that train on a CPU, on 64x64 RGB Crafter frames (8x8 patches: 64 tokens per frame).
+    "dit-s": ModelConfig("causal_dit", depth=8, hidden=256, **_CRAFTER),
+    "scd-s": ModelConfig("scd", encoder_depth=6, decoder_depth=2, hidden=256, **_CRAFTER),
+    "dit-xs": ModelConfig("causal_dit", depth=6, hidden=192, **_CRAFTER),
+    "scd-xs": ModelConfig("scd", encoder_depth=4, decoder_depth=2, hidden=192, **_CRAFTER),
+    # Tiny models for tests and smoke runs.
+    "dit-tiny": ModelConfig("causal_dit", depth=3, hidden=64, head_dim=16, **_CRAFTER),
+    "scd-tiny": ModelConfig("scd", encoder_depth=2, decoder_depth=1, hidden=64, head_dim=16, **_CRAFTER),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

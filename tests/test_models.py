@@ -1,0 +1,201 @@
+"""Properties of the two architectures on tiny configs: caching, causality, frame-wise decoding, determinism."""
+
+import pytest
+import torch
+
+from scd.config import ModelConfig, get_preset
+from scd.flow import interpolate
+from scd.models import SCD, CausalDiT, build_model
+from scd.sampling import Guidance, flow_schedule, generate
+
+FRAME = (3, 16, 16)
+
+
+def tiny(arch: str, **kw) -> torch.nn.Module:
+    depth = dict(depth=3) if arch == "causal_dit" else dict(encoder_depth=2, decoder_depth=2)
+    cfg = ModelConfig(arch, frame_shape=FRAME, patch_size=4, hidden=32, head_dim=16, num_actions=5, **depth, **kw)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # adaLN-Zero starts every branch at zero; randomise so that the properties are not trivially true.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+ARCHS = ["causal_dit", "scd"]
+
+
+def clip(b=2, f=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, f, *FRAME, generator=g), torch.randint(0, 5, (b, f), generator=g)
+
+
+def uncached_rollout(model, context, actions, steps, seed):
+    """Algorithm 2 by full recomputation: every denoising step reruns the model over the whole history."""
+    gen = torch.Generator().manual_seed(seed)
+    schedule = flow_schedule(steps)
+    frames = context.clone()
+    b, c0 = context.shape[:2]
+    out = []
+    for i in range(c0, actions.shape[1]):
+        x = torch.randn((b, *FRAME), generator=gen)
+        a = actions[:, : i + 1]
+        for s in range(steps):
+            t = schedule[s].expand(b)
+            seq = torch.cat([frames, x[:, None]], dim=1)  # history + current noisy frame
+            t_seq = torch.zeros(b, i + 1)
+            t_seq[:, i] = t
+            if isinstance(model, SCD):
+                c = model.encode(seq, a)[:, i]  # c_i depends only on frames < i
+                v = model.decode(x, t, c, a[:, i])
+            else:
+                v = model.velocity(seq, t_seq, seq, a)[:, i]
+            x = x + (schedule[s + 1] - schedule[s]) * v
+        frames = torch.cat([frames, x[:, None]], dim=1)
+        out.append(x)
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("c0", [0, 1, 3])
+def test_cached_rollout_equals_uncached_recomputation(arch, c0):
+    model = tiny(arch)
+    frames, actions = clip(f=6)
+    cached = generate(model, frames[:, :c0], actions, steps=3, seed=7)[:, 0]
+    reference = uncached_rollout(model, frames[:, :c0], actions, steps=3, seed=7)
+    torch.testing.assert_close(cached, reference, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["seq_offset", "seq_same", "channel"])
+def test_scd_fusions_stream_like_training(fusion):
+    model = tiny("scd", fusion=fusion)
+    frames, actions = clip(f=4)
+    cached = generate(model, frames[:, :2], actions, steps=2, seed=3)[:, 0]
+    torch.testing.assert_close(cached, uncached_rollout(model, frames[:, :2], actions, 2, 3), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_changing_frame_j_never_changes_earlier_outputs(arch):
+    model = tiny(arch)
+    frames, actions = clip(f=6)
+    t = torch.rand(2, 6)
+    x_t = interpolate(frames, torch.randn_like(frames), t)
+    j = 3
+
+    def outputs(frames, x_t, actions):
+        if isinstance(model, SCD):
+            return model.encode(frames, actions)  # c_i = E(x_<i, a_<=i)
+        return model.velocity(x_t, t, frames, actions)
+
+    base = outputs(frames, x_t, actions)
+    frames2, x_t2, actions2 = frames.clone(), x_t.clone(), actions.clone()
+    frames2[:, j] += 1.0
+    x_t2[:, j] -= 1.0
+    actions2[:, j] = (actions2[:, j] + 1) % 5
+    changed = outputs(frames2, x_t2, actions2)
+    # c_j does not see x_j (only x_<j), so for SCD frames <= j are unchanged by x_j; the action a_j reaches c_j.
+    frames_only = outputs(frames2, x_t2, actions)
+    torch.testing.assert_close(changed[:, :j], base[:, :j], atol=1e-6, rtol=0)
+    if isinstance(model, SCD):
+        torch.testing.assert_close(frames_only[:, : j + 1], base[:, : j + 1], atol=1e-6, rtol=0)
+    assert (changed[:, j + 1 :] - base[:, j + 1 :]).abs().max() > 1e-4  # the future does see frame j
+
+
+def test_scd_decoder_sees_other_frames_only_through_context():
+    model = tiny("scd")
+    frames, actions = clip(f=5)
+    c = model.encode(frames, actions)
+    t = torch.rand(2, 5)
+    x_t = interpolate(frames, torch.randn_like(frames), t).requires_grad_(True)
+    v = model.velocity(x_t, t, c, actions)
+    # d v_i / d x_t[j] == 0 for j != i: the decoder attends to [c_i ; x_i] only.
+    grad = torch.autograd.grad(v[:, 2].sum(), x_t)[0]
+    assert grad[:, 2].abs().sum() > 0
+    assert grad[:, [0, 1, 3, 4]].abs().max() == 0
+    # With c fixed, frame 2 decoded alone equals frame 2 decoded inside the clip.
+    alone = model.decode(x_t[:, 2], t[:, 2], c[:, 2], actions[:, 2])
+    torch.testing.assert_close(alone, v[:, 2], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_same_seed_same_video(arch):
+    model = tiny(arch)
+    frames, actions = clip(b=1, f=5)
+    kw = dict(steps=2, num_samples=2)
+    a = generate(model, frames[:, :2], actions, seed=11, **kw)
+    b = generate(model, frames[:, :2], actions, seed=11, **kw)
+    c = generate(model, frames[:, :2], actions, seed=12, **kw)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert not torch.allclose(a[:, 0], a[:, 1])  # trajectories draw their own noise
+
+
+def test_guidance_runs_and_changes_the_result():
+    model = tiny("scd")
+    frames, actions = clip(b=1, f=4)
+    plain = generate(model, frames[:, :2], actions, steps=2, seed=1)
+    ctx_cfg = generate(model, frames[:, :2], actions, steps=2, seed=1, guidance=Guidance(1.5, context_noise=0.3))
+    act_cfg = generate(model, frames[:, :2], actions, steps=2, seed=1, guidance=Guidance(2.0, null_action=True))
+    assert not torch.allclose(plain, ctx_cfg) and not torch.allclose(plain, act_cfg)
+    dit = tiny("causal_dit")
+    generate(dit, frames[:, :2], actions, steps=2, guidance=Guidance(2.0, null_action=True))
+    with pytest.raises(ValueError, match="needs an SCD model"):
+        generate(dit, frames[:, :2], actions, steps=2, guidance=Guidance(1.5, context_noise=0.1))
+
+
+def test_guidance_scale_one_is_the_unguided_rollout():
+    model = tiny("causal_dit")
+    frames, actions = clip(b=1, f=4)
+    plain = generate(model, frames[:, :2], actions, steps=2, seed=1)
+    scale_one = generate(model, frames[:, :2], actions, steps=2, seed=1, guidance=Guidance(1.0, null_action=True))
+    torch.testing.assert_close(plain, scale_one, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sliding_window_rolls_past_its_capacity(arch):
+    model = tiny(arch)
+    frames, actions = clip(b=1, f=9)
+    out = generate(model, frames[:, :2], actions, steps=1, window=3)
+    assert out.shape == (1, 1, 7, *FRAME) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="exceeds the history window"):
+        generate(model, frames[:, :4], actions, steps=1, window=3)
+
+
+def test_presets_build_and_count_block_passes():
+    for name in ["scd-tiny", "dit-tiny"]:
+        assert sum(p.numel() for p in build_model(get_preset(name)).parameters()) > 0
+    assert get_preset("scd-b").block_passes_per_frame(50) == 8 + 50 * 4  # 208 as in the paper's Tab. 5
+    assert get_preset("dit-b").block_passes_per_frame(50) == 12 * 50 + 12  # Tab. 5's 600 + the caching pass
+    assert isinstance(build_model(get_preset("scd-tiny")), SCD)
+    assert isinstance(build_model(get_preset("dit-tiny")), CausalDiT)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(patch_size=5), "patch_size 5 must divide"),
+        (dict(hidden=100), "multiple of head_dim"),
+        (dict(encoder_depth=0), "encoder_depth >= 1"),
+        (dict(fusion="add"), "fusion must be one of"),
+        (dict(arch="rnn"), "arch must be one of"),
+    ],
+)
+def test_config_that_does_not_fit_is_rejected(changes, message):
+    with pytest.raises(ValueError, match=message):
+        get_preset("scd-tiny").replace(**changes)
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("scd-huge")
+
+
+def test_bad_inputs_name_the_problem():
+    model = tiny("scd")
+    frames, actions = clip(b=1, f=4)
+    with pytest.raises(ValueError, match=r"frames must have shape \(B, F, 3, 16, 16\)"):
+        model.encode(torch.randn(1, 4, 3, 32, 32), actions)
+    bad = actions.clone()
+    bad[0, 1] = 9
+    with pytest.raises(ValueError, match="unknown action id 9"):
+        generate(model, frames[:, :2], bad, steps=1)
+    with pytest.raises(ValueError, match="actions must have shape"):
+        generate(model, frames[:, :2], actions[:, :2], steps=1)
