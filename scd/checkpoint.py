@@ -1,0 +1,183 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint is a directory:
+    config.json        format, model config, training config, step, data description, sha256 of every file
+    model.safetensors  raw weights
+    ema.safetensors    EMA weights (what generation uses by default)
+    trainer.pt         optimizer, LR schedule and RNG states (only what exact resumption needs)
+It is written under a temporary name and renamed into place, so a crash never leaves a half-written checkpoint.
+A run directory holds ckpt-<step> directories and a `latest` file naming the newest one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .models import WorldModel, build_model
+
+FORMAT = "scd-checkpoint-v1"
+LATEST = "latest"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: WorldModel,
+    *,
+    ema: WorldModel | None = None,
+    trainer_state: dict | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Write a checkpoint directory at `path` atomically (an existing one is replaced). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    files = {"model.safetensors": _state_dict(model)}
+    if ema is not None:
+        files["ema.safetensors"] = _state_dict(ema)
+    for name, tensors in files.items():
+        save_file(tensors, tmp / name)
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer.pt")
+    config = {"format": FORMAT, "model": model.config.to_dict(), **(meta or {})}
+    config["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    for p in tmp.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    if path.exists():  # replace: move the old one aside first, so one complete copy exists at every moment
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a run directory (its `latest` checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if (path / "config.json").exists():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path} is neither a checkpoint (no config.json) nor a run directory with checkpoints")
+    return latest
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint named by run_dir/latest, else the highest ckpt-<step> directory; None if there is none."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / LATEST
+    if pointer.exists():
+        named = run_dir / pointer.read_text().strip()
+        if (named / "config.json").exists():
+            return named
+    found = sorted(p for p in run_dir.glob("ckpt-*") if (p / "config.json").exists())
+    return found[-1] if found else None
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The checkpoint's config.json, validated."""
+    path = resolve_checkpoint(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"checkpoint {path}: config.json is corrupt ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"checkpoint {path}: config.json is not an {FORMAT} checkpoint")
+    config["path"] = str(path)
+    return config
+
+
+def _verified(path: Path, name: str, config: dict) -> Path:
+    file = path / name
+    if not file.exists():
+        raise FileNotFoundError(f"checkpoint {path} is missing {name}")
+    expected = config.get("files", {}).get(name)
+    if expected is not None and _sha256(file) != expected:
+        raise ValueError(f"checkpoint file {file} is corrupt or truncated (sha256 does not match config.json)")
+    return file
+
+
+def load_weights(path: str | os.PathLike, name: str = "ema.safetensors") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state dict) of one weights file of a checkpoint, after checking its sha256."""
+    config = read_config(path)
+    ckpt = Path(config["path"])
+    file = _verified(ckpt, name, config)
+    try:
+        return config, load_file(file)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"checkpoint file {file} is corrupt or truncated: {err}") from None
+
+
+def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torch.device = "cpu") -> WorldModel:
+    """Build the model a checkpoint describes and load its weights ("ema" if present, else "model")."""
+    config = read_config(path)
+    name = f"{weights}.safetensors"
+    if weights == "ema" and "ema.safetensors" not in config.get("files", {}):
+        name = "model.safetensors"
+    _, state = load_weights(path, name)
+    model = build_model(ModelConfig.from_dict(config["model"]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {config['path']} does not fit its config: missing {missing}, unexpected {unexpected}")
+    model.checkpoint_info = {k: v for k, v in config.items() if k not in ("files",)}
+    return model.to(device).eval()
+
+
+def load_trainer_state(path: str | os.PathLike) -> dict:
+    config = read_config(path)
+    file = _verified(Path(config["path"]), "trainer.pt", config)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        raise ValueError(f"checkpoint file {file} is corrupt or truncated: {err}") from None

@@ -1,0 +1,268 @@
+"""One training loop for both models: flow matching with teacher forcing, AdamW, warm-up, EMA, bf16 autocast,
+gradient clipping, atomic checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    LATEST,
+    atomic_write_text,
+    latest_checkpoint,
+    load_model,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
+from .config import ModelConfig
+from .flow import FlowConfig, flow_matching_loss
+from .models import WorldModel, build_model
+
+LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch: int = 8
+    clip_len: int = 8
+    lr: float = 3e-4
+    warmup: int = 100  # linear warm-up steps, then constant
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    bf16: bool = False  # bf16 autocast (about 2x faster on a CPU at width >= 256)
+    ckpt_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if isinstance(self.flow, dict):
+            object.__setattr__(self, "flow", FlowConfig(**self.flow))
+        problems = [
+            f"{name} must be >= {low}, got {getattr(self, name)}"
+            for name, low in [("steps", 1), ("batch", 1), ("clip_len", 1), ("ckpt_every", 1), ("keep_checkpoints", 1),
+                              ("log_every", 1), ("warmup", 0), ("grad_clip", 0), ("weight_decay", 0)]
+            if getattr(self, name) < low
+        ]
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:07d}"
+
+
+class Trainer:
+    """Trains `model` on a clip dataset whose items are (frames (F, C, H, W) in [-1, 1], actions (F,))."""
+
+    def __init__(self, model: WorldModel, dataset, out_dir, cfg: TrainConfig, data_info: dict | None = None):
+        if len(dataset) == 0:
+            raise ValueError("the training dataset has no clips")
+        frames, actions = dataset[0]
+        if frames.shape[0] != cfg.clip_len:
+            raise ValueError(f"dataset clips have {frames.shape[0]} frames, the training config says {cfg.clip_len}")
+        model.check_frames(frames[None], "dataset frames")
+        model.check_actions(actions[None], (1, cfg.clip_len))
+        data_actions = getattr(dataset, "num_actions", None)
+        if data_actions is not None and data_actions > model.config.num_actions:
+            raise ValueError(
+                f"the dataset has {data_actions} actions but the model knows {model.config.num_actions}"
+            )
+        self.model, self.dataset, self.cfg = model, dataset, cfg
+        self.out_dir = Path(out_dir)
+        self.data_info = data_info or {}
+        self.ema = copy.deepcopy(model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        warm = max(cfg.warmup, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.data_rng = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data_rng": self.data_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(self) -> Path:
+        meta = {"step": self.step, "train": self.cfg.to_dict(), "data": self.data_info, "arch": self.model.config.arch}
+        path = save_checkpoint(
+            self.out_dir / _checkpoint_name(self.step), self.model, ema=self.ema,
+            trainer_state=self.trainer_state(), meta=meta,
+        )
+        atomic_write_text(self.out_dir / LATEST, path.name)
+        old = sorted(self.out_dir.glob("ckpt-*"))[: -self.cfg.keep_checkpoints]
+        for stale in old:
+            if stale != path:
+                for f in stale.iterdir():
+                    f.unlink()
+                stale.rmdir()
+        self.plot_losses()
+        return path
+
+    def resume(self, path) -> None:
+        """Continue exactly where the checkpoint stopped: weights, EMA, optimizer, schedule, RNG states."""
+        config, weights = load_weights(path, "model.safetensors")
+        saved = ModelConfig.from_dict(config["model"])
+        if saved != self.model.config:
+            raise ValueError(f"cannot resume {config['path']}: its model config {saved} differs from {self.model.config}")
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(load_weights(path, "ema.safetensors")[1])
+        state = load_trainer_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data_rng.set_state(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self._truncate_log(self.step)
+
+    # -- log --------------------------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "log.csv"
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows past `step` (written after the checkpoint we resume from)."""
+        rows = [r for r in self.read_log() if int(r["step"]) <= step]
+        with open(self.log_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def read_log(self) -> list[dict]:
+        if not self.log_path.exists():
+            return []
+        with open(self.log_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def plot_losses(self) -> None:
+        rows = self.read_log()
+        if len(rows) < 2:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [int(r["step"]) for r in rows]
+        losses = [float(r["loss"]) for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(steps, losses, lw=1)
+        ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log",
+               title=f"{self.model.config.arch} training loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.out_dir / "loss.png", dpi=100)
+        plt.close(fig)
+
+    # -- loop -------------------------------------------------------------------------------------------------
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.dataset), (self.cfg.batch,), generator=self.data_rng)
+        frames, actions = zip(*(self.dataset[int(i)] for i in idx))
+        actions = torch.stack(actions)
+        if actions.max() >= self.model.config.num_actions:  # the null action id is not a valid recorded action
+            raise ValueError(f"unknown action id {actions.max().item()} in the dataset: the model knows "
+                             f"{self.model.config.num_actions} actions")
+        device = self.model.device
+        return torch.stack(frames).to(device), actions.to(device)
+
+    def train_step(self) -> tuple[float, float]:
+        frames, actions = self.next_batch()
+        self.model.train()
+        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            loss = flow_matching_loss(self.model, frames, actions, self.cfg.flow)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}; lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        # EMA with a warm-up of its decay, so short runs are not dominated by the initial weights.
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p, 1 - decay)
+        return loss.item(), float(grad_norm)
+
+    def run(self, progress: bool = True) -> list[float]:
+        """Train until cfg.steps; returns the losses of the steps run by this call."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not self.log_path.exists():
+            self._truncate_log(0)
+        losses = []
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        with open(self.log_path, "a", newline="") as log:
+            writer = csv.DictWriter(log, LOG_FIELDS)
+            while self.step < self.cfg.steps:
+                start = time.perf_counter()
+                loss, grad_norm = self.train_step()
+                losses.append(loss)
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                    lr = self.scheduler.get_last_lr()[0]
+                    writer.writerow(dict(step=self.step, loss=f"{loss:.6f}", lr=f"{lr:.3e}",
+                                         grad_norm=f"{grad_norm:.4f}", seconds=f"{time.perf_counter() - start:.4f}"))
+                    log.flush()
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                    self.save()
+        bar.close()
+        return losses
+
+
+def train(
+    model_config: ModelConfig,
+    dataset,
+    out_dir,
+    cfg: TrainConfig,
+    *,
+    resume: bool = True,
+    init_from=None,
+    data_info: dict | None = None,
+    progress: bool = True,
+) -> Trainer:
+    """Build (or resume) a model and train it. `init_from`: a checkpoint whose weights start a new run."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_config)
+    trainer = Trainer(model, dataset, out_dir, cfg, data_info)
+    previous = latest_checkpoint(out_dir) if resume and Path(out_dir).exists() else None
+    if previous is not None:
+        trainer.resume(previous)
+    elif init_from is not None:
+        source = load_model(init_from)
+        if source.config != model_config:
+            raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from {model_config}")
+        model.load_state_dict(source.state_dict())
+        trainer.ema.load_state_dict(source.state_dict())
+    trainer.run(progress)
+    return trainer

@@ -1,0 +1,147 @@
+"""Training loop, checkpoints and exact resumption on tiny synthetic clips."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from scd.checkpoint import latest_checkpoint, load_model, read_config
+from scd.config import ModelConfig
+from scd.flow import FlowConfig, sample_timesteps, shift_time
+from scd.sampling import euler_sample, flow_schedule, generate
+from scd.train import TrainConfig, Trainer, train
+
+
+class MovingSquares(torch.utils.data.Dataset):
+    """Clips of a square that moves by the action (0: stay, 1: right, 2: down)."""
+
+    def __init__(self, n=32, clip_len=4, size=16, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        for _ in range(n):
+            actions = torch.randint(0, 3, (clip_len,), generator=g)
+            r, c = torch.randint(0, size - 6, (2,), generator=g).tolist()
+            frames = []
+            for a in actions.tolist():
+                r, c = (r + (a == 2)) % (size - 4), (c + (a == 1)) % (size - 4)
+                f = -torch.ones(3, size, size)
+                f[:, r : r + 4, c : c + 4] = 1.0
+                frames.append(f)
+            self.items.append((torch.stack(frames), actions))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def tiny_config(arch):
+    depth = dict(depth=2) if arch == "causal_dit" else dict(encoder_depth=1, decoder_depth=1)
+    return ModelConfig(arch, frame_shape=(3, 16, 16), patch_size=4, hidden=32, head_dim=16, num_actions=3, **depth)
+
+
+FLOW = FlowConfig(K=2, action_dropout=0.1)
+
+
+@pytest.mark.parametrize("arch", ["scd", "causal_dit"])
+def test_resumed_run_has_the_same_losses_as_an_uninterrupted_run(tmp_path, arch):
+    data = MovingSquares()
+    flow = FlowConfig(K=2, context_noise=0.05 if arch == "scd" else 0.0)
+    cfg = TrainConfig(steps=6, batch=4, clip_len=4, lr=1e-3, warmup=2, ckpt_every=3, log_every=1, flow=flow)
+    straight = train(tiny_config(arch), data, tmp_path / "a", cfg, progress=False)
+    full = [float(r["loss"]) for r in straight.read_log()]
+
+    train(tiny_config(arch), data, tmp_path / "b", TrainConfig(**{**cfg.__dict__, "steps": 3}), progress=False)
+    resumed = train(tiny_config(arch), data, tmp_path / "b", cfg, progress=False)
+    assert [float(r["loss"]) for r in resumed.read_log()] == full
+    assert resumed.step == 6
+    a, b = load_model(tmp_path / "a"), load_model(tmp_path / "b")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_checkpoint_round_trip_and_self_description(tmp_path):
+    data = MovingSquares()
+    cfg = TrainConfig(steps=2, batch=2, clip_len=4, ckpt_every=1, keep_checkpoints=1, flow=FLOW)
+    trainer = train(tiny_config("scd"), data, tmp_path, cfg, data_info={"source": "squares"}, progress=False)
+    ckpts = sorted(p.name for p in tmp_path.glob("ckpt-*"))
+    assert ckpts == ["ckpt-0000002"]  # keep_checkpoints=1 pruned the first
+    config = read_config(tmp_path)
+    assert config["step"] == 2 and config["data"] == {"source": "squares"} and config["model"]["arch"] == "scd"
+    assert config["train"]["flow"]["K"] == 2
+    model = load_model(tmp_path)
+    for (name, p), q in zip(model.state_dict().items(), trainer.ema.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert (tmp_path / "loss.png").exists() or len(trainer.read_log()) < 2
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
+
+
+def test_corrupt_truncated_or_missing_checkpoints_raise_clear_errors(tmp_path):
+    cfg = TrainConfig(steps=1, batch=2, clip_len=4, flow=FLOW)
+    train(tiny_config("causal_dit"), MovingSquares(), tmp_path, cfg, progress=False)
+    ckpt = latest_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model(tmp_path / "nope")
+    weights = ckpt / "ema.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_model(ckpt)
+    weights.write_bytes(data[:-8] + b"\x00" * 8)  # same size, damaged content
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_model(ckpt)
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is corrupt"):
+        load_model(ckpt)
+
+
+def test_dataset_that_does_not_fit_the_model_is_rejected(tmp_path):
+    cfg = TrainConfig(steps=1, batch=2, clip_len=4, flow=FLOW)
+    with pytest.raises(ValueError, match="dataset frames must have shape"):
+        train(tiny_config("scd").replace(frame_shape=(3, 32, 32)), MovingSquares(), tmp_path, cfg, progress=False)
+    data = MovingSquares()
+    with pytest.raises(ValueError, match="unknown action id 2 in the dataset"):
+        train(tiny_config("scd").replace(num_actions=2), data, tmp_path, cfg, progress=False)
+    data.num_actions = 3
+    with pytest.raises(ValueError, match="the dataset has 3 actions but the model knows 2"):
+        train(tiny_config("scd").replace(num_actions=2), data, tmp_path, cfg, progress=False)
+    with pytest.raises(ValueError, match="clips have 4 frames"):
+        train(tiny_config("scd"), MovingSquares(), tmp_path, TrainConfig(clip_len=8), progress=False)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        TrainConfig(lr=0)
+
+
+def test_euler_sampler_with_the_exact_velocity_recovers_a_gaussian_mixture():
+    """For data on two points +-m (1-D), the exact flow velocity v(x, t) = E[eps - x0 | x_t] is known in closed
+    form; integrating it from t=1 to 0 must carry N(0, 1) onto the two points in equal shares."""
+    m = 2.0
+
+    def velocity(x, t):
+        t = t.view(-1, 1, 1, 1).clamp(min=1e-4)
+        # x_t = (1-t) x0 + t eps; posterior weight of x0 = +m vs -m from the Gaussian likelihood of x_t.
+        logit = 2 * (1 - t) * m * x / t**2
+        mean_x0 = m * torch.tanh(logit / 2)
+        return (x - mean_x0) / t  # eps - x0 with eps = (x - (1-t) x0) / t
+
+    torch.manual_seed(0)
+    noise = torch.randn(4000, 1, 1, 1)
+    x0 = euler_sample(velocity, noise, flow_schedule(200, shift=3.0))
+    assert (x0.abs() - m).abs().max() < 0.05
+    assert abs((x0 > 0).float().mean().item() - 0.5) < 0.03
+
+
+def test_timestep_distributions_and_shift():
+    t = torch.linspace(0, 1, 11)
+    assert torch.allclose(shift_time(t, 1.0), t)
+    assert (shift_time(t[1:-1], 3.0) > t[1:-1]).all()
+    torch.manual_seed(0)
+    u = sample_timesteps((20000,), FlowConfig(timesteps="uniform"))
+    ln = sample_timesteps((20000,), FlowConfig(timesteps="logit_normal"))
+    assert abs(u.mean() - 0.5) < 0.01 and abs(ln.mean() - 0.5) < 0.01
+    assert ln.std() < u.std()  # logit-normal concentrates around the middle
+    shifted = sample_timesteps((20000,), FlowConfig(timesteps="uniform", shift=3.0))
+    assert shifted.mean() > 0.6
+    with pytest.raises(ValueError, match="timesteps must be one of"):
+        FlowConfig(timesteps="cosine")
