@@ -1,0 +1,65 @@
+"""Per-frame pixel metrics: PSNR and SSIM.
+
+Both take videos in [-1, 1] of shape (B, T, 3, H, W), map them to [0, 1] and score every frame
+separately with data range 1, returning a (B, T) tensor, so that callers can aggregate over
+frames, trajectories (best of K) or videos as their protocol says.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from ._checks import check_pair, check_video, clamp_unit_range
+
+__all__ = ["psnr", "ssim"]
+
+SSIM_KERNEL = 11  # Gaussian window size (sigma 1.5), as in Wang et al. 2004 and torchmetrics' default
+
+
+def _to_unit(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    check_video(pred, "pred")
+    check_video(target, "target")
+    check_pair(pred, target)
+    dtype = torch.promote_types(pred.dtype, torch.float32)  # bf16/fp16 inputs are scored in fp32
+    pred = (clamp_unit_range(pred, "pred").to(dtype) + 1) / 2
+    target = (clamp_unit_range(target, "target").to(dtype) + 1) / 2
+    return pred, target
+
+
+@torch.no_grad()
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio of every frame, in dB.
+
+    Args:
+        pred, target: videos (B, T, 3, H, W), float in [-1, 1] (clamped to it; values beyond
+            +-1.5 raise). Scored on [0, 1] images with data range 1.
+    Returns:
+        (B, T) float tensor, ``10 * log10(1 / MSE)`` with the MSE over (3, H, W) of each frame;
+        ``inf`` where a frame is identical to its target.
+    """
+    pred, target = _to_unit(pred, target)
+    mse = (pred - target).square().mean(dim=(2, 3, 4))
+    return -10.0 * torch.log10(mse)
+
+
+@torch.no_grad()
+def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Structural similarity of every frame (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03).
+
+    Computed with ``torchmetrics.functional.image.structural_similarity_index_measure`` on [0, 1]
+    images with data range 1 (reflection padding, mean over channels and pixels).
+
+    Args:
+        pred, target: videos (B, T, 3, H, W), float in [-1, 1], H and W at least 11.
+    Returns:
+        (B, T) float tensor, at most 1 (exactly 1 for identical frames).
+    """
+    pred, target = _to_unit(pred, target)
+    b, t, c, h, w = pred.shape
+    if h < SSIM_KERNEL or w < SSIM_KERNEL:
+        raise ValueError(f"ssim needs frames of at least {SSIM_KERNEL}x{SSIM_KERNEL} pixels, got shape {tuple(pred.shape)}")
+    values = structural_similarity_index_measure(
+        pred.reshape(b * t, c, h, w), target.reshape(b * t, c, h, w), data_range=1.0, reduction="none"
+    )
+    return values.reshape(b, t)
