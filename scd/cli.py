@@ -1,10 +1,16 @@
-"""The `scd` command. Each area registers its own subcommands through `add_parser(subparsers)`."""
+"""The `scd` command.
+
+Core commands (info, train, generate) live here; other areas register theirs through `add_parser(subparsers)`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+import time
+from pathlib import Path
 
 # Modules that each expose `add_parser(subparsers)`; order = order in `scd --help`.
 COMMAND_MODULES = [
@@ -12,9 +18,263 @@ COMMAND_MODULES = [
 ]
 
 
+# -- scd info ------------------------------------------------------------------------------------------------
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe_model(model, steps: int) -> dict:
+    cfg = model.config
+    info = {
+        "arch": cfg.arch,
+        "params": _count(model),
+        "hidden": cfg.hidden,
+        "heads": cfg.heads,
+        "tokens_per_frame": cfg.tokens_per_frame,
+        "frame_shape": list(cfg.frame_shape),
+        "steps": steps,
+        "block_passes_per_frame": cfg.block_passes_per_frame(steps),
+    }
+    if cfg.arch == "scd":
+        info.update(blocks=f"{cfg.encoder_depth}+{cfg.decoder_depth}", encoder_params=_count(model.encoder),
+                    decoder_params=_count(model.decoder))
+    else:
+        info.update(blocks=str(cfg.depth))
+    return info
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from .config import PRESETS, get_preset
+    from .models import build_model
+
+    names = list(PRESETS) if args.target == "all" else [args.target]
+    rows = []
+    for name in names:
+        if name in PRESETS:
+            with torch.device("meta"):  # counts parameters without allocating the big presets
+                model = build_model(get_preset(name))
+        else:
+            from .checkpoint import load_model
+
+            model = load_model(name)
+        rows.append({"name": name, **describe_model(model, args.steps)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<10} {'arch':<10} {'blocks':>6} {'hidden':>6} {'params':>9} {'tokens/F':>8} "
+          f"{'BP/frame (S=' + str(args.steps) + ')':>18}")
+    for r in rows:
+        bp = r["block_passes_per_frame"]
+        formula = (f"{r['blocks'].split('+')[0]} + {args.steps}x{r['blocks'].split('+')[1]}" if r["arch"] == "scd"
+                   else f"{r['blocks']}x{args.steps} + {r['blocks']}")
+        print(f"{r['name']:<10} {r['arch']:<10} {r['blocks']:>6} {r['hidden']:>6} {r['params'] / 1e6:>8.1f}M "
+              f"{r['tokens_per_frame']:>8} {bp:>8} = {formula}")
+    if any(r["arch"] == "causal_dit" for r in rows):
+        print("Causal DiT: L x S denoising passes + L for the clean pass that caches the finished frame.")
+    return 0
+
+
+# -- scd train -----------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .checkpoint import read_config
+    from .config import ModelConfig, get_preset
+    from .data.store import ClipDataset
+    from .flow import FlowConfig
+    from .train import TrainConfig, train
+
+    data = ClipDataset(args.data, args.clip_len)
+    if args.init_from:
+        model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])
+    else:
+        model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
+        if args.fusion and model_config.arch == "scd":
+            model_config = model_config.replace(fusion=args.fusion)
+    flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
+                      action_dropout=args.action_dropout)
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, clip_len=args.clip_len, lr=args.lr, warmup=args.warmup,
+                      weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema, bf16=args.bf16,
+                      ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow)
+    store = data.store
+    data_info = {"path": str(Path(args.data).resolve()), "source": store.meta.source,
+                 "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(data)}
+    print(f"training {model_config.arch} ({args.preset or args.init_from}) on {len(data)} clips of "
+          f"{args.clip_len} frames from {args.data} -> {args.out}")
+    start = time.perf_counter()
+    trainer = train(model_config, data, args.out, cfg, resume=not args.no_resume, init_from=args.init_from,
+                    data_info=data_info, time_limit=args.time_limit)
+    print(f"done: step {trainer.step}, {time.perf_counter() - start:.0f} s; checkpoints and log.csv in {args.out}")
+    return 0
+
+
+# -- scd demo ------------------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .data.record import record
+
+    out = Path(args.out)
+    data = out / "crafter"
+    if not (data / "meta.json").exists():
+        record("crafter", data, episodes=16, steps=300, seed=1, overwrite=True)
+    run = out / f"run-{args.preset}"
+    main(["train", "--preset", args.preset, "--data", str(data), "--out", str(run), "--steps", "100000",
+          "--batch", "8", "--clip-len", "8", "--lr", "5e-4", "--warmup", "100", "--bf16", "--K", "2",
+          "--eta", "0.05", "--ckpt-every", "200", "--time-limit", str(60 * args.minutes)])
+    return main(["generate", "--checkpoint", str(run), "--context", "4", "--frames", "24", "--samples", "2",
+                 "--out", str(out / "demo.mp4")])
+
+
+# -- scd generate --------------------------------------------------------------------------------------------
+def parse_actions(text: str, num_actions: int, names: list[str] | None = None) -> list[int]:
+    """'1,2,2' or 'move_left,noop' -> ids, checked against the model's action set."""
+    ids = []
+    for item in text.split(","):
+        item = item.strip()
+        if item.isdigit():
+            ids.append(int(item))
+        elif names and item in names:
+            ids.append(names.index(item))
+        else:
+            known = f" (names: {', '.join(names)})" if names else ""
+            raise ValueError(f"unknown action {item!r}: give ids 0..{num_actions - 1}{known}")
+        if ids[-1] >= num_actions:
+            raise ValueError(f"unknown action id {ids[-1]}: the model knows {num_actions} actions")
+    return ids
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_model
+    from .data.store import VideoStore, frames_to_model, frames_to_uint8
+    from .sampling import Guidance, rollout
+    from .video import side_by_side, write_video
+
+    model = load_model(args.checkpoint, device=args.device)
+    info = getattr(model, "checkpoint_info", {})
+    data_path = args.data or info.get("data", {}).get("path")
+    if data_path is None:
+        raise ValueError("no --data given and the checkpoint does not name its data set")
+    store = VideoStore(data_path)
+    if store.num_actions > model.config.num_actions:
+        raise ValueError(f"{data_path} has {store.num_actions} actions, the model knows {model.config.num_actions}")
+    if not 0 <= args.episode < store.num_episodes:
+        raise ValueError(f"--episode {args.episode} out of range: {data_path} has {store.num_episodes} episodes")
+    frames, recorded = store.episode(args.episode)
+    total = args.context + args.frames
+    if args.actions == "recorded":
+        if args.start + total > len(frames):
+            raise ValueError(f"episode {args.episode} has {len(frames)} frames; --start {args.start} + "
+                             f"--context {args.context} + --frames {args.frames} do not fit")
+        actions = np.asarray(recorded[args.start : args.start + total])
+    else:
+        if args.start + args.context > len(frames):
+            raise ValueError(f"episode {args.episode} has {len(frames)} frames; the context does not fit")
+        given = parse_actions(args.actions, model.config.num_actions, info.get("data", {}).get("action_names"))
+        given = (given * (args.frames // len(given) + 1))[: args.frames]  # repeat the pattern to fill the horizon
+        actions = np.concatenate([recorded[args.start : args.start + args.context], given])
+    context = frames_to_model(frames[args.start : args.start + args.context])[None]
+    actions = torch.from_numpy(np.array(actions, dtype=np.int64))[None]
+    guidance = None
+    if args.cfg_scale != 1.0:
+        guidance = Guidance(args.cfg_scale, null_action=args.cfg_null_action, context_noise=args.cfg_context_noise)
+
+    generated, times = [], []
+    stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
+                     num_samples=args.samples, seed=args.seed, window=args.window)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+        start = time.perf_counter()
+        for frame in stream:  # (1, samples, C, H, W)
+            generated.append(frame[0])
+            times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+    pred = torch.stack(generated, dim=1)  # (samples, H, C, H, W)
+    steady = times[1:] or times
+    print(f"{model.config.arch}: {len(times)} frames x {args.samples} samples, first frame {times[0]:.3f} s "
+          f"(context prefill included), then {sum(steady) / len(steady):.3f} s per frame")
+
+    ctx_u8 = frames_to_uint8(context[0])
+    columns = {}
+    if args.actions == "recorded":
+        columns["ground truth"] = np.asarray(frames[args.start : args.start + total])
+    for s in range(args.samples):
+        columns[f"{model.config.arch} #{s}" if args.samples > 1 else model.config.arch] = np.concatenate(
+            [ctx_u8, frames_to_uint8(pred[s])])
+    path = write_video(args.out, side_by_side(columns, scale=args.scale), fps=args.fps)
+    print(f"wrote {path} (first {args.context} frames are the given context)")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def _add_core_parsers(sub) -> None:
+    p = sub.add_parser("info", help="parameters and block passes per frame of a preset or checkpoint")
+    p.add_argument("target", help="a preset name, 'all', or a checkpoint path")
+    p.add_argument("--steps", type=int, default=50, help="denoising steps S (default 50, as in Tab. 5)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train SCD or the Causal DiT on a recorded data set")
+    p.add_argument("--preset", default="scd-s", help="model preset (see `scd info all`)")
+    p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--clip-len", type=int, default=8, help="frames per training clip")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--K", type=int, default=1, help="noisy draws per context pass")
+    p.add_argument("--eta", type=float, default=0.0, help="context noise on c_i (SCD; the paper uses 0.05)")
+    p.add_argument("--timesteps", choices=["logit_normal", "uniform"], default="logit_normal")
+    p.add_argument("--shift", type=float, default=1.0, help="timestep shift k")
+    p.add_argument("--action-dropout", type=float, default=0.1)
+    p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"], help="SCD context fusion")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
+    p.add_argument("--time-limit", type=float, help="stop (with a checkpoint) after this many seconds")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="record a small Crafter set, train a small SCD for a few minutes, write a video")
+    p.add_argument("--out", default="out/demo", help="folder for the data, the run and the video")
+    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
+    p.add_argument("--preset", default="scd-xs")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("generate", help="roll out a model from real context frames and write a video")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("--data", help="data set for context frames (default: the one the model was trained on)")
+    p.add_argument("--episode", type=int, default=0)
+    p.add_argument("--start", type=int, default=0, help="first context frame in the episode")
+    p.add_argument("--context", type=int, default=4, help="context frames")
+    p.add_argument("--frames", type=int, default=32, help="frames to generate")
+    p.add_argument("--actions", default="recorded", help="'recorded', or ids/names like '1,1,2' (repeated)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps S")
+    p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--samples", type=int, default=1, help="trajectories")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, help="history frames kept in the KV cache (default: all)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (1 = off)")
+    p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
+    p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="out/generated.mp4", help=".mp4 or .gif")
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the video")
+    p.set_defaults(func=cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scd", description="Separable Causal Diffusion world models")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_core_parsers(sub)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
     return parser

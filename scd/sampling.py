@@ -58,57 +58,66 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
-@torch.no_grad()
-def rollout(
-    model,
-    context_frames: torch.Tensor,
-    actions: torch.Tensor,
-    steps: int = 20,
-    shift: float = 1.0,
-    guidance: Guidance | None = None,
-    num_samples: int = 1,
-    seed: int | None = 0,
-    window: int | None = None,
-    callback: Callable | None = None,
-) -> Iterator[torch.Tensor]:
-    """Generate frames one at a time; yields each new frame as (B, num_samples, C, H, W).
+class Streamer:
+    """Interactive autoregressive generation: `step(action)` renders the next frame (Algorithm 2, one frame).
 
-    context_frames: (B, C0, C, H, W) given frames (C0 >= 0); actions: (B, C0 + H) for the context and the H
-    frames to generate (actions[:, i] produced frame i). Each of the num_samples trajectories per video draws
-    its own noise; `seed` makes the whole rollout deterministic. `window` bounds the history kept in the KV
-    cache (default: everything). callback(dict(frame, step, t, x, v)) sees every denoising step."""
-    model.check_frames(context_frames, "context_frames")
-    b, c0 = context_frames.shape[:2]
-    if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:
-        raise ValueError(
-            f"actions must have shape (B={b}, context {c0} + frames to generate), got {tuple(actions.shape)}"
-        )
-    model.check_actions(actions, actions.shape)
-    horizon = actions.shape[1] - c0
-    window = window or actions.shape[1]
-    if c0 > window:
-        raise ValueError(f"context of {c0} frames exceeds the history window of {window} frames")
-    device = model.device
-    n = b * num_samples
-    ctx_frames = context_frames.to(device).repeat_interleave(num_samples, dim=0)
-    acts = actions.to(device).repeat_interleave(num_samples, dim=0)
-    gen = _generator(seed)
-    schedule = flow_schedule(steps, shift, device=device)
-    null = torch.full((n,), model.null_action, device=device, dtype=acts.dtype)
+    context_frames: (B, C0, C, H, W) given frames (C0 may be 0) with context_actions (B, C0). Each of the
+    num_samples trajectories per video draws its own noise from one CPU generator seeded by `seed`, so a
+    seed gives the same video on every device. `window` bounds the history kept in the KV cache.
+    callback(dict(frame, step, t, x, v)) sees every denoising step (for probing)."""
 
-    stream = model.new_stream(n, window)
-    if c0 > 0:
-        model.prefill(stream, ctx_frames, acts[:, :c0])
-    for i in range(horizon):
-        a = acts[:, c0 + i]
-        noise = torch.randn((n, *model.config.frame_shape), generator=gen).to(device)
+    def __init__(
+        self,
+        model,
+        context_frames: torch.Tensor,
+        context_actions: torch.Tensor,
+        steps: int = 20,
+        shift: float = 1.0,
+        guidance: Guidance | None = None,
+        num_samples: int = 1,
+        seed: int | None = 0,
+        window: int = 256,
+        callback: Callable | None = None,
+    ):
+        model.check_frames(context_frames, "context_frames")
+        b, c0 = context_frames.shape[:2]
+        model.check_actions(context_actions, (b, c0))
+        if c0 > window:
+            raise ValueError(f"context of {c0} frames exceeds the history window of {window} frames")
+        self.model, self.guidance, self.callback = model, guidance, callback
+        self.batch, self.num_samples = b, num_samples
+        self.device = model.device
+        self.schedule = flow_schedule(steps, shift, device=self.device)
+        self.generator = _generator(seed)
+        n = b * num_samples
+        self.null = torch.full((n,), model.null_action, device=self.device, dtype=torch.long)
+        self.stream = model.new_stream(n, window)
+        self.frames_generated = 0
+        if c0 > 0:
+            with torch.no_grad():
+                model.prefill(
+                    self.stream,
+                    context_frames.to(self.device).repeat_interleave(num_samples, dim=0),
+                    context_actions.to(self.device).repeat_interleave(num_samples, dim=0),
+                )
+
+    @torch.no_grad()
+    def step(self, action: torch.Tensor | int) -> torch.Tensor:
+        """Render the next frame given its action (B,) (or one int for all) -> (B, num_samples, C, H, W)."""
+        model, stream, guidance = self.model, self.stream, self.guidance
+        if isinstance(action, int):
+            action = torch.full((self.batch,), action, dtype=torch.long)
+        model.check_actions(action, (self.batch,))
+        a = action.to(self.device).repeat_interleave(self.num_samples, dim=0)
+        noise = torch.randn((stream.batch, *model.config.frame_shape), generator=self.generator).to(self.device)
         neg_action, neg_ctx = a, None
         if guidance is not None and guidance.null_action:  # uncommitted encoder pass, before the real one
-            neg_action = null
-            neg_ctx = model.frame_context(stream, null, commit=False)
+            neg_action = self.null
+            neg_ctx = model.frame_context(stream, self.null, commit=False)
         ctx = model.frame_context(stream, a)
         if guidance is not None and guidance.context_noise > 0:
-            neg_ctx = model.corrupt_context(ctx if neg_ctx is None else neg_ctx, guidance.context_noise, gen)
+            base = ctx if neg_ctx is None else neg_ctx
+            neg_ctx = model.corrupt_context(base, guidance.context_noise, self.generator)
 
         def velocity(x, t):
             v = model.frame_velocity(stream, ctx, x, t, a)
@@ -117,10 +126,33 @@ def rollout(
             v_neg = model.frame_velocity(stream, neg_ctx, x, t, neg_action)
             return v_neg + guidance.scale * (v - v_neg)
 
-        step_callback = None if callback is None else (lambda info, i=i: callback({"frame": i, **info}))
-        frame = euler_sample(velocity, noise, schedule, step_callback)
+        step_callback = None
+        if self.callback is not None:
+            index = self.frames_generated
+            step_callback = lambda info: self.callback({"frame": index, **info})  # noqa: E731
+        frame = euler_sample(velocity, noise, self.schedule, step_callback)
         model.commit(stream, frame, a)
-        yield frame.view(b, num_samples, *frame.shape[1:])
+        self.frames_generated += 1
+        return frame.view(self.batch, self.num_samples, *frame.shape[1:])
+
+
+def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs) -> Iterator[torch.Tensor]:
+    """Generate frames one at a time; yields each new frame as (B, num_samples, C, H, W).
+
+    actions: (B, C0 + H) for the C0 context frames and the H frames to generate (actions[:, i] produced
+    frame i). Other keyword arguments as for `Streamer` (steps, shift, guidance, num_samples, seed, window,
+    callback); the window defaults to the whole rollout."""
+    model.check_frames(context_frames, "context_frames")
+    b, c0 = context_frames.shape[:2]
+    if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:
+        raise ValueError(
+            f"actions must have shape (B={b}, context {c0} + frames to generate), got {tuple(actions.shape)}"
+        )
+    model.check_actions(actions, actions.shape)
+    kwargs["window"] = kwargs.get("window") or actions.shape[1]
+    streamer = Streamer(model, context_frames, actions[:, :c0], **kwargs)
+    for i in range(c0, actions.shape[1]):
+        yield streamer.step(actions[:, i])
 
 
 def generate(model, context_frames, actions, **kwargs) -> torch.Tensor:

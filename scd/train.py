@@ -214,8 +214,10 @@ class Trainer:
                 e.lerp_(p, 1 - decay)
         return loss.item(), float(grad_norm)
 
-    def run(self, progress: bool = True) -> list[float]:
-        """Train until cfg.steps; returns the losses of the steps run by this call."""
+    def run(self, progress: bool = True, time_limit: float | None = None) -> list[float]:
+        """Train until cfg.steps (or until `time_limit` seconds have passed, then checkpoint and stop);
+        returns the losses of the steps run by this call."""
+        began = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not self.log_path.exists():
             self._truncate_log(0)
@@ -234,8 +236,11 @@ class Trainer:
                     log.flush()
                     bar.set_postfix(loss=f"{loss:.4f}")
                 bar.update(1)
-                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps:
+                out_of_time = time_limit is not None and time.perf_counter() - began > time_limit
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     self.save()
+                if out_of_time:
+                    break
         bar.close()
         return losses
 
@@ -250,6 +255,7 @@ def train(
     init_from=None,
     data_info: dict | None = None,
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> Trainer:
     """Build (or resume) a model and train it. `init_from`: a checkpoint whose weights start a new run."""
     torch.manual_seed(cfg.seed)
@@ -264,5 +270,5 @@ def train(
             raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from {model_config}")
         model.load_state_dict(source.state_dict())
         trainer.ema.load_state_dict(source.state_dict())
-    trainer.run(progress)
+    trainer.run(progress, time_limit)
     return trainer

@@ -1,0 +1,56 @@
+"""Writing videos (mp4 through the ffmpeg that imageio-ffmpeg ships, or gif) and laying out comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of uint8 frames (..., H, W, 3)."""
+    if scale == 1:
+        return frames
+    return frames.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def label_strip(width: int, text: str, height: int = 14) -> np.ndarray:
+    """A (height, width, 3) uint8 strip with `text` written on it (PIL's built-in font)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), (24, 24, 24))
+    ImageDraw.Draw(img).text((3, 1), text, fill=(235, 235, 235))
+    return np.asarray(img)
+
+
+def side_by_side(columns: dict[str, np.ndarray], scale: int = 4, gap: int = 4) -> np.ndarray:
+    """Videos (T, H, W, 3) uint8 of equal length, labelled and placed left to right -> (T, H', W', 3)."""
+    tiles = []
+    for name, video in columns.items():
+        video = upscale(video, scale)
+        strip = np.broadcast_to(label_strip(video.shape[2], name), (video.shape[0], 14, video.shape[2], 3))
+        tiles.append(np.concatenate([strip, video], axis=1))
+        tiles.append(np.full((video.shape[0], video.shape[1] + 14, gap, 3), 255, np.uint8))
+    return np.concatenate(tiles[:-1], axis=2)
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """Write uint8 frames (T, H, W, 3) to .mp4 (H.264) or .gif, chosen by the file extension."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"video frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gif":
+        imageio.mimsave(path, list(frames), duration=1000 / fps, loop=0)
+    elif path.suffix == ".mp4":
+        h, w = frames.shape[1:3]  # H.264 with yuv420p needs even sizes
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+                                ffmpeg_params=["-pix_fmt", "yuv420p"]) as writer:
+            for frame in frames:
+                writer.append_data(frame)
+    else:
+        raise ValueError(f"unsupported video format {path.suffix!r}: use .mp4 or .gif")
+    return path
