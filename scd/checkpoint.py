@@ -11,7 +11,6 @@ A run directory holds ckpt-<step> directories and a `latest` file naming the new
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,18 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
+from .fileio import sha256_file
 from .models import WorldModel, build_model
 
 FORMAT = "scd-checkpoint-v1"
 LATEST = "latest"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,15 +39,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -84,7 +67,7 @@ def save_checkpoint(
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer.pt")
     config = {"format": FORMAT, "model": model.config.to_dict(), **(meta or {})}
-    config["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    config["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     for p in tmp.iterdir():
         with open(p, "rb") as f:
@@ -143,7 +126,7 @@ def _verified(path: Path, name: str, config: dict) -> Path:
     if not file.exists():
         raise FileNotFoundError(f"checkpoint {path} is missing {name}")
     expected = config.get("files", {}).get(name)
-    if expected is not None and _sha256(file) != expected:
+    if expected is not None and sha256_file(file) != expected:
         raise ValueError(f"checkpoint file {file} is corrupt or truncated (sha256 does not match config.json)")
     return file
 

@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     LATEST,
-    atomic_write_text,
     latest_checkpoint,
     load_model,
     load_trainer_state,
@@ -24,6 +23,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ModelConfig
+from .fileio import atomic_write_text
 from .flow import FlowConfig, flow_matching_loss
 from .models import WorldModel, build_model
 

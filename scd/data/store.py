@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from scd.fileio import atomic_write
+
 FORMAT = "scd-video-v1"
 META_FILE = "meta.json"
 DEFAULT_SHARD_BYTES = 64 * 1024 * 1024  # frames per shard are chosen to stay near this size
@@ -231,16 +233,6 @@ class DatasetMeta:
 # Writing
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Run ``write(file_object)`` on a temporary sibling of ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _is_dataset_file(name: str) -> bool:
     return name == META_FILE or (
         name.endswith(".npy") and (name.startswith("frames_") or name.startswith("actions_"))
@@ -336,8 +328,8 @@ class DatasetWriter:
             offset += frames.shape[0]
         all_frames = np.concatenate([b[0] for b in self._buffer])
         all_actions = np.concatenate([b[1] for b in self._buffer])
-        _atomic_write(self.out_dir / frames_file(self._shard), lambda f: np.save(f, all_frames, allow_pickle=False))
-        _atomic_write(self.out_dir / actions_file(self._shard), lambda f: np.save(f, all_actions, allow_pickle=False))
+        atomic_write(self.out_dir / frames_file(self._shard), lambda f: np.save(f, all_frames, allow_pickle=False))
+        atomic_write(self.out_dir / actions_file(self._shard), lambda f: np.save(f, all_actions, allow_pickle=False))
         self._shard += 1
         self._buffer, self._buffer_bytes = [], 0
 
@@ -367,7 +359,7 @@ class DatasetWriter:
         )
         DatasetMeta.from_json(meta.to_json(), where="meta to write")  # same checks as on reading
         text = json.dumps(meta.to_json(), indent=1) + "\n"
-        _atomic_write(self.out_dir / META_FILE, lambda f: f.write(text.encode()))
+        atomic_write(self.out_dir / META_FILE, lambda f: f.write(text.encode()))
         self._finished = True
         return meta
 

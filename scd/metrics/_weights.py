@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scd.fileio import sha256_file
+
 __all__ = ["MissingWeightsError", "WeightFile", "LPIPS_ALEX", "LPIPS_VGG", "I3D_K400", "load_weights", "cache_dir"]
 
 
@@ -203,14 +205,6 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "scd"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     from safetensors.numpy import load_file
 
@@ -218,7 +212,7 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
     if not (path.is_file() and sidecar.is_file()):
         return None
     expected = sidecar.read_text().split()[0] if sidecar.read_text().strip() else ""
-    if _sha256_file(path) != expected:
+    if sha256_file(path) != expected:
         warnings.warn(f"cached weights {path} fail their sha256 check; rebuilding them", stacklevel=3)
         return None
     return load_file(str(path))
@@ -230,7 +224,7 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(arrays, str(tmp))
-    digest = _sha256_file(tmp)
+    digest = sha256_file(tmp)
     sidecar_tmp = tmp.with_name(tmp.name + ".sha256")
     sidecar_tmp.write_text(f"{digest}  {path.name}\n")
     os.replace(tmp, path)  # atomic: concurrent processes never see half a file
