@@ -164,3 +164,14 @@ def load_trainer_state(path: str | os.PathLike) -> dict:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files
         raise ValueError(f"checkpoint file {file} is corrupt or truncated: {err}") from None
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None) -> Path:
+    """A lean, shippable copy of a checkpoint: the EMA weights as the model's only weights, the config and
+    data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary)."""
+    model = load_model(src)
+    info = dict(model.checkpoint_info)
+    meta = {k: v for k, v in info.items() if k not in ("format", "model", "path")}
+    meta["exported_from"] = {"path": info["path"], "step": info.get("step")}
+    meta.update(extra or {})
+    return save_checkpoint(dst, model, meta=meta)

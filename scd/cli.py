@@ -206,6 +206,16 @@ def cmd_generate(args) -> int:
     return 0
 
 
+# -- scd export ----------------------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    from .checkpoint import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out)
+    size = sum(f.stat().st_size for f in path.iterdir())
+    print(f"wrote {path} ({size / 1e6:.1f} MB: EMA weights and config)")
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------------------
 def _add_core_parsers(sub) -> None:
     p = sub.add_parser("info", help="parameters and block passes per frame of a preset or checkpoint")
@@ -269,6 +279,11 @@ def _add_core_parsers(sub) -> None:
     p.add_argument("--fps", type=int, default=10)
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the video")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="a lean copy of a checkpoint for shipping: EMA weights + config")
+    p.add_argument("checkpoint", help="checkpoint or run directory")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:

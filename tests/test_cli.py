@@ -78,3 +78,16 @@ def test_bad_input_exits_with_a_message_that_names_the_problem(args, message, cr
     argv = args.format(tmp=tmp_path, data=crafter, run=trained).split()
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_export_makes_a_lean_checkpoint_that_loads_like_the_ema(trained, tmp_path):
+    import torch
+
+    from scd.checkpoint import load_model
+
+    assert main(["export", str(trained), "--out", str(tmp_path / "lean")]) == 0
+    assert sorted(p.name for p in (tmp_path / "lean").iterdir()) == ["config.json", "model.safetensors"]
+    lean, full = load_model(tmp_path / "lean"), load_model(trained)
+    for (name, a), b in zip(lean.state_dict().items(), full.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert lean.checkpoint_info["data"] == full.checkpoint_info["data"]
