@@ -1,0 +1,403 @@
+"""`scd bench`: streaming speed and memory of SCD against a Causal DiT of matched size, in one run.
+
+    scd bench                                  # scd-s vs dit-s, S=20, batch 1, context 16
+    scd bench --context 16 128 --json          # several context lengths; JSON instead of the table
+    scd bench --checkpoint runs/scd-xs         # a trained model replaces the preset of its architecture
+
+What is measured, per context length C (both models use the real streaming path, `scd.sampling.Streamer`):
+
+- first-frame latency: building the Streamer (prefill of C random context frames) + rendering the first frame;
+- seconds per frame: the median time of `Streamer.step` over the `frames` frames after the first one
+  (history C+1 .. C+frames frames; no KV-cache eviction happens), over `repeats` repeats; frames per second
+  = batch / (seconds per frame);
+- the two models are interleaved frame by frame (A B A B ..., the order flips every repeat) so that both see
+  the same machine load; `warmup` whole repeats run first and are not recorded. On CUDA every timing is
+  bracketed by torch.cuda.synchronize();
+- KV cache: `KVCache.nbytes()` of the stream (preallocated for the window of C + frames + 2 frames): SCD caches
+  its l encoder blocks, the Causal DiT all L blocks;
+- peak memory: on CUDA, torch.cuda.max_memory_allocated() growth over one streaming run (prefill + frames);
+  on CPU, the growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs) over the resident
+  set after building the model and its inputs, for one streaming run in a fresh subprocess per model
+  (weights excluded; activations, KV cache, allocator and library workspaces included).
+
+Expected cost per frame, derived analytically (`frame_flops`): block passes per frame (ModelConfig) and the
+FLOPs of every matmul (QKV, projection, MLP, adaLN, embedding, head, time MLP) plus attention over the keys each
+query sees: the Causal DiT's noisy frame attends its history and itself at each of the S steps and once more in
+the pass that caches the finished frame; SCD's encoder slot attends the history once, and its decoder attends
+the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights: fine for speed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, ModelConfig
+from .models import WorldModel, build_model
+from .nn import Conditioning
+from .sampling import Streamer
+
+FORMAT = "scd-bench-v1"
+_TIME_FREQ_DIM = inspect.signature(Conditioning).parameters["freq_dim"].default  # sinusoid size of the t MLP
+
+
+# -- analytical cost -----------------------------------------------------------------------------------------
+def linear_flops(rows: int, d_in: int, d_out: int) -> int:
+    """FLOPs (2 per multiply-add) of a Linear on `rows` vectors: 2 * rows * d_in * d_out (bias not counted)."""
+    return 2 * rows * d_in * d_out
+
+
+def block_flops(batch: int, tokens: int, keys: int, hidden: int, mlp_ratio: float) -> int:
+    """One DiTBlock over one group of `tokens` query tokens per batch element, each attending `keys` keys.
+
+    adaLN (6D per group) + QKV + attention (Q K^T and A V: 4 * tokens * keys * D) + output projection + MLP."""
+    n, d, inner = batch * tokens, hidden, int(hidden * mlp_ratio)
+    return (linear_flops(batch, d, 6 * d) + linear_flops(n, d, 3 * d) + 4 * n * keys * d + linear_flops(n, d, d)
+            + linear_flops(n, d, inner) + linear_flops(n, inner, d))
+
+
+def frame_flops(config: ModelConfig, steps: int, history: int, batch: int = 1) -> dict[str, int]:
+    """Analytical FLOPs to stream one frame whose history holds `history` frames (its index in the rollout).
+
+    Returns {"context": the once-per-frame pass (SCD: the encoder slot producing c_i; Causal DiT: the clean
+    pass writing the finished frame's K/V), "denoise": the S denoising steps, "total"}. Counts matmuls and
+    attention only (what torch.utils.flop_counter counts); norms, RoPE and element-wise ops are left out."""
+    p, d, pd = config.tokens_per_frame, config.hidden, config.patch_dim
+    b, keys = batch, (history + 1) * p  # the history in the KV cache + the frame itself
+    cond = linear_flops(b, _TIME_FREQ_DIM, d) + linear_flops(b, d, d)
+    embed = linear_flops(b * p, pd, d)
+    head = linear_flops(b, d, 2 * d) + linear_flops(b * p, d, pd)
+    if config.arch == "causal_dit":
+        trunk = cond + embed + config.depth * block_flops(b, p, keys, d, config.mlp_ratio)
+        context, step = trunk, trunk + head
+    else:
+        context = embed + cond + config.encoder_depth * block_flops(b, p, keys, d, config.mlp_ratio)
+        if config.fusion == "channel":
+            fuse, tokens = linear_flops(b * p, 2 * d, d), p
+        else:
+            fuse, tokens = 0, 2 * p  # [c_i ; x_i]
+        step = cond + embed + fuse + config.decoder_depth * block_flops(b, tokens, tokens, d, config.mlp_ratio) + head
+    return {"context": context, "denoise": steps * step, "total": context + steps * step}
+
+
+# -- models --------------------------------------------------------------------------------------------------
+@dataclass
+class BenchModel:
+    """A model to bench: `source` is a preset name (random weights from `seed`) or a checkpoint path."""
+
+    label: str
+    source: str
+    model: WorldModel
+
+
+def load_bench_model(source: str, device: str = "cpu", seed: int = 0) -> BenchModel:
+    """A preset name or a checkpoint (directory or run directory) -> BenchModel in eval mode on `device`."""
+    if source in PRESETS:
+        torch.manual_seed(seed)
+        return BenchModel(source, source, build_model(PRESETS[source]).to(device).eval())
+    if not Path(source).exists():
+        raise ValueError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint")
+    from .checkpoint import load_model
+
+    return BenchModel(Path(source).name, source, load_model(source, device=device))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _inputs(config: ModelConfig, context: int, frames: int, batch: int, seed: int, device):
+    """Random context frames (B, C, ...) in [-1, 1] and actions (B, C + 1 + frames)."""
+    g = torch.Generator().manual_seed(seed)
+    ctx = torch.rand((batch, context, *config.frame_shape), generator=g) * 2 - 1
+    actions = torch.randint(0, config.num_actions, (batch, context + 1 + frames), generator=g)
+    return ctx.to(device), actions.to(device)
+
+
+def _window(context: int, frames: int) -> int:
+    return context + frames + 2  # room for every frame of one run: no eviction while timing
+
+
+def _stream_run(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
+    """Prefill + 1 + frames frames, the run that memory is measured on. Returns the Streamer."""
+    c = ctx.shape[1]
+    streamer = Streamer(model, ctx, actions[:, :c], steps=steps, seed=seed, window=_window(c, frames))
+    for i in range(c, actions.shape[1]):
+        streamer.step(actions[:, i])
+    return streamer
+
+
+# -- memory --------------------------------------------------------------------------------------------------
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def memory_probe(spec: dict) -> dict:
+    """Run inside a fresh process: peak RSS growth (bytes) of one streaming run, see the module docstring."""
+    torch.set_grad_enabled(False)
+    bm = load_bench_model(spec["source"], "cpu", spec["seed"])
+    ctx, actions = _inputs(bm.model.config, spec["context"], spec["frames"], spec["batch"], spec["seed"], "cpu")
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
+        f.write("5")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["bf16"]):
+        streamer = _stream_run(bm.model, ctx, actions, spec["steps"], spec["frames"], spec["seed"])
+    peak = _status_kib("VmHWM")
+    return {"peak_bytes": (peak - base) * 1024, "kv_cache_bytes": streamer.stream.cache.nbytes()}
+
+
+def _peak_memory(bm: BenchModel, device: torch.device, spec: dict) -> dict:
+    if device.type == "cuda":
+        ctx, actions = _inputs(bm.model.config, spec["context"], spec["frames"], spec["batch"], spec["seed"], device)
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec["bf16"]):
+            _stream_run(bm.model, ctx, actions, spec["steps"], spec["frames"], spec["seed"])
+        _sync(device)
+        return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base,
+                "measure": "torch.cuda.max_memory_allocated growth over one streaming run"}
+    if not os.path.exists("/proc/self/clear_refs"):
+        raise ValueError("CPU peak memory needs Linux /proc (VmHWM, clear_refs); pass --no-memory")
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    code = "import json, sys; from scd.bench import memory_probe; print(json.dumps(memory_probe(json.load(sys.stdin))))"
+    done = subprocess.run([sys.executable, "-c", code], input=json.dumps({**spec, "source": bm.source}),
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe for {bm.label} failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["measure"] = "peak RSS (VmHWM) growth over one streaming run, fresh subprocess, CPU"
+    return result
+
+
+# -- timing --------------------------------------------------------------------------------------------------
+def bench(
+    models: list[BenchModel],
+    contexts: list[int],
+    steps: int = 20,
+    batch: int = 1,
+    frames: int = 8,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    bf16: bool = False,
+    memory: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Time an SCD model and a Causal DiT side by side; returns the report dict (see `format_table`).
+
+    models: exactly one with arch "scd" and one with arch "causal_dit" (ratios are DiT / SCD).
+    contexts: context lengths C >= 1 (frames prefilled before the first generated frame)."""
+    from tqdm import tqdm
+
+    archs = sorted(m.model.config.arch for m in models)
+    if archs != ["causal_dit", "scd"]:
+        raise ValueError(f"bench needs one scd and one causal_dit model, got archs {archs}")
+    for name, value, low in (("steps", steps, 1), ("batch", batch, 1), ("frames", frames, 1),
+                             ("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if not contexts or min(contexts) < 1:
+        raise ValueError(f"context lengths must be >= 1, got {contexts}")
+    if models[0].label == models[1].label:
+        raise ValueError(f"both models are labelled {models[0].label!r}; give them different names")
+    shapes = {m.model.config.frame_shape for m in models}
+    if len(shapes) != 1:
+        raise ValueError(f"the models take different frame shapes {sorted(shapes)}; bench needs matched inputs")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda given but torch sees no CUDA device")
+    for m in models:
+        m.model.to(dev).eval()
+    by_arch = {m.model.config.arch: m for m in models}
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    report = {
+        "format": FORMAT,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": "bf16 autocast" if bf16 else "fp32",
+        "steps": steps, "batch": batch, "frames": frames, "repeats": repeats, "warmup": warmup,
+        "models": [
+            {"label": m.label, "source": m.source, "arch": m.model.config.arch,
+             "params": sum(p.numel() for p in m.model.parameters()),
+             "weights": "random (preset initialisation)" if m.source in PRESETS else "checkpoint",
+             "block_passes_per_frame": m.model.config.block_passes_per_frame(steps)}
+            for m in models
+        ],
+        "runs": [],
+    }
+    total = len(contexts) * (warmup + repeats) * len(models) * (1 + frames)
+    bar = tqdm(total=total, unit="frame", desc="bench", disable=not progress, file=sys.stderr)
+    for c in contexts:
+        ctx, actions = _inputs(models[0].model.config, c, frames, batch, seed, dev)
+        first = {m.label: [] for m in models}
+        per_frame = {m.label: [] for m in models}
+        kv_bytes = {}
+        with torch.no_grad(), autocast:
+            for r in range(warmup + repeats):
+                order = models if r % 2 == 0 else models[::-1]
+                streamers = {}
+                for m in order:
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    s = Streamer(m.model, ctx, actions[:, :c], steps=steps, seed=seed, window=_window(c, frames))
+                    s.step(actions[:, c])
+                    _sync(dev)
+                    if r >= warmup:
+                        first[m.label].append(time.perf_counter() - t0)
+                    streamers[m.label] = s
+                    bar.update()
+                for j in range(frames):
+                    for m in order:
+                        _sync(dev)
+                        t0 = time.perf_counter()
+                        streamers[m.label].step(actions[:, c + 1 + j])
+                        _sync(dev)
+                        if r >= warmup:
+                            per_frame[m.label].append(time.perf_counter() - t0)
+                        bar.update()
+                for label, s in streamers.items():
+                    if s.stream.cache.evicted_frames:
+                        raise RuntimeError(f"{label}: the KV cache evicted frames while timing (window too small)")
+                    kv_bytes[label] = s.stream.cache.nbytes()
+                del streamers
+        histories = list(range(c + 1, c + 1 + frames))
+        run = {"context": c, "histories": [histories[0], histories[-1]], "models": {}}
+        spec = dict(context=c, frames=frames, batch=batch, steps=steps, seed=seed, bf16=bf16)
+        for m in models:
+            cfg = m.model.config
+            flops = statistics.mean(frame_flops(cfg, steps, h, batch)["total"] for h in histories)
+            spf = statistics.median(per_frame[m.label])
+            entry = {
+                "first_frame_s": statistics.median(first[m.label]),
+                "s_per_frame": spf,
+                "fps": batch / spf,
+                "flops_per_frame": flops,
+                "achieved_gflops": flops / spf / 1e9,
+                "block_passes_per_frame": cfg.block_passes_per_frame(steps),
+                "kv_cache_bytes": kv_bytes[m.label],
+                "kv_cache_frames": _window(c, frames) + 1,
+                "first_frame_times": first[m.label],
+                "frame_times": per_frame[m.label],
+            }
+            if memory:
+                mem = _peak_memory(m, dev, spec)
+                entry.update(peak_memory_bytes=mem["peak_bytes"], peak_memory_measure=mem["measure"])
+            run["models"][m.label] = entry
+        dit, scd = run["models"][by_arch["causal_dit"].label], run["models"][by_arch["scd"].label]
+        run["ratio_dit_over_scd"] = {
+            "s_per_frame": dit["s_per_frame"] / scd["s_per_frame"],
+            "first_frame": dit["first_frame_s"] / scd["first_frame_s"],
+            "expected_block_passes": dit["block_passes_per_frame"] / scd["block_passes_per_frame"],
+            "expected_flops": dit["flops_per_frame"] / scd["flops_per_frame"],
+            "kv_cache_bytes": dit["kv_cache_bytes"] / scd["kv_cache_bytes"],
+        }
+        if memory:
+            run["ratio_dit_over_scd"]["peak_memory"] = dit["peak_memory_bytes"] / max(scd["peak_memory_bytes"], 1)
+        report["runs"].append(run)
+    bar.close()
+    return report
+
+
+# -- output --------------------------------------------------------------------------------------------------
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def format_table(report: dict) -> str:
+    """The report as a plain-text table (one block per context length) with the DiT / SCD ratios."""
+    models = {m["label"]: m for m in report["models"]}
+    lines = [
+        f"scd bench: S={report['steps']} steps, batch {report['batch']}, {report['device']} "
+        f"({report['threads']} threads), {report['dtype']}, torch {report['torch']}; s/frame = median of "
+        f"{report['repeats']} x {report['frames']} frames, models interleaved, {report['warmup']} warm-up repeat(s)",
+        "weights: " + ", ".join(f"{m['label']} {m['weights']}" for m in report["models"]),
+        "",
+        f"{'context':>7} {'model':<16} {'params':>7} {'BP/F':>5} {'GFLOP/F':>8} {'first s':>8} {'s/frame':>8} "
+        f"{'FPS':>6} {'GFLOP/s':>8} {'KV MB':>7} {'peak MB':>8}",
+    ]
+    for run in report["runs"]:
+        hist = f"{run['context']}"
+        for label, e in run["models"].items():
+            m = models[label]
+            name = f"{label} ({'scd' if m['arch'] == 'scd' else 'dit'})"
+            lines.append(
+                f"{hist:>7} {name:<16} {m['params'] / 1e6:>6.1f}M {e['block_passes_per_frame']:>5} "
+                f"{e['flops_per_frame'] / 1e9:>8.2f} {e['first_frame_s']:>8.3f} {e['s_per_frame']:>8.4f} "
+                f"{e['fps']:>6.2f} {e['achieved_gflops']:>8.1f} {_mb(e['kv_cache_bytes']):>7} "
+                f"{_mb(e.get('peak_memory_bytes')):>8}"
+            )
+            hist = ""
+        r = run["ratio_dit_over_scd"]
+        mem = f", peak memory {r['peak_memory']:.2f}x" if "peak_memory" in r else ""
+        lines.append(
+            f"{'':>7} DiT/SCD: s/frame {r['s_per_frame']:.2f}x measured vs expected {r['expected_block_passes']:.2f}x "
+            f"(block passes) / {r['expected_flops']:.2f}x (FLOPs); first frame {r['first_frame']:.2f}x; "
+            f"KV cache {r['kv_cache_bytes']:.2f}x{mem}"
+        )
+        lines.append(f"{'':>7} (history {run['histories'][0]}..{run['histories'][1]} frames while timing)")
+    first = report["runs"][0]["models"] if report["runs"] else {}
+    measure = next((e.get("peak_memory_measure") for e in first.values() if "peak_memory_measure" in e), None)
+    lines.append("")
+    lines.append("first s: prefill of the context + first frame. KV MB: KVCache.nbytes() for the timing window "
+                 "(context + frames + 3 frames).")
+    if measure:
+        lines.append(f"peak MB: {measure}.")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="streaming speed and memory: SCD vs a Causal DiT of matched size")
+    p.add_argument("--scd", default="scd-s", help="SCD preset (default scd-s, ~10M parameters)")
+    p.add_argument("--dit", default="dit-s", help="Causal DiT preset (default dit-s, ~10M parameters)")
+    p.add_argument("--checkpoint", action="append", default=[],
+                   help="bench a trained checkpoint instead of the preset of its architecture (repeatable)")
+    p.add_argument("--context", type=int, nargs="+", default=[16], help="context lengths, e.g. 16 128")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps S (both models)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--frames", type=int, default=8, help="timed frames per repeat after the first frame")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed repeats before measuring")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    sources = {"scd": args.scd, "causal_dit": args.dit}
+    for path in args.checkpoint:
+        from .checkpoint import read_config
+
+        arch = read_config(path)["model"]["arch"]
+        if sources[arch] in args.checkpoint:
+            raise ValueError(f"two checkpoints of arch {arch!r} given; bench compares one scd with one causal_dit")
+        sources[arch] = path
+    models = [load_bench_model(src, args.device, args.seed) for src in sources.values()]
+    report = bench(models, args.context, steps=args.steps, batch=args.batch, frames=args.frames,
+                   repeats=args.repeats, warmup=args.warmup, device=args.device, bf16=args.bf16,
+                   memory=not args.no_memory, seed=args.seed)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0

@@ -1,0 +1,487 @@
+"""`scd eval`: frame metrics and FVD of rollouts on held-out videos (the FAR / SCD evaluation protocol).
+
+    scd eval --checkpoint runs/scd                                  # crafter-bench, context 36, 4 trajectories
+    scd eval --checkpoint runs/scd --checkpoint runs/dit --out out/eval-both   # side by side in one table
+    scd eval --checkpoint runs/scd --context 8 --horizon 32 --videos 4 --no-fvd # a quick look
+
+Protocol, for each of the first `videos` episodes of the data set:
+  1. the frames start .. start+C-1 are the given context; the recorded actions drive the next H frames;
+  2. `trajectories` = N rollouts are drawn at once (`rollout(..., num_samples=N)`, seed `seed * 100000 + episode`,
+     so a video's trajectories do not depend on which other videos were evaluated);
+  3. generated frames are clamped to [-1, 1] and scored against the recorded ones, frame by frame, on the tensors
+     (no video-file round trip): PSNR and SSIM (scd.metrics, data range 1) and LPIPS with AlexNet;
+  4. best of N, per video and per metric, as in FAR's code: the trajectory with the best horizon-averaged value
+     (max PSNR, max SSIM, min LPIPS) is picked, separately for each metric; its per-frame values make the
+     best-of-N curve. "mean" averages all N trajectories instead. Both are then averaged over videos;
+  5. FVD (Kinetics-400 I3D, StyleGAN-V convention) compares whole clips, the context included: the V recorded
+     clips of C+H frames against the V*N clips made of the same context followed by each trajectory. I3D needs
+     C+H >= 9 frames and the Frechet distance >= 2 videos. The paper's FVD uses 256 videos; with a few videos
+     the score is noisy and biased upward, so compare models only on the same videos and settings.
+
+Outputs in --out: metrics.json (settings, per-model summary, per-horizon-frame curves, per-video values),
+metrics.md (tables) and metrics.png (each metric against the prediction horizon). Every (model, video) result is
+saved as soon as it is done (videos/<label>/episode_NNNN.json, atomic writes); a rerun with the same settings
+skips the finished ones, and results made with other settings, weights or data are refused (or, with --fresh,
+discarded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_model, read_config
+from .fileio import atomic_write, atomic_write_text, sha256_file
+from .sampling import Guidance, rollout
+
+FORMAT = "scd-eval-v1"
+VIDEO_FORMAT = "scd-eval-video-v1"
+DEFAULT_DATA = "data/crafter-bench"
+METRICS = ("psnr", "ssim", "lpips")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+TITLES = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better)",
+          "lpips": "LPIPS-AlexNet (lower is better)"}
+LPIPS_NET = "alex"
+I3D_MIN_FRAMES = 9
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that changes the numbers (and so must match for a resumed evaluation).
+
+    context C >= 1 given frames; horizon H >= 1 generated frames (None: the rest of the shortest evaluated
+    episode after start + C); trajectories N >= 1 per video; start: first context frame in each episode;
+    steps/shift: Euler sampler; cfg_*: classifier-free guidance as in `scd generate` (scale 1 = off)."""
+
+    context: int = 36
+    horizon: int | None = None
+    trajectories: int = 4
+    start: int = 0
+    steps: int = 20
+    shift: float = 1.0
+    cfg_scale: float = 1.0
+    cfg_null_action: bool = False
+    cfg_context_noise: float = 0.0
+    seed: int = 0
+    fvd: bool = True
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, low in (("context", 1), ("trajectories", 1), ("start", 0), ("steps", 1), ("seed", 0)):
+            if getattr(self, name) < low:
+                problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.horizon is not None and self.horizon < 1:
+            problems.append(f"horizon must be >= 1, got {self.horizon}")
+        if problems:
+            raise ValueError("invalid evaluation settings: " + "; ".join(problems))
+        self.guidance()  # raises if the guidance options do not fit together
+
+    def guidance(self) -> Guidance | None:
+        if self.cfg_scale == 1.0:
+            return None
+        return Guidance(self.cfg_scale, null_action=self.cfg_null_action, context_noise=self.cfg_context_noise)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- data and models -----------------------------------------------------------------------------------------
+def open_eval_data(path: str | Path):
+    """The held-out data set (scd-video-v1); a missing folder names the command that records the benchmark."""
+    from .data.store import VideoStore
+
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"evaluation data {path} not found; record the benchmark split with "
+            f"`scd data record --benchmark crafter-bench --out {path}` (about 1.5 minutes) or pass --data DIR"
+        )
+    return VideoStore(path)
+
+
+def checkpoint_identity(path: str | Path) -> dict:
+    """Where a checkpoint is and the sha256 of the weights `load_model` uses (EMA when present)."""
+    config = read_config(path)
+    files = config.get("files", {})
+    name = "ema.safetensors" if "ema.safetensors" in files else "model.safetensors"
+    digest = files.get(name) or sha256_file(Path(config["path"]) / name)
+    return {"path": config["path"], "weights": name, "sha256": digest, "step": config.get("step")}
+
+
+def _default_labels(checkpoints: list[str]) -> list[str]:
+    labels = []
+    for c in checkpoints:
+        p = Path(c).resolve()
+        label = f"{p.parent.name}-{p.name}" if p.name.startswith("ckpt-") else p.name
+        base, k = label, 2
+        while label in labels:
+            label, k = f"{base}-{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+def _check_model_fits(model, label: str, store) -> None:
+    h, w, _ = store.frame_shape
+    if tuple(model.config.frame_shape) != (3, h, w):
+        raise ValueError(f"model {label} takes frames of shape {tuple(model.config.frame_shape)}, the data set "
+                         f"{store.path} has RGB frames of shape (3, {h}, {w})")
+    if store.num_actions > model.config.num_actions:
+        raise ValueError(f"data set {store.path} has {store.num_actions} actions, model {label} knows "
+                         f"{model.config.num_actions}")
+
+
+# -- one video -----------------------------------------------------------------------------------------------
+def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, settings: EvalSettings, seed: int,
+                          on_frame=None) -> torch.Tensor:
+    """context (C, 3, H, W) in [-1, 1], actions (C + horizon,) -> N trajectories (N, horizon, 3, H, W) in [-1, 1].
+
+    Frames are clamped to [-1, 1] (what writing them as images would do); on_frame() is called per frame."""
+    autocast = torch.autocast(model.device.type, dtype=torch.bfloat16) if settings.bf16 else nullcontext()
+    frames = []
+    with autocast:
+        for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
+                             steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
+                             num_samples=settings.trajectories, seed=seed):
+            frames.append(frame[0].float().cpu())
+            if on_frame is not None:
+                on_frame()
+    out = torch.stack(frames, dim=1)
+    if not torch.isfinite(out).all():
+        raise ValueError("the model produced NaN or inf frames")
+    return out.clamp(-1.0, 1.0)
+
+
+def score_trajectories(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """pred (N, H, 3, h, w), target (H, 3, h, w), both in [-1, 1] -> {metric: (N, H)} per-frame scores."""
+    from .metrics import lpips, psnr, ssim
+
+    target = target[None].expand_as(pred)
+    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET)}
+
+
+def clip_features(videos: torch.Tensor) -> torch.Tensor:
+    """(M, T, 3, h, w) in [-1, 1], T >= 9 -> (M, 400) I3D features (the FVD statistic), one video at a time."""
+    from .metrics import i3d_features
+
+    return i3d_features(videos, batch_size=1)
+
+
+# -- aggregation ---------------------------------------------------------------------------------------------
+def summarize(records: list[dict]) -> dict:
+    """Per-video records of one model -> summary, per-horizon curves, per-video values and FVD.
+
+    Best of N per video and metric: the trajectory whose horizon-mean is best (see the module docstring)."""
+    summary, curves, per_video = {}, {}, [{"episode": r["episode"]} for r in records]
+    for m in METRICS:
+        values = np.array([r["metrics"][m] for r in records], dtype=np.float64)  # (V, N, H)
+        traj_mean = values.mean(axis=2)  # (V, N)
+        best = traj_mean.argmax(axis=1) if HIGHER_IS_BETTER[m] else traj_mean.argmin(axis=1)
+        best_frames = values[np.arange(len(records)), best]  # (V, H)
+        curves[m] = {"best": best_frames.mean(axis=0).tolist(), "mean": values.mean(axis=(0, 1)).tolist()}
+        summary[m] = {"best": float(best_frames.mean()), "mean": float(values.mean())}
+        for v, entry in enumerate(per_video):
+            entry[m] = {"best": float(traj_mean[v, best[v]]), "mean": float(traj_mean[v].mean()),
+                        "best_trajectory": int(best[v])}
+    fvd = None
+    if all(r.get("i3d_fake") is not None for r in records) and len(records) >= 2:
+        from .metrics import frechet_distance
+
+        real = np.array([r["i3d_real"] for r in records])
+        fake = np.concatenate([np.array(r["i3d_fake"]) for r in records])
+        fvd = frechet_distance(real, fake)
+    return {"summary": summary, "fvd": fvd, "curves": curves, "per_video": per_video}
+
+
+# -- resumable results ---------------------------------------------------------------------------------------
+def _video_path(out: Path, label: str, episode: int) -> Path:
+    return out / "videos" / label / f"episode_{episode:04d}.json"
+
+
+def _load_record(path: Path, expected: dict) -> dict | None:
+    """A finished (model, video) result, None if absent; ValueError if it was made differently."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is corrupt ({err}); pass --fresh to recompute") from None
+    different = [k for k, v in expected.items() if record.get(k) != v]
+    if different:
+        details = []
+        for key in different:
+            old, new = record.get(key), expected[key]
+            if isinstance(old, dict) and isinstance(new, dict):
+                details += [f"{key}.{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            else:
+                details.append(f"{key}: {old!r} -> {new!r}")
+        raise ValueError(
+            f"{path} was made with other settings ({'; '.join(details)}); rerun with the same settings, "
+            f"choose another --out, or pass --fresh to discard the earlier results"
+        )
+    return record
+
+
+def evaluate(
+    checkpoints: list[str | Path],
+    data: str | Path = DEFAULT_DATA,
+    out: str | Path = "out/eval",
+    settings: EvalSettings = EvalSettings(),
+    videos: int | None = None,
+    labels: list[str] | None = None,
+    fresh: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Evaluate one or more checkpoints on the first `videos` episodes of `data`; writes and returns the report.
+
+    Returns the metrics.json dict: {"format", "settings", "data", "episodes", "models": [{"label", "checkpoint",
+    "arch", "params", "summary": {metric: {"best", "mean"}}, "fvd", "curves": {metric: {"best": [H], "mean": [H]}},
+    "per_video": [...]}]}."""
+    from tqdm import tqdm
+
+    from .data.store import frames_to_model
+
+    if not checkpoints:
+        raise ValueError("give at least one checkpoint")
+    labels = list(labels) if labels else _default_labels([str(c) for c in checkpoints])
+    if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
+        raise ValueError(f"need one distinct label per checkpoint, got {labels} for {len(checkpoints)} checkpoints")
+    store = open_eval_data(data)
+    n_videos = store.num_episodes if videos is None else videos
+    if not 1 <= n_videos <= store.num_episodes:
+        raise ValueError(f"--videos must be in 1..{store.num_episodes} ({store.path} has {store.num_episodes} "
+                         f"episodes), got {n_videos}")
+    episodes = list(range(n_videos))
+    shortest = min(store.meta.episodes[i].length for i in episodes)
+    room = shortest - settings.start - settings.context
+    if settings.horizon is None:
+        if room < 1:
+            raise ValueError(f"the shortest evaluated episode has {shortest} frames: no room for a horizon after "
+                             f"--start {settings.start} + --context {settings.context}")
+        settings = dataclasses.replace(settings, horizon=room)
+    elif settings.horizon > room:
+        raise ValueError(f"the shortest evaluated episode has {shortest} frames; --start {settings.start} + "
+                         f"--context {settings.context} + --horizon {settings.horizon} do not fit")
+    clip_len = settings.context + settings.horizon
+    if settings.fvd and clip_len < I3D_MIN_FRAMES:
+        raise ValueError(f"FVD needs clips of >= {I3D_MIN_FRAMES} frames (I3D), got context + horizon = {clip_len}; "
+                         f"lengthen them or pass --no-fvd")
+    if settings.fvd and n_videos < 2:
+        raise ValueError("FVD needs at least 2 videos (a covariance per set); use --videos >= 2 or pass --no-fvd")
+
+    models = []
+    for ckpt, label in zip(checkpoints, labels):
+        model = load_model(ckpt, device=device)
+        _check_model_fits(model, label, store)
+        models.append((label, model, checkpoint_identity(ckpt)))
+
+    out = Path(out)
+    data_info = {"path": str(store.path.resolve()), "meta_sha256": sha256_file(store.path / "meta.json")}
+    done: dict[tuple[str, int], dict] = {}
+    for label, model, ident in models:
+        folder = out / "videos" / label
+        if fresh and folder.exists():
+            stale = len(list(folder.glob("*.json")))
+            print(f"--fresh: discarding {stale} earlier results in {folder}", file=sys.stderr)
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        expected = {"format": VIDEO_FORMAT, "settings": settings.to_dict(), "data": data_info,
+                    "checkpoint_sha256": ident["sha256"]}
+        for ep in episodes:
+            record = _load_record(_video_path(out, label, ep), expected)
+            if record is not None:
+                done[label, ep] = record
+    todo = [(label, ep) for ep in episodes for label, _, _ in models if (label, ep) not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(done) + len(todo)} (model, video) results already in {out}",
+              file=sys.stderr)
+
+    bar = tqdm(total=len(todo) * settings.horizon, unit="frame", desc="eval", disable=not progress, file=sys.stderr)
+    for ep in episodes:
+        pending = [(label, model, ident) for label, model, ident in models if (label, ep) not in done]
+        if not pending:
+            continue
+        raw_frames, raw_actions = store.episode(ep)
+        window = slice(settings.start, settings.start + clip_len)
+        clip = frames_to_model(raw_frames[window])  # (C + H, 3, h, w)
+        actions = torch.from_numpy(np.array(raw_actions[window], dtype=np.int64))
+        context, target = clip[: settings.context], clip[settings.context :]
+        real_features = None
+        if settings.fvd:
+            known = [done[lab, ep]["i3d_real"] for lab, _, _ in models if (lab, ep) in done]
+            real_features = known[0] if known else clip_features(clip[None])[0].tolist()
+        for label, model, ident in pending:
+            bar.set_postfix_str(f"{label} episode {ep}")
+            start = time.perf_counter()
+            try:
+                pred = generate_trajectories(model, context, actions, settings, settings.seed * 100_000 + ep,
+                                             on_frame=bar.update)
+            except ValueError as err:
+                raise ValueError(f"model {label}, episode {ep}: {err}") from None
+            seconds = time.perf_counter() - start
+            scores = score_trajectories(pred, target)
+            record = {"format": VIDEO_FORMAT, "settings": settings.to_dict(), "data": data_info,
+                      "checkpoint_sha256": ident["sha256"], "checkpoint": ident["path"], "episode": ep,
+                      "episode_seed": store.meta.episodes[ep].seed, "rollout_seconds": seconds,
+                      "metrics": {m: v.tolist() for m, v in scores.items()}, "i3d_real": None, "i3d_fake": None}
+            if settings.fvd:
+                full = torch.cat([context[None].expand(pred.shape[0], *context.shape), pred], dim=1)
+                record["i3d_real"] = real_features
+                record["i3d_fake"] = clip_features(full).tolist()
+            atomic_write_text(_video_path(out, label, ep), json.dumps(record))
+            done[label, ep] = record
+    bar.close()
+
+    report = {
+        "format": FORMAT,
+        "protocol": "best of N per video and metric: the trajectory with the best horizon-mean; FVD: recorded "
+                    "clips vs all N generated clips per video, context included",
+        "settings": settings.to_dict(),
+        "data": {**data_info, "source": store.meta.source, "frame_shape": list(store.frame_shape)},
+        "episodes": episodes,
+        "models": [],
+    }
+    for label, model, ident in models:
+        result = summarize([done[label, ep] for ep in episodes])
+        report["models"].append({
+            "label": label, "checkpoint": ident, "arch": model.config.arch,
+            "params": sum(p.numel() for p in model.parameters()),
+            "rollout_seconds_per_frame": sum(done[label, ep]["rollout_seconds"] for ep in episodes)
+            / (len(episodes) * settings.horizon),
+            **result,
+        })
+    write_report(out, report)
+    return report
+
+
+# -- report files --------------------------------------------------------------------------------------------
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(report: dict) -> str:
+    """metrics.md: the summary table and a best-of-N table at a few prediction horizons."""
+    s = report["settings"]
+    n = s["trajectories"]
+    lines = [
+        f"# Evaluation on {Path(report['data']['path']).name}: {len(report['episodes'])} videos, "
+        f"context {s['context']} -> horizon {s['horizon']} frames, {n} trajectories, {s['steps']} steps",
+        "",
+        f"| model | arch | step | PSNR best-of-{n} | PSNR mean | SSIM best-of-{n} | SSIM mean | "
+        f"LPIPS best-of-{n} | LPIPS mean | FVD | s/frame |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in report["models"]:
+        sm = m["summary"]
+        lines.append(
+            f"| {m['label']} | {m['arch']} | {m['checkpoint'].get('step') or '-'} | {sm['psnr']['best']:.2f} | "
+            f"{sm['psnr']['mean']:.2f} | {sm['ssim']['best']:.4f} | {sm['ssim']['mean']:.4f} | "
+            f"{sm['lpips']['best']:.4f} | {sm['lpips']['mean']:.4f} | {_fmt(m['fvd'], 1)} | "
+            f"{m['rollout_seconds_per_frame']:.3f} |"
+        )
+    lines += [
+        "",
+        f"PSNR/SSIM higher is better, LPIPS (AlexNet) and FVD lower. Best-of-{n}: per video and metric, the "
+        f"trajectory with the best mean over the horizon; mean: all trajectories. FVD: {len(report['episodes'])} "
+        f"recorded clips against {len(report['episodes']) * n} generated ones, {s['context'] + s['horizon']} frames "
+        f"with the context (noisy with few videos). s/frame: rollout wall time per frame for all {n} trajectories.",
+    ]
+    horizon = s["horizon"]
+    marks = sorted({h for h in (1, 2, 4, 8, 16, 32, 64, 128, 256, horizon) if h <= horizon})
+    lines += ["", f"## Best-of-{n} by prediction horizon (frame after the context)", "",
+              "| model | metric | " + " | ".join(str(h) for h in marks) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in marks) + " |"]
+    for m in report["models"]:
+        for metric, digits in (("psnr", 2), ("ssim", 4), ("lpips", 4)):
+            curve = m["curves"][metric]["best"]
+            lines.append(f"| {m['label']} | {metric.upper()} | "
+                         + " | ".join(f"{curve[h - 1]:.{digits}f}" for h in marks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(report: dict) -> bytes:
+    """metrics.png: one panel per metric against the prediction horizon; solid best-of-N, dashed mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = report["settings"]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.8), constrained_layout=True)
+    x = np.arange(1, s["horizon"] + 1)
+    for ax, metric in zip(axes, METRICS):
+        for i, m in enumerate(report["models"]):
+            color = f"C{i}"
+            ax.plot(x, m["curves"][metric]["best"], color=color, label=f"{m['label']} best of {s['trajectories']}")
+            ax.plot(x, m["curves"][metric]["mean"], color=color, linestyle="--", label=f"{m['label']} mean")
+        ax.set_title(TITLES[metric])
+        ax.set_xlabel("prediction horizon (frames after the context)")
+        ax.set_ylabel(metric.upper())
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']}, {s['steps']} steps")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(out: str | Path, report: dict) -> None:
+    """metrics.json, metrics.md and metrics.png in `out`, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "metrics.md", markdown_table(report))
+    png = plot_curves(report)
+    atomic_write(out / "metrics.png", lambda f: f.write(png))
+
+
+# -- command line --------------------------------------------------------------------------------------------
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="PSNR/SSIM/LPIPS (best of N) and FVD of rollouts on held-out videos")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="checkpoint or run directory; repeat to compare models in one table")
+    p.add_argument("--label", action="append", help="name of each checkpoint in the tables (default: its folder)")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help=f"held-out data set (default {DEFAULT_DATA}: `scd data record --benchmark crafter-bench`)")
+    p.add_argument("--videos", type=int, help="evaluate the first N episodes (default: all)")
+    p.add_argument("--context", type=int, default=36, help="given frames (default 36, as TECO's FVD protocol)")
+    p.add_argument("--horizon", type=int, help="generated frames (default: the rest of the episode)")
+    p.add_argument("--start", type=int, default=0, help="first context frame in each episode")
+    p.add_argument("--trajectories", type=int, default=4, help="rollouts per video (best of N)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps S")
+    p.add_argument("--shift", type=float, default=1.0, help="timestep shift of the sampler")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (1 = off)")
+    p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
+    p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="out/eval", help="folder for metrics.json/md/png and per-video results")
+    p.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    settings = EvalSettings(
+        context=args.context, horizon=args.horizon, trajectories=args.trajectories, start=args.start,
+        steps=args.steps, shift=args.shift, cfg_scale=args.cfg_scale, cfg_null_action=args.cfg_null_action,
+        cfg_context_noise=args.cfg_context_noise, seed=args.seed, fvd=not args.no_fvd, bf16=args.bf16,
+    )
+    report = evaluate(args.checkpoint, args.data, args.out, settings, videos=args.videos, labels=args.label,
+                      fresh=args.fresh, device=args.device)
+    print(markdown_table(report))
+    print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md, metrics.png")
+    return 0

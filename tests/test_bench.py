@@ -1,0 +1,82 @@
+"""`scd bench` on tiny presets: it runs, its numbers are sane, and its analytical FLOP count is exact. No timing
+assertions (the machine is shared)."""
+
+import json
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from scd.bench import bench, format_table, frame_flops, load_bench_model
+from scd.checkpoint import save_checkpoint
+from scd.cli import main
+from scd.config import get_preset
+from scd.models import build_model
+from scd.sampling import Streamer
+
+
+@pytest.mark.parametrize("preset, changes", [("dit-tiny", {}), ("scd-tiny", {}), ("scd-tiny", {"fusion": "channel"}),
+                                             ("scd-tiny", {"fusion": "seq_same"})])
+def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset, changes):
+    config = get_preset(preset).replace(**changes)
+    model = build_model(config).eval()
+    batch, context, steps = 2, 3, 2
+    frames = torch.rand(batch, context, *config.frame_shape) * 2 - 1
+    actions = torch.randint(0, config.num_actions, (batch, context + 2))
+    streamer = Streamer(model, frames, actions[:, :context], steps=steps, window=8)
+    streamer.step(actions[:, context])  # frame `context`; the counted frame has a history of context + 1
+    # The math backend spells attention out as bmm, which the counter sees (it skips the fused CPU kernel).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        streamer.step(actions[:, context + 1])
+    assert counter.get_total_flops() == frame_flops(config, steps, history=context + 1, batch=batch)["total"]
+
+
+def test_bench_interleaves_both_models_and_reports_sane_numbers():
+    models = [load_bench_model("scd-tiny"), load_bench_model("dit-tiny")]
+    report = bench(models, [2, 4], steps=2, frames=2, repeats=2, warmup=1, memory=False, progress=False)
+    assert [run["context"] for run in report["runs"]] == [2, 4]
+    for run in report["runs"]:
+        scd, dit = run["models"]["scd-tiny"], run["models"]["dit-tiny"]
+        for e in (scd, dit):
+            assert len(e["frame_times"]) == 2 * 2 and len(e["first_frame_times"]) == 2
+            assert e["s_per_frame"] > 0 and e["first_frame_s"] > 0 and e["fps"] == pytest.approx(1 / e["s_per_frame"])
+        assert (scd["block_passes_per_frame"], dit["block_passes_per_frame"]) == (2 + 2 * 1, 3 * 2 + 3)
+        r = run["ratio_dit_over_scd"]
+        assert r["s_per_frame"] == pytest.approx(dit["s_per_frame"] / scd["s_per_frame"])
+        assert r["expected_block_passes"] == pytest.approx(9 / 4)
+        assert 1 < r["expected_flops"] and r["kv_cache_bytes"] == pytest.approx(3 / 2)  # L / l layers cached
+        # Exact preallocated bytes: 2 (K, V) x layers x batch x heads x (window + 1) frames x tokens x head_dim x fp32.
+        frames_cached = run["context"] + 2 + 3
+        assert scd["kv_cache_bytes"] == 2 * 2 * 1 * 4 * frames_cached * 64 * 16 * 4 < dit["kv_cache_bytes"]
+    table = format_table(report)
+    assert "DiT/SCD: s/frame" in table and "scd-tiny (scd)" in table and "random (preset initialisation)" in table
+
+
+def test_bench_command_with_a_checkpoint_and_peak_memory(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "my-scd", build_model(get_preset("scd-tiny")))
+    argv = f"bench --checkpoint {ckpt} --dit dit-tiny --context 2 --steps 1 --frames 1 --repeats 1 --warmup 0 --json"
+    assert main(argv.split()) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [m["label"] for m in report["models"]] == ["my-scd", "dit-tiny"]
+    assert report["models"][0]["weights"] == "checkpoint"
+    run = report["runs"][0]
+    for e in run["models"].values():
+        assert e["peak_memory_bytes"] > e["kv_cache_bytes"] > 0 and "VmHWM" in e["peak_memory_measure"]
+    assert run["ratio_dit_over_scd"]["peak_memory"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ("--scd scd-giant", "'scd-giant' is neither a preset"),
+        ("--scd dit-tiny --dit dit-tiny", "one scd and one causal_dit"),
+        ("--context 0", "context lengths must be >= 1"),
+        ("--frames 0", "frames must be >= 1"),
+    ],
+)
+def test_bad_input_exits_with_a_message_that_names_the_problem(args, message, capsys):
+    argv = f"bench --scd scd-tiny --dit dit-tiny --steps 1 --no-memory {args}".split()
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

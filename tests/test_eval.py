@@ -1,0 +1,161 @@
+"""`scd eval` end to end on a tiny real Crafter recording with tiny untrained checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import scd.evaluate as evaluate_module
+from scd.checkpoint import save_checkpoint
+from scd.cli import main
+from scd.config import get_preset
+from scd.data.record import record
+from scd.evaluate import EvalSettings, evaluate
+from scd.metrics import frechet_distance
+from scd.models import build_model
+
+QUICK = dict(context=3, horizon=5, trajectories=3, steps=2, fvd=False)
+
+
+def _checkpoint(path, preset, seed, **changes):
+    torch.manual_seed(seed)
+    model = build_model(get_preset(preset).replace(**changes))
+    with torch.no_grad():  # adaLN-Zero starts at a zero velocity; perturb so rollouts depend on the model
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return save_checkpoint(path, model, meta={"step": 7})
+
+
+@pytest.fixture(scope="module")
+def crafter(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "crafter"
+    record("crafter", path, episodes=2, steps=50, seed=5, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return {"scd": _checkpoint(root / "scd", "scd-tiny", 0), "dit": _checkpoint(root / "dit", "dit-tiny", 1),
+            "small": _checkpoint(root / "small", "scd-tiny", 2, frame_shape=(3, 32, 32))}
+
+
+def count_rollouts(monkeypatch):
+    calls = []
+    real = evaluate_module.generate_trajectories
+
+    def counted(model, context, actions, settings, seed, on_frame=None):
+        calls.append(seed)
+        return real(model, context, actions, settings, seed, on_frame)
+
+    monkeypatch.setattr(evaluate_module, "generate_trajectories", counted)
+    return calls
+
+
+def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpts, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = (f"eval --checkpoint {ckpts['scd']} --checkpoint {ckpts['dit']} --data {crafter} --out {out} "
+            f"--context 3 --horizon 5 --trajectories 3 --steps 2 --no-fvd").split()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| scd | scd | 7 |" in printed and "| dit | causal_dit | 7 |" in printed
+
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["episodes"] == [0, 1] and report["settings"]["horizon"] == 5
+    assert [m["label"] for m in report["models"]] == ["scd", "dit"]
+    for m in report["models"]:
+        s, curves = m["summary"], m["curves"]
+        assert all(len(curves[k][w]) == 5 for k in ("psnr", "ssim", "lpips") for w in ("best", "mean"))
+        assert s["psnr"]["best"] >= s["psnr"]["mean"] and s["ssim"]["best"] >= s["ssim"]["mean"]
+        assert s["lpips"]["best"] <= s["lpips"]["mean"]
+        assert 0 < s["lpips"]["best"] < 2 and 0 < s["psnr"]["mean"] < 60 and m["fvd"] is None
+        for v in m["per_video"]:  # best of N per video: the trajectory with the best horizon-mean
+            assert v["psnr"]["best"] >= v["psnr"]["mean"] and v["lpips"]["best"] <= v["lpips"]["mean"]
+        assert np.isclose(np.mean(curves["psnr"]["best"]), s["psnr"]["best"])
+    # Best of N per video, recomputed from the saved per-frame scores.
+    raw = [json.loads((out / "videos" / "scd" / f"episode_{e:04d}.json").read_text()) for e in (0, 1)]
+    psnr = np.array([r["metrics"]["psnr"] for r in raw])  # (videos, trajectories, horizon)
+    assert psnr.shape == (2, 3, 5)
+    assert np.isclose(psnr.mean(axis=2).max(axis=1).mean(), report["models"][0]["summary"]["psnr"]["best"])
+
+    md = (out / "metrics.md").read_text()
+    assert "PSNR best-of-3" in md and "by prediction horizon" in md and md.count("| scd |") == 4
+    with Image.open(out / "metrics.png") as png:
+        assert png.size[0] > 1000 and png.size[1] > 300
+
+
+def test_rerun_skips_finished_videos_and_refuses_other_settings(crafter, ckpts, tmp_path, monkeypatch):
+    calls = count_rollouts(monkeypatch)
+    out = tmp_path / "eval"
+    first = evaluate([ckpts["scd"]], crafter, out, EvalSettings(**QUICK), videos=1, progress=False)
+    assert len(calls) == 1
+    saved = (out / "videos" / "scd" / "episode_0000.json").read_text()
+    both = evaluate([ckpts["scd"]], crafter, out, EvalSettings(**QUICK), videos=2, progress=False)
+    assert len(calls) == 2  # only episode 1 was new
+    assert (out / "videos" / "scd" / "episode_0000.json").read_text() == saved
+    assert both["models"][0]["per_video"][0] == first["models"][0]["per_video"][0]
+    evaluate([ckpts["scd"]], crafter, out, EvalSettings(**QUICK), videos=2, progress=False)
+    assert len(calls) == 2  # everything was done
+
+    # A fresh evaluation reproduces the resumed one exactly (per-video seeds).
+    fresh = evaluate([ckpts["scd"]], crafter, tmp_path / "fresh", EvalSettings(**QUICK), videos=2, progress=False)
+    assert fresh["models"][0]["summary"] == both["models"][0]["summary"]
+
+    with pytest.raises(ValueError, match=r"other settings \(settings.steps: 2 -> 3\).*--fresh"):
+        evaluate([ckpts["scd"]], crafter, out, EvalSettings(**{**QUICK, "steps": 3}), videos=2, progress=False)
+    with pytest.raises(ValueError, match="checkpoint_sha256"):  # other weights under the same label
+        evaluate([ckpts["dit"]], crafter, out, EvalSettings(**QUICK), videos=1, labels=["scd"], progress=False)
+    calls.clear()
+    evaluate([ckpts["scd"]], crafter, out, EvalSettings(**{**QUICK, "steps": 3}), videos=2, fresh=True,
+             progress=False)
+    assert len(calls) == 2
+
+
+def test_fvd_compares_recorded_clips_with_every_trajectory_context_included(crafter, ckpts, tmp_path, monkeypatch):
+    calls = count_rollouts(monkeypatch)
+    seen = []
+
+    def cheap_features(videos):  # stands in for I3D (tested in test_metrics): 4 numbers per clip
+        seen.append(videos.clone())
+        return torch.stack([videos.mean((1, 2, 3, 4)), videos.std((1, 2, 3, 4)),
+                            videos[:, 0].mean((1, 2, 3)), videos[:, -1].mean((1, 2, 3))], dim=1)
+
+    monkeypatch.setattr(evaluate_module, "clip_features", cheap_features)
+    settings = EvalSettings(context=4, horizon=5, trajectories=2, steps=1, fvd=True)
+    report = evaluate([ckpts["scd"], ckpts["dit"]], crafter, tmp_path / "eval", settings, progress=False)
+    assert len(calls) == 4
+    # Per episode: the recorded clip once (shared by both models), then each model's 2 trajectories.
+    assert [tuple(v.shape[:2]) for v in seen] == [(1, 9), (2, 9), (2, 9)] * 2
+    real, fake = seen[0], seen[1]
+    torch.testing.assert_close(fake[:, :4], real[:, :4].expand(2, -1, -1, -1, -1))  # the given context
+    records = [json.loads((tmp_path / "eval" / "videos" / "scd" / f"episode_{e:04d}.json").read_text())
+               for e in (0, 1)]
+    expected = frechet_distance(np.array([r["i3d_real"] for r in records]),
+                                np.concatenate([r["i3d_fake"] for r in records]))
+    assert report["models"][0]["fvd"] == pytest.approx(expected) and np.isfinite(expected)
+    assert "FVD" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ("--data {tmp}/none", "scd data record --benchmark crafter-bench --out {tmp}/none"),
+        ("--horizon 60 --no-fvd", "do not fit"),
+        ("--context 3 --horizon 4", "FVD needs clips of >= 9 frames"),
+        ("--context 3 --horizon 6 --videos 1", "FVD needs at least 2 videos"),
+        ("--videos 5 --no-fvd", "--videos must be in 1..2"),
+        ("--trajectories 0", "trajectories must be >= 1"),
+        ("--cfg-scale 2", "guidance needs a negative branch"),
+        ("--checkpoint {tmp}/missing", "checkpoint not found"),
+        ("--checkpoint {small} --no-fvd", "takes frames of shape (3, 32, 32)"),
+        ("--label a --label b", "one distinct label per checkpoint"),
+    ],
+)
+def test_bad_input_exits_with_a_message_that_names_the_problem(args, message, crafter, ckpts, tmp_path, capsys):
+    fill = dict(tmp=tmp_path, small=ckpts["small"])
+    argv = f"eval --checkpoint {ckpts['scd']} --data {crafter} --out {tmp_path}/o --steps 1 --horizon 4 " \
+           f"{args.format(**fill)}"
+    assert main(argv.split()) == 2
+    assert message.format(**fill) in capsys.readouterr().err
