@@ -430,7 +430,8 @@ def plot_curves(report: dict) -> bytes:
         ax.set_ylabel(metric.upper())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']}, {s['steps']} steps")
+    fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
+                 f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
