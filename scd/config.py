@@ -18,6 +18,12 @@ ARCHS = ("scd", "causal_dit")
 #   seq_same:   sequence concat, c_i at the same RoPE position as the noisy frame
 #   channel:    channel concat [c_i | x_i] followed by a Linear initialised to [I | I]
 FUSIONS = ("seq_offset", "seq_same", "channel")
+# What the SCD encoder reads in the slot of frame i (supp. E.1, "input reparameterisation"):
+#   previous_frame: (x_{i-1} or a learned start token, a_i): one clean pass per frame (default)
+#   noisy_current:  the Causal DiT's teacher-forcing layout: clean x_<i as history and the current frame x_i
+#                   corrupted to a high flow time (training: t ~ U(t_min, 1); inference: pure noise, t = 1);
+#                   c_i is read at the noisy frame's tokens. This is what blocks copied from a Causal DiT saw.
+ENCODER_INPUTS = ("previous_frame", "noisy_current")
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     fusion: Literal["seq_offset", "seq_same", "channel"] = "seq_offset"
     rope_theta: float = 10000.0
+    encoder_input: Literal["previous_frame", "noisy_current"] = "previous_frame"  # scd only
 
     def __post_init__(self) -> None:
         # Frozen dataclasses get lists from JSON; normalise to a tuple so configs compare equal.
@@ -67,6 +74,10 @@ class ModelConfig:
                 problems.append("scd uses encoder_depth + decoder_depth; depth must be 0")
             if self.fusion not in FUSIONS:
                 problems.append(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.encoder_input not in ENCODER_INPUTS:
+            problems.append(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
+        elif self.arch == "causal_dit" and self.encoder_input != "previous_frame":
+            problems.append("causal_dit has no encoder; encoder_input applies to scd only")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -91,10 +102,12 @@ class ModelConfig:
     def block_passes_per_frame(self, steps: int) -> int:
         """Transformer block passes to generate one frame with `steps` denoising steps.
 
-        SCD: l + S*m. Causal DiT: L*S, plus L for the clean pass that writes the finished frame's K/V
+        SCD: l + S*m (noisy_current encoders: 2l, a clean pass caches the finished frame and a pure-noise pass
+        reads the current one). Causal DiT: L*S, plus L for the clean pass that writes the finished frame's K/V
         (the paper's Tab. 5 counts L*S)."""
         if self.arch == "scd":
-            return self.encoder_depth + steps * self.decoder_depth
+            encoder_passes = 2 if self.encoder_input == "noisy_current" else 1
+            return encoder_passes * self.encoder_depth + steps * self.decoder_depth
         return self.depth * steps + self.depth
 
     def to_dict(self) -> dict:

@@ -9,9 +9,12 @@ Training (teacher forcing, all frames of a clip at once):
 Streaming (one frame at a time, with a KV cache):
     stream = model.new_stream(batch, window)
     model.prefill(stream, context_frames, context_actions)
-    ctx_i = model.frame_context(stream, a_i)           # SCD: the encoder's one pass for frame i
+    ctx_i = model.frame_context(stream, a_i, x_T=noise)  # SCD: the encoder's one pass for frame i
     v = model.frame_velocity(stream, ctx_i, x_t, t, a_i)   # one denoising step
     model.commit(stream, x_i, a_i)                     # the finished frame becomes history
+
+Surgeries (`Surgery`, Causal DiT only) are explicit options: `velocity(..., surgery=)` in training and
+`new_stream(..., surgery=)` for a rollout; without one the block stack runs unchanged (`run_blocks`).
 
 Shapes: frames (B, F, C, H, W) in the model's data space (pixels in [-1, 1] or latents); actions (B, F) int;
 flow time t (B, F) in [0, 1] with t = 1 pure noise. actions[:, i] is the action that produced frame i.
@@ -25,6 +28,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .sampling import flow_schedule
 from .nn import (
     Conditioning,
     DiTBlock,
@@ -37,14 +41,72 @@ from .nn import (
 )
 
 
+@dataclass(frozen=True)
+class Surgery:
+    """The paper's two subtraction surgeries on a trained Causal DiT (Sec. 4; supp. A.1), as explicit options.
+
+    Skip-layer schedule: a noisy frame at flow time t <= skip_t runs only its first `keep_prefix` and last
+    `keep_suffix` blocks; the middle blocks pass it through unchanged. "The first k of S denoising steps run the
+    whole model" is skip_t = flow_schedule(S, shift)[k]: build it with `Surgery.skip_after(k, S, shift, ...)`.
+    Training applies the same rule to each frame's own t. Clean frames (the passes that write the KV cache) always
+    run every block, since later full steps read all layers. The paper skips layers 8-22 of 30.
+
+    Frame-diagonal mask: the last `diagonal_last` blocks attend only inside their own frame. In teacher-forced
+    training every frame, clean or noisy, sees only itself there; in streaming they neither read nor write the
+    KV cache (and the clean caching pass stops before them).
+    """
+
+    skip_t: float | None = None
+    keep_prefix: int = 0
+    keep_suffix: int = 0
+    diagonal_last: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [f"{name} must be >= 0, got {getattr(self, name)}"
+                    for name in ("keep_prefix", "keep_suffix", "diagonal_last") if getattr(self, name) < 0]
+        if self.skip_t is not None and not 0 <= self.skip_t <= 1:
+            problems.append(f"skip_t must be a flow time in [0, 1], got {self.skip_t}")
+        if self.skip_t is None and (self.keep_prefix or self.keep_suffix):
+            problems.append("keep_prefix/keep_suffix need a skip time (skip_t, or Surgery.skip_after)")
+        if problems:
+            raise ValueError("invalid surgery: " + "; ".join(problems))
+
+    @classmethod
+    def skip_after(cls, step: int, steps: int, shift: float = 1.0, *, keep_prefix: int, keep_suffix: int,
+                   diagonal_last: int = 0) -> "Surgery":
+        """Steps >= `step` of `steps` Euler steps (schedule warped by `shift`) run only the kept blocks."""
+        if not 0 <= step <= steps:
+            raise ValueError(f"skip_after_step must be in [0, {steps}] for {steps} denoising steps, got {step}")
+        skip_t = float(flow_schedule(steps, shift)[step])  # the float32 schedule value: t <= skip_t is exact
+        return cls(skip_t, keep_prefix, keep_suffix, diagonal_last)
+
+    def check(self, depth: int) -> None:
+        """Raise unless the surgery fits a stack of `depth` blocks."""
+        if self.skip_t is not None and self.keep_prefix + self.keep_suffix > depth:
+            raise ValueError(f"surgery keeps {self.keep_prefix} + {self.keep_suffix} blocks of a {depth}-block model")
+        if self.diagonal_last > depth:
+            raise ValueError(f"surgery asks for {self.diagonal_last} frame-diagonal blocks; the model has {depth}")
+
+    def skipped_blocks(self, depth: int) -> range:
+        """Indices of the middle blocks that skipped steps bypass."""
+        return range(self.keep_prefix, depth - self.keep_suffix) if self.skip_t is not None else range(0)
+
+    def skipped_groups(self, t: torch.Tensor, is_clean: torch.Tensor) -> torch.Tensor:
+        """(B, G) bool: the noisy groups whose flow time t (B, G) is at or past the skip time."""
+        if self.skip_t is None:
+            return torch.zeros(t.shape, dtype=torch.bool, device=t.device)
+        return (t <= self.skip_t) & ~is_clean[None, :]
+
+
 @dataclass
 class Stream:
-    """State of one streaming rollout: the KV cache and how many frames are known so far."""
+    """State of one streaming rollout: the KV cache, how many frames are known so far, the surgery (if any)."""
 
     cache: KVCache
     batch: int
     num_frames: int = 0  # frames observed or generated so far = index of the next frame
     last_frame: torch.Tensor | None = None  # SCD: latest clean frame (B, C, H, W), input of the next encoder slot
+    surgery: Surgery | None = None  # Causal DiT: fixed for the whole rollout, as the cached K/V depend on it
 
 
 def _with_cached_prefix(mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor | None:
@@ -61,6 +123,22 @@ def run_blocks(blocks, x, cond, rope, mask=None, cache: KVCache | None = None) -
     for layer, block in enumerate(blocks):
         x = block(x, cond, rope, mask, cache, layer)
     return x
+
+
+def teacher_forcing_layout(frames, x_t, t, actions):
+    """The sequence [clean x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups) that trains a frame-causal stack in one
+    pass: noisy frame i attends to clean frames < i and to itself, exactly what a KV cache gives at inference.
+
+    frames, x_t: (B, F, C, H, W); t, actions: (B, F) -> seq (B, 2F-1, C, H, W), t (B, 2F-1), actions (B, 2F-1),
+    frame_pos (2F-1,), is_clean (2F-1,). The noisy frames are the last F groups."""
+    b, f = x_t.shape[:2]
+    dev = x_t.device
+    seq = torch.cat([frames[:, :-1], x_t], dim=1)
+    t_all = torch.cat([torch.zeros(b, f - 1, device=dev), t], dim=1)
+    a_all = torch.cat([actions[:, :-1], actions], dim=1)
+    frame_pos = torch.cat([torch.arange(f - 1, device=dev), torch.arange(f, device=dev)])
+    is_clean = torch.arange(2 * f - 1, device=dev) < f - 1
+    return seq, t_all, a_all, frame_pos, is_clean
 
 
 class WorldModel(nn.Module):
@@ -99,9 +177,20 @@ class WorldModel(nn.Module):
                 f"(ids 0..{self.config.num_actions - 1}; {self.null_action} is the null action)"
             )
 
-    def new_stream(self, batch: int, window: int = 256) -> Stream:
-        """A fresh rollout state that keeps the last `window` frames of history in its KV cache."""
-        return Stream(KVCache(self.cache_layers, window + 1, self.config.tokens_per_frame), batch)
+    @property
+    def encoder_reads_noisy_frame(self) -> bool:
+        """True if training_context also needs the frames corrupted to a high flow time (x_enc, t_enc)."""
+        return False
+
+    def check_surgery(self, surgery: Surgery | None) -> None:
+        if surgery is not None:
+            raise ValueError(f"surgeries cut a Causal DiT's blocks; {type(self).__name__} takes none")
+
+    def new_stream(self, batch: int, window: int = 256, surgery: Surgery | None = None) -> Stream:
+        """A fresh rollout state that keeps the last `window` frames of history in its KV cache; `surgery` (Causal
+        DiT) holds for the whole rollout."""
+        self.check_surgery(surgery)
+        return Stream(KVCache(self.cache_layers, window + 1, self.config.tokens_per_frame), batch, surgery=surgery)
 
     def _check_stream_input(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         self.check_frames(frames)
@@ -131,12 +220,45 @@ class CausalDiT(WorldModel):
     def cache_layers(self) -> int:
         return self.config.depth
 
-    def _transformer(self, frames, t, actions, frame_pos, is_clean, cache=None):
-        """frames: (B, G, C, H, W) with per-group t, actions (B, G) -> (hidden (B, G, P, D), cond (B, G, D))."""
+    def check_surgery(self, surgery: Surgery | None) -> None:
+        if surgery is not None:
+            surgery.check(self.config.depth)
+
+    def _transformer(self, frames, t, actions, frame_pos, is_clean, cache=None, surgery=None, need_output=True):
+        """frames: (B, G, C, H, W) with per-group t, actions (B, G) -> (hidden (B, G, P, D), cond (B, G, D)).
+
+        need_output=False (a pass that only writes the KV cache) lets a surgery stop before its diagonal blocks."""
         cond = self.cond(t, actions)
         rope = self.rope(self.rope.positions(frame_pos))
         mask = group_attention_mask(frame_pos, is_clean, self.config.tokens_per_frame)
-        return run_blocks(self.blocks, self.embed(self.patchify(frames)), cond, rope, mask, cache), cond
+        x = self.embed(self.patchify(frames))
+        if surgery is None:
+            return run_blocks(self.blocks, x, cond, rope, mask, cache), cond
+        return self._operated_blocks(x, cond, rope, mask, frame_pos, t, is_clean, cache, surgery, need_output), cond
+
+    def _operated_blocks(self, x, cond, rope, mask, frame_pos, t, is_clean, cache, surgery, need_output):
+        """The block stack under a `Surgery` (the fast path is `run_blocks`); x: (B, G, P, D), t: (B, G).
+
+        Skipped middle blocks leave a group's tokens unchanged: not computed when every group skips (streaming),
+        selected per group otherwise (training, where the other groups still need the block)."""
+        depth = self.config.depth
+        self.check_surgery(surgery)
+        causal = _with_cached_prefix(mask, cache)
+        own_frame = group_attention_mask(frame_pos, torch.zeros_like(is_clean), self.config.tokens_per_frame)
+        skipped = surgery.skipped_groups(t, is_clean)
+        middle = surgery.skipped_blocks(depth)
+        for layer, block in enumerate(self.blocks):
+            diagonal = layer >= depth - surgery.diagonal_last
+            if diagonal and not need_output:
+                break  # frame-diagonal blocks neither read nor write the cache
+            if layer in middle and skipped.all():
+                continue
+            if diagonal:
+                out = block(x, cond, rope, own_frame, None, layer)
+            else:
+                out = block(x, cond, rope, causal, cache, layer)
+            x = torch.where(skipped[:, :, None, None], x, out) if layer in middle and skipped.any() else out
+        return x
 
     # -- training --------------------------------------------------------------------------------------------
     def training_context(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -144,19 +266,13 @@ class CausalDiT(WorldModel):
         self.check_actions(actions, frames.shape[:2])
         return frames
 
-    def velocity(self, x_t, t, frames, actions) -> torch.Tensor:
+    def velocity(self, x_t, t, frames, actions, surgery: Surgery | None = None) -> torch.Tensor:
         """Teacher forcing in one pass over the sequence [clean x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups).
 
         Noisy frame i attends to clean frames < i and to itself, exactly what the KV cache gives at inference."""
         self.check_frames(x_t, "x_t")
-        b, f = x_t.shape[:2]
-        dev = x_t.device
-        seq = torch.cat([frames[:, :-1], x_t], dim=1)
-        t_all = torch.cat([torch.zeros(b, f - 1, device=dev), t], dim=1)
-        a_all = torch.cat([actions[:, :-1], actions], dim=1)
-        frame_pos = torch.cat([torch.arange(f - 1, device=dev), torch.arange(f, device=dev)])
-        is_clean = torch.arange(2 * f - 1, device=dev) < f - 1
-        h, cond = self._transformer(seq, t_all, a_all, frame_pos, is_clean)
+        f = x_t.shape[1]
+        h, cond = self._transformer(*teacher_forcing_layout(frames, x_t, t, actions), surgery=surgery)
         return self.patchify.unpatchify(self.head(h[:, f - 1 :], cond[:, f - 1 :]))
 
     # -- streaming -------------------------------------------------------------------------------------------
@@ -169,11 +285,11 @@ class CausalDiT(WorldModel):
         frame_pos = torch.arange(stream.num_frames, stream.num_frames + n, device=frames.device)
         is_clean = torch.ones(n, dtype=torch.bool, device=frames.device)
         t = torch.zeros(b, n, device=frames.device)
-        self._transformer(frames, t, actions, frame_pos, is_clean, stream.cache)
+        self._transformer(frames, t, actions, frame_pos, is_clean, stream.cache, stream.surgery, need_output=False)
         stream.cache.commit(n_tokens)
         stream.num_frames += n
 
-    def frame_context(self, stream: Stream, action: torch.Tensor, commit: bool = True) -> None:
+    def frame_context(self, stream: Stream, action: torch.Tensor, commit: bool = True, x_T=None) -> None:
         """A Causal DiT reads its history inside every denoising step: there is nothing to prepare."""
         self.check_actions(action, (stream.batch,))
         return None
@@ -183,7 +299,8 @@ class CausalDiT(WorldModel):
         stream.cache.reserve(self.config.tokens_per_frame)  # scratch room for this frame's K/V
         frame_pos = torch.tensor([stream.num_frames], device=x_t.device)
         is_clean = torch.zeros(1, dtype=torch.bool, device=x_t.device)
-        h, cond = self._transformer(x_t[:, None], t[:, None], action[:, None], frame_pos, is_clean, stream.cache)
+        h, cond = self._transformer(x_t[:, None], t[:, None], action[:, None], frame_pos, is_clean, stream.cache,
+                                    stream.surgery)
         return self.patchify.unpatchify(self.head(h, cond))[:, 0]
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
@@ -192,9 +309,12 @@ class CausalDiT(WorldModel):
 
 
 class CausalEncoder(nn.Module):
-    """l frame-causal blocks over encoder slots; slot i holds (x_{i-1}, a_i) and outputs c_i = E(x_<i, a_<=i).
+    """l frame-causal blocks over encoder slots that output c_i = E(x_<i, a_<=i).
 
-    Slot 0 holds a learned start token instead of a frame: the first frame's empty history."""
+    encoder_input="previous_frame": slot i holds (x_{i-1}, a_i); slot 0 holds a learned start token instead of a
+    frame (the first frame's empty history). encoder_input="noisy_current": clean frames x_j (t = 0, a_j) are the
+    history and c_i is read at a slot holding the current frame at a high flow time (x_i^t, t, a_i), the Causal
+    DiT's layout; the start token is unused."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -215,14 +335,11 @@ class CausalEncoder(nn.Module):
             tokens = torch.cat([start, tokens], dim=1)
         return tokens
 
-    def forward(self, slots, actions, first_pos: int, rope_module: RoPE, cache=None, t=None) -> torch.Tensor:
-        """slots: (B, n, P, D); actions (B, n) -> c (B, n, P, D). t: flow time of each slot (0 = clean)."""
-        b, n = slots.shape[:2]
-        frame_pos = torch.arange(first_pos, first_pos + n, device=slots.device)
-        if t is None:
-            t = torch.zeros(b, n, device=slots.device)
+    def forward(self, slots, t, actions, frame_pos, is_clean, rope_module: RoPE, cache=None) -> torch.Tensor:
+        """slots: (B, G, P, D) with flow times t (0 = clean) and actions (B, G), at frame positions frame_pos (G,),
+        clean or not is_clean (G,) (see group_attention_mask) -> c (B, G, P, D)."""
         rope = rope_module(rope_module.positions(frame_pos))
-        mask = group_attention_mask(frame_pos, torch.ones_like(frame_pos, dtype=torch.bool), slots.shape[2])
+        mask = group_attention_mask(frame_pos, is_clean, slots.shape[2])
         return self.norm(run_blocks(self.blocks, slots, self.cond(t, actions), rope, mask, cache))
 
 
@@ -278,13 +395,33 @@ class SCD(WorldModel):
     def cache_layers(self) -> int:
         return self.config.encoder_depth
 
+    @property
+    def encoder_reads_noisy_frame(self) -> bool:
+        return self.config.encoder_input == "noisy_current"
+
     # -- the two halves --------------------------------------------------------------------------------------
-    def encode(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """c_i = E(x_<i, a_<=i) for every frame of a clip: frames (B, F, C, H, W) -> c (B, F, P, D)."""
+    def encode(self, frames: torch.Tensor, actions: torch.Tensor, x_enc=None, t_enc=None) -> torch.Tensor:
+        """c_i = E(x_<i, a_<=i) for every frame of a clip: frames (B, F, C, H, W) -> c (B, F, P, D).
+
+        encoder_input="noisy_current" (supp. E.1) also needs the current frames corrupted for the encoder:
+        x_enc (B, F, C, H, W) at flow times t_enc (B, F); c_i then reads x_<i clean and x_enc_i, nothing else."""
         self.check_frames(frames)
         self.check_actions(actions, frames.shape[:2])
-        slots = self.encoder.slots(self.patchify(frames[:, :-1]), with_start=True)
-        return self.encoder(slots, actions, 0, self.rope)
+        b, f = actions.shape
+        if not self.encoder_reads_noisy_frame:
+            if x_enc is not None or t_enc is not None:
+                raise ValueError("x_enc/t_enc are for encoder_input='noisy_current'; this encoder reads x_{i-1}")
+            slots = self.encoder.slots(self.patchify(frames[:, :-1]), with_start=True)
+            frame_pos = torch.arange(f, device=frames.device)
+            t = torch.zeros(b, f, device=frames.device)
+            return self.encoder(slots, t, actions, frame_pos, torch.ones_like(frame_pos, dtype=torch.bool), self.rope)
+        if x_enc is None or t_enc is None:
+            raise ValueError("this SCD's encoder reads the noisy current frame (encoder_input='noisy_current'): "
+                             "pass x_enc (B, F, C, H, W) and t_enc (B, F)")
+        self.check_frames(x_enc, "x_enc")
+        seq, t_all, a_all, frame_pos, is_clean = teacher_forcing_layout(frames, x_enc, t_enc, actions)
+        c = self.encoder(self.encoder.embed(self.patchify(seq)), t_all, a_all, frame_pos, is_clean, self.rope)
+        return c[:, f - 1 :]
 
     def decode(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Velocity of noisy frames given their contexts: x_t (..., C, H, W), t and actions (...), c (..., P, D)."""
@@ -295,10 +432,11 @@ class SCD(WorldModel):
         return self.patchify.unpatchify(out.reshape(*lead, *out.shape[-2:]))
 
     # -- training --------------------------------------------------------------------------------------------
-    def training_context(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.encode(frames, actions)
+    def training_context(self, frames: torch.Tensor, actions: torch.Tensor, x_enc=None, t_enc=None) -> torch.Tensor:
+        return self.encode(frames, actions, x_enc, t_enc)
 
-    def velocity(self, x_t, t, c, actions) -> torch.Tensor:
+    def velocity(self, x_t, t, c, actions, surgery: Surgery | None = None) -> torch.Tensor:
+        self.check_surgery(surgery)
         self.check_frames(x_t, "x_t")
         return self.decode(x_t, t, c, actions)
 
@@ -310,29 +448,56 @@ class SCD(WorldModel):
         return c + eta * noise.to(c.device, c.dtype)
 
     # -- streaming -------------------------------------------------------------------------------------------
-    def _encoder_step(self, stream: Stream, new_frames: torch.Tensor, actions: torch.Tensor, commit: bool):
-        """Run encoder slots [last_frame or start, new_frames...] with actions (B, n); returns c (B, n, P, D)."""
-        prev = new_frames
-        if stream.last_frame is not None:
-            prev = torch.cat([stream.last_frame[:, None], new_frames], dim=1)
-        slots = self.encoder.slots(self.patchify(prev), with_start=stream.last_frame is None)
-        n_tokens = slots.shape[1] * self.config.tokens_per_frame
+    def _stream_encoder(self, stream: Stream, slots: torch.Tensor, t, actions: torch.Tensor, commit: bool):
+        """Run slots (B, n, P, D) with flow times t and actions (B, n) at the next positions of the stream, against
+        its cache; their K/V stay in the cache if `commit`. Returns c (B, n, P, D)."""
+        n = slots.shape[1]
+        n_tokens = n * self.config.tokens_per_frame
         stream.cache.reserve(n_tokens)
-        c = self.encoder(slots, actions, stream.num_frames, self.rope, stream.cache)
+        frame_pos = torch.arange(stream.num_frames, stream.num_frames + n, device=slots.device)
+        is_clean = torch.ones(n, dtype=torch.bool, device=slots.device)
+        c = self.encoder(slots, t, actions, frame_pos, is_clean, self.rope, stream.cache)
         if commit:
             stream.cache.commit(n_tokens)
         return c
 
+    def _encoder_step(self, stream: Stream, new_frames: torch.Tensor, actions: torch.Tensor, commit: bool):
+        """previous_frame: run slots [last_frame or start, new_frames...] with actions (B, n) -> c (B, n, P, D)."""
+        prev = new_frames
+        if stream.last_frame is not None:
+            prev = torch.cat([stream.last_frame[:, None], new_frames], dim=1)
+        slots = self.encoder.slots(self.patchify(prev), with_start=stream.last_frame is None)
+        t = torch.zeros(slots.shape[:2], device=slots.device)
+        return self._stream_encoder(stream, slots, t, actions, commit)
+
+    def _cache_clean_frames(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
+        """noisy_current: clean frames (B, n, C, H, W) at t = 0 write their K/V, like the Causal DiT's commit pass."""
+        slots = self.encoder.embed(self.patchify(frames))
+        self._stream_encoder(stream, slots, torch.zeros(actions.shape, device=frames.device), actions, commit=True)
+
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
-        """Encode known frames (B, n, C, H, W): slots for frames j..j+n-1; the last frame waits for its action."""
+        """Encode known frames (B, n, C, H, W). previous_frame: slots for frames j..j+n-1, the last frame waits
+        for its action; noisy_current: all n frames go to the cache as clean history."""
         self._check_stream_input(stream, frames, actions)
-        self._encoder_step(stream, frames[:, :-1], actions, commit=True)
-        stream.last_frame = frames[:, -1]
+        if self.encoder_reads_noisy_frame:
+            self._cache_clean_frames(stream, frames, actions)
+        else:
+            self._encoder_step(stream, frames[:, :-1], actions, commit=True)
+            stream.last_frame = frames[:, -1]
         stream.num_frames += frames.shape[1]
 
-    def frame_context(self, stream: Stream, action: torch.Tensor, commit: bool = True) -> torch.Tensor:
-        """The encoder's once-per-frame pass: c_i (B, P, D) for frame i = stream.num_frames given a_i (B,)."""
+    def frame_context(self, stream: Stream, action: torch.Tensor, commit: bool = True, x_T=None) -> torch.Tensor:
+        """The encoder's once-per-frame pass: c_i (B, P, D) for frame i = stream.num_frames given a_i (B,).
+
+        noisy_current: the slot holds the frame's starting noise x_T (B, C, H, W) at t = 1 (pure noise, supp. E.1)
+        and is never committed (the finished frame is cached clean by `commit`)."""
         self.check_actions(action, (stream.batch,))
+        if self.encoder_reads_noisy_frame:
+            if x_T is None:
+                raise ValueError("this SCD's encoder reads the current frame as pure noise: pass its x_T (B, C, H, W)")
+            slot = self.encoder.embed(self.patchify(x_T))[:, None]
+            t = torch.ones(stream.batch, 1, device=slot.device)
+            return self._stream_encoder(stream, slot, t, action[:, None], commit=False)[:, 0]
         empty = torch.zeros(stream.batch, 0, *self.config.frame_shape, device=self.device)
         return self._encoder_step(stream, empty, action[:, None], commit)[:, 0]
 
@@ -341,8 +506,12 @@ class SCD(WorldModel):
         return self.decode(x_t, t, c, action)
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
-        """The finished frame becomes the input of the next encoder slot (encoded once the next action is known)."""
-        stream.last_frame = frame
+        """previous_frame: the finished frame becomes the input of the next encoder slot (encoded once the next
+        action is known). noisy_current: a clean encoder pass caches it now."""
+        if self.encoder_reads_noisy_frame:
+            self._cache_clean_frames(stream, frame[:, None], action[:, None])
+        else:
+            stream.last_frame = frame
         stream.num_frames += 1
 
 

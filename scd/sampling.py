@@ -64,6 +64,7 @@ class Streamer:
     context_frames: (B, C0, C, H, W) given frames (C0 may be 0) with context_actions (B, C0). Each of the
     num_samples trajectories per video draws its own noise from one CPU generator seeded by `seed`, so a
     seed gives the same video on every device. `window` bounds the history kept in the KV cache.
+    `surgery` (a models.Surgery, Causal DiT only) skips or cuts blocks for the whole rollout.
     callback(dict(frame, step, t, x, v)) sees every denoising step (for probing)."""
 
     def __init__(
@@ -78,6 +79,7 @@ class Streamer:
         seed: int | None = 0,
         window: int = 256,
         callback: Callable | None = None,
+        surgery=None,
     ):
         model.check_frames(context_frames, "context_frames")
         b, c0 = context_frames.shape[:2]
@@ -91,7 +93,7 @@ class Streamer:
         self.generator = _generator(seed)
         n = b * num_samples
         self.null = torch.full((n,), model.null_action, device=self.device, dtype=torch.long)
-        self.stream = model.new_stream(n, window)
+        self.stream = model.new_stream(n, window, surgery)
         self.frames_generated = 0
         if c0 > 0:
             with torch.no_grad():
@@ -113,8 +115,8 @@ class Streamer:
         neg_action, neg_ctx = a, None
         if guidance is not None and guidance.null_action:  # uncommitted encoder pass, before the real one
             neg_action = self.null
-            neg_ctx = model.frame_context(stream, self.null, commit=False)
-        ctx = model.frame_context(stream, a)
+            neg_ctx = model.frame_context(stream, self.null, commit=False, x_T=noise)
+        ctx = model.frame_context(stream, a, x_T=noise)
         if guidance is not None and guidance.context_noise > 0:
             base = ctx if neg_ctx is None else neg_ctx
             neg_ctx = model.corrupt_context(base, guidance.context_noise, self.generator)
@@ -141,7 +143,7 @@ def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs
 
     actions: (B, C0 + H) for the C0 context frames and the H frames to generate (actions[:, i] produced
     frame i). Other keyword arguments as for `Streamer` (steps, shift, guidance, num_samples, seed, window,
-    callback); the window defaults to the whole rollout."""
+    callback, surgery); the window defaults to the whole rollout."""
     model.check_frames(context_frames, "context_frames")
     b, c0 = context_frames.shape[:2]
     if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:

@@ -25,7 +25,7 @@ from .checkpoint import (
 from .config import ModelConfig
 from .fileio import atomic_write_text
 from .flow import FlowConfig, flow_matching_loss
-from .models import WorldModel, build_model
+from .models import Surgery, WorldModel, build_model
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
 
@@ -47,11 +47,14 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     flow: FlowConfig = field(default_factory=FlowConfig)
+    surgery: Surgery | None = None  # fine-tune a Causal DiT under a skip-layer schedule / frame-diagonal last blocks
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
         if isinstance(self.flow, dict):
             object.__setattr__(self, "flow", FlowConfig(**self.flow))
+        if isinstance(self.surgery, dict):
+            object.__setattr__(self, "surgery", Surgery(**self.surgery))
         problems = [
             f"{name} must be >= {low}, got {getattr(self, name)}"
             for name, low in [("steps", 1), ("batch", 1), ("clip_len", 1), ("ckpt_every", 1), ("keep_checkpoints", 1),
@@ -84,6 +87,7 @@ class Trainer:
             raise ValueError(f"dataset clips have {frames.shape[0]} frames, the training config says {cfg.clip_len}")
         model.check_frames(frames[None], "dataset frames")
         model.check_actions(actions[None], (1, cfg.clip_len))
+        model.check_surgery(cfg.surgery)
         data_actions = getattr(dataset, "num_actions", None)
         if data_actions is not None and data_actions > model.config.num_actions:
             raise ValueError(
@@ -197,7 +201,7 @@ class Trainer:
         frames, actions = self.next_batch()
         self.model.train()
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            loss = flow_matching_loss(self.model, frames, actions, self.cfg.flow)
+            loss = flow_matching_loss(self.model, frames, actions, self.cfg.flow, self.cfg.surgery)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}; lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)

@@ -39,14 +39,19 @@ def uncached_rollout(model, context, actions, steps, seed):
     b, c0 = context.shape[:2]
     out = []
     for i in range(c0, actions.shape[1]):
-        x = torch.randn((b, *FRAME), generator=gen)
+        x = noise = torch.randn((b, *FRAME), generator=gen)
         a = actions[:, : i + 1]
         for s in range(steps):
             t = schedule[s].expand(b)
             seq = torch.cat([frames, x[:, None]], dim=1)  # history + current noisy frame
             t_seq = torch.zeros(b, i + 1)
             t_seq[:, i] = t
-            if isinstance(model, SCD):
+            if isinstance(model, SCD) and model.encoder_reads_noisy_frame:
+                # c_i reads frames < i and the frame's starting noise at t = 1 (supp. E.1 at inference)
+                x_enc = torch.cat([frames, noise[:, None]], dim=1)
+                c = model.encode(seq, a, x_enc, torch.ones(b, i + 1))[:, i]
+                v = model.decode(x, t, c, a[:, i])
+            elif isinstance(model, SCD):
                 c = model.encode(seq, a)[:, i]  # c_i depends only on frames < i
                 v = model.decode(x, t, c, a[:, i])
             else:
@@ -65,6 +70,17 @@ def test_cached_rollout_equals_uncached_recomputation(arch, c0):
     cached = generate(model, frames[:, :c0], actions, steps=3, seed=7)[:, 0]
     reference = uncached_rollout(model, frames[:, :c0], actions, steps=3, seed=7)
     torch.testing.assert_close(cached, reference, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("c0", [0, 1, 3])
+def test_noisy_current_encoder_cached_rollout_equals_recomputation(c0):
+    model = tiny("scd", encoder_input="noisy_current")
+    frames, actions = clip(f=6)
+    cached = generate(model, frames[:, :c0], actions, steps=3, seed=7)[:, 0]
+    reference = uncached_rollout(model, frames[:, :c0], actions, steps=3, seed=7)
+    torch.testing.assert_close(cached, reference, atol=2e-5, rtol=1e-4)
+    window = generate(model, frames[:, :1], actions, steps=1, seed=7, window=2)  # past the cache's capacity
+    assert torch.isfinite(window).all()
 
 
 @pytest.mark.parametrize("fusion", ["seq_offset", "seq_same", "channel"])
