@@ -17,6 +17,9 @@ COMMAND_MODULES = [
     "scd.data.cli",
     "scd.bench",
     "scd.evaluate",
+    "scd.probe",
+    "scd.quality",
+    "scd.convert",
 ]
 
 
@@ -78,6 +81,37 @@ def cmd_info(args) -> int:
     return 0
 
 
+# -- surgeries (options of train, generate and the evaluation commands) ---------------------------------------
+def add_surgery_arguments(p: argparse.ArgumentParser, training: bool) -> None:
+    """The paper's surgeries on a Causal DiT (models.Surgery) as options."""
+    g = p.add_argument_group("surgeries (Causal DiT)")
+    g.add_argument("--skip-after-step", type=int, metavar="K",
+                   help="skip-layer schedule: the first K denoising steps run every block, later steps only "
+                        "--keep-prefix and --keep-suffix blocks (the paper: 5 of 50 steps, layers 8-22 of 30 skipped)")
+    g.add_argument("--keep-prefix", type=int, default=0, metavar="P", help="first blocks kept by skipped steps")
+    g.add_argument("--keep-suffix", type=int, default=0, metavar="Q", help="last blocks kept by skipped steps")
+    g.add_argument("--diagonal-last", type=int, default=0, metavar="N",
+                   help="frame-diagonal mask on the last N blocks: they attend only inside their own frame")
+    if training:
+        g.add_argument("--skip-steps", type=int, default=20, metavar="S",
+                       help="the sampling schedule (S steps, --skip-shift) whose step K sets the skip time")
+        g.add_argument("--skip-shift", type=float, default=1.0)
+
+
+def surgery_from_args(args, steps: int | None = None, shift: float | None = None):
+    """models.Surgery from the options of `add_surgery_arguments`, or None when none is asked for."""
+    from .models import Surgery
+
+    steps = args.skip_steps if steps is None else steps
+    shift = args.skip_shift if shift is None else shift
+    if args.skip_after_step is None:
+        if args.keep_prefix or args.keep_suffix:
+            raise ValueError("--keep-prefix/--keep-suffix need --skip-after-step")
+        return Surgery(diagonal_last=args.diagonal_last) if args.diagonal_last else None
+    return Surgery.skip_after(args.skip_after_step, steps, shift, keep_prefix=args.keep_prefix,
+                              keep_suffix=args.keep_suffix, diagonal_last=args.diagonal_last)
+
+
 # -- scd train -----------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .checkpoint import read_config
@@ -94,10 +128,11 @@ def cmd_train(args) -> int:
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
-                      action_dropout=args.action_dropout)
+                      action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, clip_len=args.clip_len, lr=args.lr, warmup=args.warmup,
                       weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema, bf16=args.bf16,
-                      ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow)
+                      ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
+                      surgery=surgery_from_args(args))
     store = data.store
     data_info = {"path": str(Path(args.data).resolve()), "source": store.meta.source,
                  "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(data)}
@@ -184,6 +219,7 @@ def cmd_generate(args) -> int:
 
     generated, times = [], []
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
+                     surgery=surgery_from_args(args, args.steps, args.shift),
                      num_samples=args.samples, seed=args.seed, window=args.window)
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         start = time.perf_counter()
@@ -251,6 +287,9 @@ def _add_core_parsers(sub) -> None:
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
     p.add_argument("--time-limit", type=float, help="stop (with a checkpoint) after this many seconds")
+    p.add_argument("--encoder-t-min", type=float, default=0.8,
+                   help="noisy_current SCD encoders (scd convert) see the current frame at t ~ U(this, 1)")
+    add_surgery_arguments(p, training=True)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="record a small Crafter set, train a small SCD for a few minutes, write a video")
@@ -280,6 +319,7 @@ def _add_core_parsers(sub) -> None:
     p.add_argument("--out", default="out/generated.mp4", help=".mp4 or .gif")
     p.add_argument("--fps", type=int, default=10)
     p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the video")
+    add_surgery_arguments(p, training=False)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="a lean copy of a checkpoint for shipping: EMA weights + config")

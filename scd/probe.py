@@ -1,0 +1,556 @@
+"""Probing a model during a real rollout, through hooks (the paper's Sec. 4 and supp. A).
+
+    scd probe --checkpoint RUN --data HELDOUT --out DIR [--clips 4 --context 4 --frames 8 --steps 20]
+
+What it measures, per block of the denoising stack (a Causal DiT's blocks, or an SCD's decoder blocks):
+- step-to-step feature similarity: S x S matrices of the cosine similarity and of the mean squared distance
+  between the block's output on the current noisy frame's tokens at denoising steps s and s', averaged over
+  the generated frames and samples (supp. Fig. 1), and their mean over the off-diagonal pairs against depth;
+- PCA of the block's features across the steps of one frame: three principal components as RGB on the token
+  grid, one tile per step (Fig. 2b);
+- cross-frame attention mass: the share of attention that the current frame's queries give to keys of other
+  frames (the KV cache; for an SCD decoder, the context c_i), averaged over heads, queries and steps;
+- leave-one-out importance (main text, E.1): the change of the flow-matching loss on held-out clips (fixed seed)
+  and of the rollout PSNR/SSIM/LPIPS against the ground truth (fixed seed) when one block is replaced by identity.
+
+Nothing here changes a forward pass: features are read by forward hooks, the attention mass is recomputed by a
+pre-hook on the Attention module from the same inputs (the fast path never materialises attention), and a
+skipped block is a forward hook that returns the block's input. Writes PNG figures and probe.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .flow import FlowConfig, flow_matching_loss
+from .models import SCD, CausalDiT
+from .nn import Attention, apply_rope
+from .sampling import generate
+
+
+# -- where to probe ------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ProbePoints:
+    """The modules of a model's denoising stack: `cond` starts every pass, `head` ends every velocity pass."""
+
+    cond: nn.Module
+    blocks: nn.ModuleList
+    head: nn.Module
+    tokens: int  # the current noisy frame's tokens: the last `tokens` of every block's output
+    has_context_keys: bool  # False for an SCD with channel fusion: c_i is mixed into the tokens, not attended to
+    labels: list[str]  # names of the blocks, as `all_blocks` gives them
+
+
+def probe_points(model) -> ProbePoints:
+    """The blocks that run at every denoising step: a Causal DiT's blocks, or an SCD's decoder blocks."""
+    p = model.config.tokens_per_frame
+    if isinstance(model, CausalDiT):
+        return ProbePoints(model.cond, model.blocks, model.head, p, True, [f"{i}" for i in range(len(model.blocks))])
+    if isinstance(model, SCD):
+        d = model.decoder
+        labels = [f"dec{i}" for i in range(len(d.blocks))]
+        return ProbePoints(d.cond, d.blocks, d.head, p, model.config.fusion != "channel", labels)
+    raise ValueError(f"cannot probe {type(model).__name__}: expected a CausalDiT or an SCD")
+
+
+def all_blocks(model) -> list[tuple[str, nn.Module]]:
+    """(label, block) for every block of the model, in order (SCD: encoder then decoder)."""
+    if isinstance(model, CausalDiT):
+        return [(f"{i}", b) for i, b in enumerate(model.blocks)]
+    if isinstance(model, SCD):
+        return [(f"enc{i}", b) for i, b in enumerate(model.encoder.blocks)] + [
+            (f"dec{i}", b) for i, b in enumerate(model.decoder.blocks)]
+    raise ValueError(f"cannot probe {type(model).__name__}: expected a CausalDiT or an SCD")
+
+
+# -- attention mass ------------------------------------------------------------------------------------------
+def context_attention_mass(attn: Attention, x, rope, mask=None, cache=None, layer: int = 0, *, tokens: int):
+    """Share of attention that the current frame's queries (the last `tokens` tokens of x (B, N, D)) give to all
+    other keys: the KV cache's committed past frames and any earlier tokens of x (an SCD decoder's c_i).
+
+    Recomputes q and k exactly as Attention.forward does from the same inputs and materialises
+    softmax(q k^T / sqrt(hd)) only here. Returns (B,) averaged over heads and queries, and the share of those keys
+    among all keys (the mass uniform attention would give)."""
+    b, n, _ = x.shape
+    q, k, _ = attn.qkv(x).view(b, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, hd)
+    q, k = apply_rope(attn.q_norm(q), rope), apply_rope(attn.k_norm(k), rope)
+    if cache is not None and cache.length > 0:
+        k = torch.cat([cache.k[layer, :, :, : cache.length].to(k.dtype), k], dim=2)
+    scores = (q[:, :, -tokens:].float() @ k.float().transpose(-1, -2)) * attn.head_dim**-0.5  # (B, H, P, keys)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[-tokens:], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    others = k.shape[2] - tokens
+    return probs[..., :others].sum(-1).mean(dim=(1, 2)), others / k.shape[2]
+
+
+# -- the rollout probe ---------------------------------------------------------------------------------------
+class RolloutProbe:
+    """Reads a rollout step by step through hooks; pass `probe.callback` to Streamer / rollout / generate.
+
+        with RolloutProbe(model) as probe:
+            generate(model, context, actions, steps=S, callback=probe.callback)
+        result = probe.result()
+
+    A pre-hook on `cond` marks the start of every pass and a hook on `head` the end of every velocity pass, so the
+    features and attention masses filed under (frame, step) come from that step's velocity pass only (never from
+    a Causal DiT's clean caching pass). Blocks a surgery skips at a step have no features there (NaN). Guided
+    rollouts (two velocity passes per step) are not supported. Samples are averaged; `pca_frame` (index among
+    the generated frames) of sample 0 is kept for the PCA images."""
+
+    def __init__(self, model, pca_frame: int = 0, attention: bool = True):
+        self.model = model
+        self.points = probe_points(model)
+        self.pca_frame = pca_frame
+        self.attention = attention and self.points.has_context_keys
+        self._handles: list = []
+        self._pending: dict = {}  # what the current pass recorded
+        self._sealed: dict = {}  # what the last velocity pass recorded
+        self._frame: int | None = None
+        self._steps: dict[int, dict] = {}  # step -> records of the current frame
+        self.frames_seen = 0
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, torch.Tensor] = {}
+        self.pca_features: dict[int, torch.Tensor] | None = None  # block -> (S, P, D)
+        self.mass_per_step: list[list[float]] = []  # per frame: (S, L) lists
+
+    # hooks
+    def __enter__(self) -> "RolloutProbe":
+        pts = self.points
+        self._handles.append(pts.cond.register_forward_pre_hook(lambda m, args: self._pending.clear()))
+        self._handles.append(pts.head.register_forward_hook(self._seal))
+        for i, block in enumerate(pts.blocks):
+            self._handles.append(block.register_forward_hook(self._feature_hook(i)))
+            if self.attention:
+                self._handles.append(block.attn.register_forward_pre_hook(self._attention_hook(i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._finish_frame()
+
+    def _seal(self, module, args, output) -> None:
+        self._sealed = dict(self._pending)
+
+    def _feature_hook(self, i: int):
+        def hook(module, args, output):
+            self._pending[("feature", i)] = output[:, -1, -self.points.tokens :].detach().float().clone()
+        return hook
+
+    def _attention_hook(self, i: int):
+        signature = inspect.signature(Attention.forward)
+
+        def hook(module, args, kwargs):
+            bound = signature.bind(module, *args, **kwargs)
+            bound.apply_defaults()
+            a = bound.arguments
+            with torch.no_grad():
+                mass, uniform = context_attention_mass(module, a["x"], a["rope"], a["mask"], a["cache"], a["layer"],
+                                                       tokens=self.points.tokens)
+            self._pending[("mass", i)] = (mass.float().cpu(), uniform)
+        return hook
+
+    def callback(self, info: dict) -> None:
+        """Streamer callback: files the last velocity pass under (info['frame'], info['step'])."""
+        if info["frame"] != self._frame:
+            self._finish_frame()
+            self._frame = info["frame"]
+        self._steps[info["step"]] = self._sealed
+        self._sealed = {}
+
+    # accumulation
+    def _add(self, name: str, value: torch.Tensor, count: torch.Tensor) -> None:
+        if name not in self._sums:
+            self._sums[name] = torch.zeros_like(value)
+            self._counts[name] = torch.zeros_like(count)
+        self._sums[name] += value
+        self._counts[name] += count
+
+    def _finish_frame(self) -> None:
+        if not self._steps:
+            return
+        steps = max(self._steps) + 1
+        depth = len(self.points.blocks)
+        cos = torch.full((depth, steps, steps), math.nan, dtype=torch.float64)
+        mse = cos.clone()
+        mass = torch.full((steps, depth), math.nan, dtype=torch.float64)
+        uniform = []
+        n = 0
+        for i in range(depth):
+            feats = [self._steps.get(s, {}).get(("feature", i)) for s in range(steps)]
+            present = next((f for f in feats if f is not None), None)
+            if present is not None:
+                n = present.shape[0]
+                f = torch.stack([x if x is not None else torch.full_like(present, math.nan) for x in feats])
+                c, m = step_similarity(f.flatten(2).double())  # (B, S, S) each
+                cos[i], mse[i] = c.mean(0), m.mean(0)
+                if self.frames_seen == self.pca_frame:
+                    if self.pca_features is None:
+                        self.pca_features = {}
+                    self.pca_features[i] = f[:, 0]  # (S, P, D) of sample 0
+            for s in range(steps):
+                record = self._steps.get(s, {}).get(("mass", i))
+                if record is not None:
+                    mass[s, i] = float(record[0].mean())
+                    uniform.append(record[1])
+        weight = torch.tensor(float(n), dtype=torch.float64)
+        self._add("cos", cos * n, weight)
+        self._add("mse", mse * n, weight)
+        self.mass_per_step.append(mass.tolist())
+        if uniform:
+            self._add("uniform", torch.tensor(sum(uniform) / len(uniform), dtype=torch.float64), torch.tensor(1.0))
+        self.frames_seen += 1
+        self._steps = {}
+
+    def result(self) -> dict:
+        """Similarity matrices (L, S, S), their off-diagonal means (L,), attention mass (L,) and per step (S, L)."""
+        if "cos" not in self._sums:
+            raise ValueError("the probe saw no denoising step: pass probe.callback to the rollout inside `with`")
+        cos = self._sums["cos"] / self._counts["cos"]
+        mse = self._sums["mse"] / self._counts["mse"]
+        steps = cos.shape[-1]
+        off = ~torch.eye(steps, dtype=torch.bool)
+        out = {
+            "frames": self.frames_seen,
+            "steps": steps,
+            "cosine": cos.tolist(),
+            "mse": mse.tolist(),
+            "mean_offdiag_cosine": [float(c[off].nanmean()) if steps > 1 else math.nan for c in cos],
+            "mean_offdiag_mse": [float(m[off].nanmean()) if steps > 1 else math.nan for m in mse],
+            "attention_mass": None,
+        }
+        if self.attention:
+            per_step = torch.tensor(self.mass_per_step, dtype=torch.float64).nanmean(0)  # (S, L) over frames
+            out["attention_mass"] = per_step.nanmean(0).tolist()
+            out["attention_mass_per_step"] = per_step.tolist()
+            out["uniform_share"] = float(self._sums["uniform"] / self._counts["uniform"])
+        return out
+
+
+def step_similarity(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """f: (S, B, M) features of S steps -> cosine similarity and mean squared distance, each (B, S, S)."""
+    f = f.transpose(0, 1)  # (B, S, M)
+    gram = f @ f.transpose(1, 2)
+    sq = gram.diagonal(dim1=1, dim2=2)  # (B, S) squared norms
+    norm = sq.clamp_min(0).sqrt()
+    cos = gram / (norm[:, :, None] * norm[:, None, :]).clamp_min(1e-30)
+    mse = (sq[:, :, None] + sq[:, None, :] - 2 * gram).clamp_min(0) / f.shape[-1]
+    return cos, mse
+
+
+def pca_images(features: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """features (S, P, D) of one block across S steps -> (S, h, w, 3) in [0, 1]: the first three principal
+    components of all S*P tokens (one basis for every step, so colours compare across steps), each scaled by
+    its 1st-99th percentile range. Steps without features (NaN) come out grey."""
+    s, p, d = features.shape
+    valid = ~torch.isnan(features).any(dim=(1, 2))
+    x = features[valid].reshape(-1, d).double()
+    x = x - x.mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    proj = (x @ vh[:3].T).reshape(-1, p, 3)
+    lo = torch.quantile(proj.reshape(-1, 3), 0.01, dim=0)
+    hi = torch.quantile(proj.reshape(-1, 3), 0.99, dim=0)
+    rgb = ((proj - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    out = torch.full((s, p, 3), 0.5, dtype=torch.float64)
+    out[valid] = rgb
+    return out.reshape(s, *grid, 3).numpy()
+
+
+# -- leave-one-out -------------------------------------------------------------------------------------------
+@contextmanager
+def skipping(block: nn.Module):
+    """Inside the context `block` returns its input unchanged (a forward hook: the block is replaced by identity)."""
+    handle = block.register_forward_hook(lambda module, args, output: args[0])
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def fixed_loss(model, frames, actions, flow: FlowConfig, seed: int = 0, draws: int = 1, batch: int = 16) -> float:
+    """Flow-matching loss on clips (N, F, C, H, W) with fixed timesteps and noise: `draws` seeded draws
+    (seed, seed+1, ...), each over all clips in batches of `batch`, averaged."""
+    losses = []
+    for d in range(draws):
+        torch.manual_seed(seed + d)
+        for i in range(0, frames.shape[0], batch):
+            f, a = frames[i : i + batch].to(model.device), actions[i : i + batch].to(model.device)
+            losses.append(float(flow_matching_loss(model, f, a, flow)) * f.shape[0])
+    return sum(losses) / (draws * frames.shape[0])
+
+
+def leave_one_out(model, loss_clips, rollout_clips, context: int, steps: int = 20, shift: float = 1.0,
+                  seed: int = 0, flow: FlowConfig | None = None, loss_draws: int = 2, progress=None) -> dict:
+    """For every block (all_blocks), the change of the fixed-seed loss and of the rollout quality when that block
+    is skipped. loss_clips, rollout_clips: (frames (N, F, C, H, W), actions (N, F)). Returns per-block lists."""
+    from .quality import rollout_quality
+
+    flow = flow or FlowConfig(action_dropout=0.0)
+    blocks = all_blocks(model)
+
+    def measure():
+        loss = fixed_loss(model, *loss_clips, flow, seed, loss_draws)
+        quality = rollout_quality(model, *rollout_clips, context, steps, shift, seed)
+        return {"loss": loss, **{k: quality[k] for k in ("psnr", "ssim", "lpips")}}
+
+    base = measure()
+    skipped = []
+    for label, block in blocks:
+        with skipping(block):
+            skipped.append(measure())
+        if progress is not None:
+            progress(label, skipped[-1])
+    out = {"blocks": [label for label, _ in blocks], "base": base}
+    for key in base:
+        out[key] = [r[key] for r in skipped]
+        out[f"delta_{key}"] = [r[key] - base[key] for r in skipped]
+    return out
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _shown_blocks(depth: int, most: int = 8) -> list[int]:
+    """All blocks, or `most` of them evenly spaced (first and last included)."""
+    if depth <= most:
+        return list(range(depth))
+    return sorted({round(i * (depth - 1) / (most - 1)) for i in range(most)})
+
+
+def plot_similarity(sim: dict, labels: list[str], path: Path, title: str) -> None:
+    """Heatmaps (cosine, mean squared distance) per block, each with its colour bar."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    shown = _shown_blocks(len(labels))
+    fig, axes = plt.subplots(2, len(shown), figsize=(2.9 * len(shown), 5.6), squeeze=False)
+    for col, i in enumerate(shown):
+        for row, (key, name, cmap) in enumerate([("cosine", "cosine similarity", "viridis"),
+                                                 ("mse", "mean squared distance", "magma_r")]):
+            ax = axes[row, col]
+            im = ax.imshow(np.array(sim[key][i]), cmap=cmap, origin="upper")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            ax.set_title(f"block {labels[i]}: {name}" if col == 0 else f"block {labels[i]}", fontsize=9)
+            ax.set_xlabel("denoising step s'", fontsize=8)
+            ax.set_ylabel("denoising step s", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
+    fig.suptitle(f"{title}: step-to-step similarity of block outputs (current frame's tokens), "
+                 f"mean over {sim['frames']} frames")
+    fig.subplots_adjust(left=0.05, right=0.97, top=0.86, bottom=0.09, wspace=0.45, hspace=0.45)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_depth_curves(sim: dict, labels: list[str], path: Path, title: str) -> None:
+    """Per-block summaries against depth: mean off-diagonal cosine, MSE, and the cross-frame attention mass."""
+    plt = _pyplot()
+    panels = 3 if sim.get("attention_mass") is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.6))
+    x = np.arange(len(labels))
+    axes[0].plot(x, sim["mean_offdiag_cosine"], "o-")
+    axes[0].set(title="step-to-step cosine similarity", ylabel="mean over step pairs s != s'")
+    axes[1].plot(x, sim["mean_offdiag_mse"], "o-", color="tab:red")
+    axes[1].set(title="step-to-step mean squared distance", ylabel="mean over step pairs s != s'")
+    if panels == 3:
+        axes[2].plot(x, sim["attention_mass"], "o-", color="tab:green", label="measured")
+        axes[2].axhline(sim["uniform_share"], ls="--", color="gray", label="uniform attention")
+        axes[2].set(title="attention mass on other frames", ylabel="share of the current frame's attention",
+                    ylim=(0, 1))
+        axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("block (depth)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.82, bottom=0.15, wspace=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pca(features: dict[int, torch.Tensor], labels: list[str], grid, path: Path, title: str,
+             frame: np.ndarray | None = None) -> None:
+    """One row per block: the PCA image of its features at every denoising step side by side (+ the generated
+    frame, resized to the token grid's tile size)."""
+    plt = _pyplot()
+    shown = [i for i in _shown_blocks(len(labels)) if i in features]
+    steps = next(iter(features.values())).shape[0]
+    scale = max(1, 32 // max(grid))  # tiles of ~32 pixels
+    gap = np.ones((grid[0] * scale, 2, 3))
+
+    def row_image(tiles: np.ndarray) -> np.ndarray:
+        big = tiles.repeat(scale, axis=1).repeat(scale, axis=2)  # (S, h, w, 3)
+        return np.concatenate([x for tile in big for x in (tile, gap)][:-1], axis=1)
+
+    fig, axes = plt.subplots(len(shown), 1 + (frame is not None), squeeze=False,
+                             figsize=(0.55 * steps + 2.2, 0.62 * len(shown) + 0.9),
+                             gridspec_kw={"width_ratios": [steps, 1.2][: 1 + (frame is not None)]})
+    width = grid[1] * scale + 2
+    for row, i in enumerate(shown):
+        ax = axes[row, 0]
+        ax.imshow(row_image(pca_images(features[i], grid)), interpolation="nearest")
+        ax.set_yticks([])
+        ax.set_ylabel(f"block {labels[i]}", fontsize=8, rotation=0, ha="right", va="center")
+        ax.set_xticks(np.arange(steps) * width + width / 2 - 1, [str(s) for s in range(steps)], fontsize=6)
+        if row == len(shown) - 1:
+            ax.set_xlabel("denoising step", fontsize=8)
+        if frame is not None:
+            axes[row, 1].imshow(frame)
+            axes[row, 1].axis("off")
+            if row == 0:
+                axes[row, 1].set_title("result", fontsize=7)
+    fig.suptitle(f"{title}: PCA of block features across steps (3 components as RGB, one basis per block)",
+                 fontsize=9)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.1, hspace=0.35, wspace=0.05)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_leave_one_out(loo: dict, path: Path, title: str) -> None:
+    """Bars per block: change of the loss, of PSNR and of LPIPS when the block is skipped."""
+    plt = _pyplot()
+    labels = loo["blocks"]
+    x = np.arange(len(labels))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, name, color in [(axes[0], "delta_loss", "loss change (higher = more important)", "tab:blue"),
+                                 (axes[1], "delta_psnr", "PSNR change, dB (lower = more important)", "tab:red"),
+                                 (axes[2], "delta_lpips", "LPIPS change (higher = more important)", "tab:purple")]:
+        ax.bar(x, loo[key], color=color)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set(title=name, xlabel="skipped block")
+        ax.grid(alpha=0.3, axis="y")
+    base = loo["base"]
+    fig.suptitle(f"{title}: leave-one-out (base loss {base['loss']:.4f}, PSNR {base['psnr']:.2f}, "
+                 f"LPIPS {base['lpips']:.4f})")
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.15, wspace=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- the whole probe -----------------------------------------------------------------------------------------
+@torch.no_grad()
+def probe_rollout(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0, seed: int = 0,
+                  surgery=None, pca_frame: int = 0):
+    """One rollout with a RolloutProbe attached: (probe result dict, PCA features, generated video (N, H, ...))."""
+    device = model.device
+    with RolloutProbe(model, pca_frame=pca_frame) as probe:
+        video = generate(model, frames[:, :context].to(device), actions.to(device), steps=steps, shift=shift,
+                         seed=seed, callback=probe.callback, surgery=surgery)[:, 0]
+    return probe.result(), probe.pca_features, video
+
+
+def _training_flow(model) -> FlowConfig:
+    """The checkpoint's training timesteps (and encoder noise), without action dropout or context noise."""
+    saved = getattr(model, "checkpoint_info", {}).get("train", {}).get("flow", {})
+    known = {f.name for f in dataclasses.fields(FlowConfig)}
+    kept = {k: v for k, v in saved.items() if k in known and k not in ("action_dropout", "context_noise", "K")}
+    return FlowConfig(**kept, action_dropout=0.0)
+
+
+def add_parser(subparsers) -> None:
+    from .cli import add_surgery_arguments
+
+    p = subparsers.add_parser("probe", help="step similarity, PCA, attention mass and leave-one-out of a model")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory (Causal DiT or SCD)")
+    p.add_argument("--data", required=True, help="held-out data set for context frames and the loss")
+    p.add_argument("--out", required=True, help="folder for the figures and probe.json")
+    p.add_argument("--episodes", help="episodes to draw clips from, e.g. 0-7 (default: all)")
+    p.add_argument("--clips", type=int, default=4, help="rollouts (one clip per episode)")
+    p.add_argument("--context", type=int, default=4)
+    p.add_argument("--frames", type=int, default=8, help="generated frames per rollout")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps S")
+    p.add_argument("--shift", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pca-frame", type=int, default=0, help="generated frame (of clip 0) shown in the PCA figure")
+    p.add_argument("--loss-clips", type=int, default=16, help="held-out clips for the leave-one-out loss")
+    p.add_argument("--loss-clip-len", type=int, help="frames per loss clip (default: the training clip length)")
+    p.add_argument("--loss-draws", type=int, default=2, help="seeded timestep/noise draws for the loss")
+    p.add_argument("--no-leave-one-out", action="store_true")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema")
+    add_surgery_arguments(p, training=False)
+    p.set_defaults(func=cmd_probe)
+
+
+def loss_clips(data, count: int, clip_len: int, episodes=None):
+    """`count` non-overlapping clips spread evenly over the data set: (frames (N, F, C, H, W), actions (N, F))."""
+    from .data.store import ClipDataset
+
+    clips = ClipDataset(data, clip_len, episodes, stride=clip_len)
+    if len(clips) < count:
+        raise ValueError(f"{data} has {len(clips)} non-overlapping clips of {clip_len} frames; {count} were asked for")
+    index = np.linspace(0, len(clips) - 1, count).round().astype(int)
+    frames, actions = zip(*(clips[int(i)] for i in index))
+    return torch.stack(frames), torch.stack(actions)
+
+
+def cmd_probe(args) -> int:
+    from .checkpoint import load_model
+    from .cli import surgery_from_args
+    from .data.store import frames_to_uint8
+    from .quality import heldout_clips, parse_episodes
+
+    model = load_model(args.checkpoint, weights=args.weights)
+    surgery = surgery_from_args(args, args.steps, args.shift)
+    model.check_surgery(surgery)
+    episodes = parse_episodes(args.episodes)
+    frames, actions = heldout_clips(args.data, args.clips, args.context + args.frames, episodes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "Causal DiT" if isinstance(model, CausalDiT) else "SCD decoder"
+    title = f"{kind} ({Path(args.checkpoint).name})"
+
+    sim, pca, video = probe_rollout(model, frames, actions, args.context, args.steps, args.shift, args.seed,
+                                    surgery, args.pca_frame)
+    labels = probe_points(model).labels
+    result = {"checkpoint": str(args.checkpoint), "arch": model.config.arch, "probed": kind, "blocks": labels,
+              "data": str(args.data), "clips": args.clips, "context": args.context, "seed": args.seed,
+              "surgery": None if surgery is None else dataclasses.asdict(surgery), **sim}
+    plot_similarity(sim, labels, out / "similarity.png", title)
+    plot_depth_curves(sim, labels, out / "depth.png", title)
+    if pca:
+        frame = frames_to_uint8(video[0, args.pca_frame].clamp(-1, 1).cpu())
+        plot_pca(pca, labels, model.config.grid, out / "pca.png", f"{title}, frame {args.pca_frame}", frame)
+    print(f"{title}: {sim['frames']} frames x {sim['steps']} steps probed")
+    print(f"{'block':>6} {'cos(s,s`)':>10} {'mse(s,s`)':>10} {'attn. mass':>11}")
+    for i, label in enumerate(labels):
+        mass = sim["attention_mass"][i] if sim["attention_mass"] is not None else math.nan
+        print(f"{label:>6} {sim['mean_offdiag_cosine'][i]:>10.4f} {sim['mean_offdiag_mse'][i]:>10.4f} {mass:>11.4f}")
+
+    if not args.no_leave_one_out:
+        clip_len = args.loss_clip_len or getattr(model, "checkpoint_info", {}).get("train", {}).get("clip_len", 8)
+        loo = leave_one_out(model, loss_clips(args.data, args.loss_clips, clip_len, episodes), (frames, actions),
+                            args.context, args.steps, args.shift, args.seed, _training_flow(model), args.loss_draws)
+        result["leave_one_out"] = loo
+        plot_leave_one_out(loo, out / "leave_one_out.png", title)
+        base = loo["base"]
+        print(f"leave-one-out (base: loss {base['loss']:.4f}, PSNR {base['psnr']:.2f}, SSIM {base['ssim']:.4f}, "
+              f"LPIPS {base['lpips']:.4f})")
+        print(f"{'skipped':>8} {'d loss':>9} {'d PSNR':>8} {'d SSIM':>8} {'d LPIPS':>8}")
+        for i, label in enumerate(loo["blocks"]):
+            print(f"{label:>8} {loo['delta_loss'][i]:>+9.4f} {loo['delta_psnr'][i]:>+8.2f} "
+                  f"{loo['delta_ssim'][i]:>+8.4f} {loo['delta_lpips'][i]:>+8.4f}")
+    (out / "probe.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}/probe.json and figures (similarity.png, depth.png, pca.png"
+          f"{', leave_one_out.png' if not args.no_leave_one_out else ''})")
+    return 0
