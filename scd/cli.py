@@ -15,6 +15,7 @@ from pathlib import Path
 # Modules that each expose `add_parser(subparsers)`; order = order in `scd --help`.
 COMMAND_MODULES = [
     "scd.data.cli",
+    "scd.play.cli",
     "scd.bench",
     "scd.evaluate",
     "scd.probe",

@@ -1,0 +1,5 @@
+"""`scd play`: stream a world model to a web page and play it with the keyboard.
+
+engine.py generates frames in a worker thread (one Streamer.step per frame); server.py serves the page
+(static/) and talks to it over a WebSocket; cli.py is the command.
+"""

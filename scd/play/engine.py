@@ -1,0 +1,405 @@
+"""The play engine: streams frames from a world model, one `Streamer.step` per frame, in a worker thread.
+
+The engine owns the models, the real context frames it starts from, the current `Streamer`, and the session
+recording. Other threads talk to it only through thread-safe methods:
+
+    engine.set_action(id)          the key the player holds (or noop); every press is also queued once, so a
+                                   tap shorter than one frame still reaches the model
+    engine.request(kind, value)    "model" / "reset" / "pause", applied by the worker between two frames
+    engine.set_watched(bool)       generate only while someone is watching
+    engine.save_video(dir)         the session so far as an mp4
+
+and it reports back through one callback, `on_event(event)`, called from the worker thread with a `Frame`
+or a status/error dict. `render_next()` renders one frame in the calling thread (the benchmark uses it
+without the worker).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.store import VideoStore, frames_to_model, frames_to_uint8
+from ..sampling import Streamer
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CONTEXT = ASSETS / "crafter-context.npz"
+MODEL_LABELS = {"scd": "SCD", "dit": "Causal DiT"}
+RECORD_LIMIT = 9000  # frames kept for the session video (~10 min at 15 fps, 110 MB at 64x64)
+ACTION_QUEUE = 8  # presses waiting for a frame; older ones are dropped when the player mashes keys
+COMMAND_QUEUE = 8  # model switches / resets / pauses waiting for the worker
+FPS_WINDOW = 20  # frames over which the generation rate is averaged
+VIDEO_FPS = 15  # playback rate of saved sessions
+VIDEO_SCALE = 4  # nearest-neighbour upscaling of saved sessions
+
+
+def fast_bf16(device: str | torch.device) -> bool:
+    """Whether bf16 autocast should speed generation up: on a GPU, or a CPU with native bf16 instructions
+    (measured on a 2-core AVX512-BF16 CPU: ~15% faster than float32 for scd-xs; elsewhere bf16 is emulated)."""
+    if torch.device(device).type != "cpu":
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# -- context frames ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ContextSet:
+    """Real opening frames to start a session from: E episodes of frames uint8 (E, n, H, W, 3) and the actions
+    int64 (E, n) that produced them. action_names: the game's action names when the source records them."""
+
+    frames: np.ndarray
+    actions: np.ndarray
+    action_names: tuple[str, ...] | None
+    source: str
+
+    def __post_init__(self) -> None:
+        f, a = self.frames, self.actions
+        if f.dtype != np.uint8 or f.ndim != 5 or f.shape[-1] != 3 or min(f.shape[:2]) < 1:
+            raise ValueError(f"{self.source}: context frames must be uint8 (E, n, H, W, 3), got {f.dtype} {f.shape}")
+        if not np.issubdtype(a.dtype, np.integer) or a.shape != f.shape[:2]:
+            raise ValueError(f"{self.source}: context actions must be integers of shape {f.shape[:2]}, "
+                             f"got {a.dtype} {a.shape}")
+        if a.min() < 0:
+            raise ValueError(f"{self.source}: context actions must be >= 0, got {a.min()}")
+
+    @property
+    def num_episodes(self) -> int:
+        return self.frames.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.frames.shape[1]
+
+
+def load_context_npz(path: str | Path) -> ContextSet:
+    """A context file: frames uint8 (E, C0, H, W, 3), actions int64 (E, C0), optionally action_names (num_actions,)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"context file {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"frames", "actions"} - set(data.files)
+            if missing:
+                raise ValueError(f"context file {path} lacks the arrays {sorted(missing)} "
+                                 "(expected frames uint8 (E, C0, H, W, 3) and actions int64 (E, C0))")
+            frames, actions = data["frames"], data["actions"]
+            names = tuple(str(n) for n in data["action_names"]) if "action_names" in data.files else None
+    except (OSError, EOFError) as err:  # np.load's errors for a truncated or foreign file
+        raise ValueError(f"context file {path} is not a readable .npz ({err})") from None
+    return ContextSet(frames, actions, names, str(path))
+
+
+def load_context_dataset(path: str | Path, length: int, max_episodes: int = 256) -> ContextSet:
+    """The first `length` frames (and actions) of each episode of a recorded data set (scd-video-v1)."""
+    store = VideoStore(path)
+    chosen = [i for i in range(store.num_episodes) if store.episode_lengths[i] >= length][:max_episodes]
+    if not chosen:
+        raise ValueError(f"data set {path} has no episode of at least {length} frames for the context")
+    frames = np.stack([np.asarray(store.episode(i)[0][:length]) for i in chosen])
+    actions = np.stack([np.asarray(store.episode(i)[1][:length]) for i in chosen])
+    return ContextSet(frames, actions, tuple(store.action_names), str(path))
+
+
+def load_context(path: str | Path | None, length: int) -> ContextSet:
+    """Context frames from a .npz context file or a data set directory; None means the shipped Crafter file."""
+    if path is None:
+        if not DEFAULT_CONTEXT.is_file():
+            raise FileNotFoundError(f"the shipped context frames {DEFAULT_CONTEXT} are missing (not part of this "
+                                    "install yet); pass --data with a recorded data set directory or a context .npz")
+        path = DEFAULT_CONTEXT
+    path = Path(path)
+    if path.is_dir():
+        return load_context_dataset(path, length)
+    return load_context_npz(path)
+
+
+# -- the engine ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frame:
+    """One generated frame and how it was made."""
+
+    index: int  # frames generated in this session (context frames not counted)
+    model: str
+    episode: int
+    action: int
+    pixels: np.ndarray  # uint8 (H, W, 3)
+    latency: float  # seconds spent in Streamer.step (and the conversion to uint8)
+    fps: float  # generation rate over the last FPS_WINDOW frames (0 until there are two)
+
+
+class Engine:
+    """Streams frames from one of several world models (named "scd" / "dit"), switching on request.
+
+    models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
+    starts from the last `context_frames` frames of one episode. steps: denoising steps S per frame; window:
+    history frames in the KV cache; seed: the noise seed of every session; bf16: autocast on the CPU."""
+
+    def __init__(self, models: dict, context: ContextSet, *, steps: int = 4, context_frames: int = 4,
+                 window: int = 8, seed: int = 0, bf16: bool = False, on_event: Callable | None = None):
+        if not models:
+            raise ValueError("no model to play: give at least one checkpoint")
+        unknown = set(models) - set(MODEL_LABELS)
+        if unknown:
+            raise ValueError(f"unknown model names {sorted(unknown)}; use {sorted(MODEL_LABELS)}")
+        first = next(iter(models.values())).config
+        for name, model in models.items():
+            if model.config.frame_shape != first.frame_shape or model.config.num_actions != first.num_actions:
+                raise ValueError(f"the models do not play the same game: {name} has frames {model.config.frame_shape} "
+                                 f"and {model.config.num_actions} actions, another has {first.frame_shape} and "
+                                 f"{first.num_actions}")
+        c, h, w = first.frame_shape
+        if context.frames.shape[2:] != (h, w, c):
+            raise ValueError(f"{context.source}: context frames are {context.frames.shape[2:]}, the models make "
+                             f"{(h, w, c)} frames")
+        if context.actions.max() >= first.num_actions:
+            raise ValueError(f"{context.source}: context actions go up to {context.actions.max()}, the models know "
+                             f"{first.num_actions} actions")
+        if not 1 <= context_frames <= context.length:
+            raise ValueError(f"--context {context_frames}: {context.source} holds 1..{context.length} frames per episode")
+        if context_frames > window:
+            raise ValueError(f"--context {context_frames} exceeds the history --window {window}")
+        if steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {steps}")
+        self.models, self.context = models, context
+        self.steps, self.context_frames, self.window, self.seed, self.bf16 = steps, context_frames, window, seed, bf16
+        self.on_event = on_event or (lambda event: None)
+        if bf16:  # torch notes once that RMSNorm's float32 weight meets bf16 input; expected under autocast
+            warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        self.action_names = self._action_names(first.num_actions)
+        self.num_actions = first.num_actions
+
+        # Shared with other threads (guarded by _lock): the held action, queued presses, the recording.
+        self._lock = threading.Lock()
+        self._held = 0
+        self._presses: deque[int] = deque(maxlen=ACTION_QUEUE)
+        self._recording: deque[tuple[np.ndarray, int]] = deque(maxlen=RECORD_LIMIT)
+        self.action_log: deque[int] = deque(maxlen=10_000)  # action ids fed to Streamer.step, newest last
+        self._commands: queue.Queue = queue.Queue(maxsize=COMMAND_QUEUE)
+        self._wake = threading.Event()
+        self._watched = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        # Owned by the thread that generates (the worker, or the caller of render_next).
+        self.model_name = "scd" if "scd" in models else next(iter(models))
+        self.episode = 0
+        self.paused = False
+        self.frames_generated = 0
+        self._done_times: deque[float] = deque(maxlen=FPS_WINDOW)
+        self.streamer: Streamer | None = None
+
+    def _action_names(self, num_actions: int) -> tuple[str, ...]:
+        """From the checkpoints' data description, else the context source, else action_<id>."""
+        for model in self.models.values():
+            data = getattr(model, "checkpoint_info", {}).get("data") or {}
+            names = data.get("action_names")
+            if names and len(names) == num_actions:
+                return tuple(names)
+        if self.context.action_names and len(self.context.action_names) == num_actions:
+            return self.context.action_names
+        return tuple(f"action_{i}" for i in range(num_actions))
+
+    # -- thread-safe controls ------------------------------------------------------------------------------
+    def set_action(self, action: int) -> None:
+        """The action the player holds now (0 = noop when nothing is held). A non-noop action is also queued
+        once, so a key tapped between two frames still drives one frame."""
+        if not 0 <= action < self.num_actions:
+            raise ValueError(f"unknown action id {action}: the models know {self.num_actions} actions")
+        with self._lock:
+            self._held = action
+            if action != 0:
+                self._presses.append(action)
+
+    def _release_keys(self) -> None:
+        with self._lock:
+            self._held = 0
+            self._presses.clear()
+
+    def request(self, kind: str, value=None) -> None:
+        """Queue a command for the worker: ("model", name), ("reset", episode or None), ("pause", bool).
+        Raises queue.Full when COMMAND_QUEUE commands are already waiting."""
+        if kind not in ("model", "reset", "pause"):
+            raise ValueError(f"unknown command {kind!r}")
+        if kind == "model" and value not in self.models:
+            raise ValueError(f"model {value!r} is not loaded; loaded: {sorted(self.models)}")
+        if kind == "reset" and value is not None and not 0 <= value < self.context.num_episodes:
+            raise ValueError(f"episode {value} out of range: the context holds {self.context.num_episodes} episodes")
+        self._commands.put_nowait((kind, value))
+        self._wake.set()
+
+    def set_watched(self, watched: bool) -> None:
+        """Generate only while a page is connected (no CPU burnt for nobody); with none, no key is held."""
+        if watched:
+            self._watched.set()
+        else:
+            self._watched.clear()
+            self._release_keys()
+        self._wake.set()
+
+    def status(self) -> dict:
+        return {"type": "status", "model": self.model_name, "episode": self.episode, "paused": self.paused,
+                "episodes": self.context.num_episodes, "frames": self.frames_generated}
+
+    def save_video(self, out_dir: str | Path) -> tuple[Path, int]:
+        """Write the session so far (context frames first) as an mp4 in out_dir -> (path, number of frames)."""
+        from ..video import upscale, write_video
+
+        with self._lock:
+            frames = [f for f, _ in self._recording]
+            model = self.model_name
+        if not frames:
+            raise ValueError("nothing to save yet: no frame has been generated")
+        name = time.strftime("scd-play-%Y%m%d-%H%M%S") + f"-{model}-{time.monotonic_ns() % 10**6:06d}.mp4"
+        path = write_video(Path(out_dir) / name, upscale(np.stack(frames), VIDEO_SCALE), fps=VIDEO_FPS)
+        return path, len(frames)
+
+    # -- generation (worker thread or benchmark) -----------------------------------------------------------
+    def _autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(next(iter(self.models.values())).device.type, dtype=torch.bfloat16)
+
+    def reset(self, episode: int | None = None, model: str | None = None, continue_session: bool = False) -> None:
+        """Start a new Streamer for `model` (default: the current one).
+
+        From the context of `episode` (default: the current one), or with continue_session from the last
+        context_frames frames of the session, so a model switch keeps the world the player is in."""
+        self.model_name = model or self.model_name
+        with self._lock:
+            recorded = list(self._recording)[-self.context_frames:]
+        if continue_session and len(recorded) >= self.context_frames:
+            frames = np.stack([f for f, _ in recorded])
+            actions = np.array([a for _, a in recorded], dtype=np.int64)
+        else:
+            self.episode = self.episode if episode is None else episode
+            frames = self.context.frames[self.episode, -self.context_frames:]
+            actions = self.context.actions[self.episode, -self.context_frames:].astype(np.int64)
+            with self._lock:
+                self._recording.clear()
+                self._recording.extend(zip(frames, actions.tolist()))
+                self._presses.clear()
+            self.frames_generated = 0
+        model = self.models[self.model_name]
+        with torch.inference_mode(), self._autocast():
+            self.streamer = Streamer(model, frames_to_model(frames)[None].to(model.device),
+                                     torch.from_numpy(actions)[None].to(model.device), steps=self.steps,
+                                     seed=self.seed, window=self.window)
+        self._done_times.clear()
+
+    def _next_action(self) -> int:
+        with self._lock:
+            return self._presses.popleft() if self._presses else self._held
+
+    def render_next(self) -> Frame:
+        """Generate the next frame with the queued press or the held action, record it and return it."""
+        if self.streamer is None:
+            self.reset()
+        action = self._next_action()
+        start = time.perf_counter()
+        with torch.inference_mode(), self._autocast():
+            pixels = frames_to_uint8(self.streamer.step(action)[0, 0])
+        done = time.perf_counter()
+        self._done_times.append(done)
+        times = self._done_times
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        with self._lock:
+            self._recording.append((pixels, action))
+        self.action_log.append(action)
+        self.frames_generated += 1
+        return Frame(self.frames_generated, self.model_name, self.episode, action, pixels, done - start, fps)
+
+    def _apply(self, kind: str, value) -> None:
+        if kind == "model":
+            if value != self.model_name:
+                self.reset(model=value, continue_session=True)
+        elif kind == "reset":
+            self.reset(episode=value)
+        else:
+            self.paused = bool(value)
+            self._release_keys()  # presses made while paused do not burst out on resume
+            self._done_times.clear()
+        self.on_event(self.status())
+
+    def _run(self) -> None:
+        try:
+            self.reset()
+            self.on_event(self.status())
+            while not self._stop.is_set():
+                try:
+                    while True:
+                        self._apply(*self._commands.get_nowait())
+                except queue.Empty:
+                    pass
+                if self.paused or not self._watched.is_set():
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    self._done_times.clear()  # the rate restarts after an idle spell
+                    continue
+                self.on_event(self.render_next())
+        except Exception as err:  # report, keep the server up; the page shows the message
+            self.on_event({"type": "error", "message": f"generation stopped: {type(err).__name__}: {err}"})
+            raise
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread."""
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._thread = threading.Thread(target=self._run, name="scd-play-worker", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker after its current frame and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the generation thread did not stop within {timeout} s")
+
+
+def benchmark(engine: Engine, frames: int, chunk: int = 25, warmup: int = 5) -> dict[str, dict]:
+    """Render `frames` frames with each model of the engine, headless, in chunks that alternate between the
+    models (so a change in background load hits both alike). Returns name -> {fps, latency stats in ms}."""
+    if frames < 1:
+        raise ValueError(f"--benchmark needs at least 1 frame, got {frames}")
+    names = list(engine.models)
+    latencies: dict[str, list[float]] = {n: [] for n in names}
+    walls = dict.fromkeys(names, 0.0)
+    actions = [i % engine.num_actions for i in range(frames)]
+    for name in names:  # warm-up: first calls allocate the caches and pick kernels
+        engine.reset(episode=0, model=name)
+        for _ in range(warmup):
+            engine.render_next()
+    done = 0
+    while done < frames:
+        n = min(chunk, frames - done)
+        for name in names:
+            engine.reset(episode=0, model=name)
+            start = time.perf_counter()
+            for i in range(n):
+                engine.set_action(actions[done + i])
+                latencies[name].append(engine.render_next().latency)
+            walls[name] += time.perf_counter() - start
+        done += n
+    results = {}
+    for name in names:
+        ms = np.array(latencies[name]) * 1000
+        results[name] = {"frames": frames, "fps": frames / walls[name], "mean_ms": float(ms.mean()),
+                         "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+                         "max_ms": float(ms.max())}
+    return results

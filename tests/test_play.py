@@ -1,0 +1,348 @@
+"""`scd play`: the engine, the protocol, the page in a real headless Chromium, and Ctrl-C shutdown.
+
+Tiny untrained checkpoints and a tiny context file are written to a tmp dir; the server runs in a thread on a
+free port (or, for Ctrl-C, as an `scd play` subprocess)."""
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scd.checkpoint import load_model, save_checkpoint
+from scd.cli import main
+from scd.config import get_preset
+from scd.models import build_model
+from scd.play import engine as engine_module
+from scd.play.engine import Engine, load_context, load_context_npz
+from scd.play.server import MAX_MESSAGE_BYTES, PlayServer, Protocol, ProtocolError, key_bindings
+
+CRAFTER_ACTIONS = ["noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep", "place_stone",
+                   "place_table", "place_furnace", "place_plant", "make_wood_pickaxe", "make_stone_pickaxe",
+                   "make_iron_pickaxe", "make_wood_sword", "make_stone_sword", "make_iron_sword"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def wait_until(condition, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_async(coroutine):
+    """asyncio.run in a fresh thread: Playwright's sync API keeps an event loop running in this one."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = asyncio.run(coroutine)
+        except BaseException as err:  # re-raised in the test's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Tiny untrained SCD and Causal DiT checkpoints and a context file of 3 episodes x 5 frames."""
+    root = tmp_path_factory.mktemp("play")
+    torch.manual_seed(0)
+    meta = {"data": {"action_names": CRAFTER_ACTIONS}}
+    scd = save_checkpoint(root / "scd", build_model(get_preset("scd-tiny")), meta=meta)
+    dit = save_checkpoint(root / "dit", build_model(get_preset("dit-tiny")), meta=meta)
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 256, (3, 5, 8, 8, 3), dtype=np.uint8), 8, axis=2).repeat(8, axis=3)
+    actions = rng.integers(0, 17, (3, 5)).astype(np.int64)
+    np.savez(root / "context.npz", frames=frames, actions=actions)
+    return {"scd": scd, "dit": dit, "context": root / "context.npz", "root": root}
+
+
+def make_engine(assets, **kw):
+    models = {"scd": load_model(assets["scd"]), "dit": load_model(assets["dit"])}
+    kw = {"steps": 2, "context_frames": 3, "window": 4, **kw}
+    return Engine(models, load_context_npz(assets["context"]), **kw)
+
+
+@pytest.fixture(scope="module")
+def served(assets):
+    """A PlayServer in a background thread on a free port; stopped (and checked) at the end."""
+    engine = make_engine(assets)
+    server = PlayServer(engine, assets["root"] / "videos", port=0)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    assert server.ready.wait(30), "server did not start"
+    yield server
+    server.shutdown()
+    thread.join(15)
+    assert not thread.is_alive(), "server thread did not stop"
+    assert not engine._thread.is_alive(), "worker thread did not stop"
+
+
+# -- engine and key map ----------------------------------------------------------------------------------
+def test_a_tap_between_two_frames_still_drives_one_frame_then_the_held_key_rules(assets):
+    engine = make_engine(assets)
+    engine.reset()
+    engine.set_action(5)  # tap "do": pressed and released before the next frame
+    engine.set_action(0)
+    assert [engine.render_next().action for _ in range(2)] == [5, 0]
+    engine.set_action(1)  # hold move_left
+    assert [engine.render_next().action for _ in range(3)] == [1, 1, 1]
+    assert list(engine.action_log) == [5, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="unknown action id 17"):
+        engine.set_action(17)
+
+
+def test_switching_model_continues_from_the_session_and_reset_restarts_from_real_frames(assets):
+    engine = make_engine(assets)
+    engine.reset(episode=1)
+    for _ in range(4):
+        frame = engine.render_next()
+    assert frame.index == 4 and frame.pixels.shape == (64, 64, 3) and frame.pixels.dtype == np.uint8
+    engine._apply("model", "dit")
+    assert engine.model_name == "dit" and engine.frames_generated == 4  # same session, other model
+    assert engine.render_next().model == "dit"
+    engine._apply("reset", 2)
+    assert engine.episode == 2 and engine.frames_generated == 0
+    with pytest.raises(ValueError, match="not loaded"):
+        engine.request("model", "far")
+
+
+def test_context_files_are_validated_and_missing_assets_name_the_way_out(assets, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, frames=np.zeros((2, 3, 64, 64, 3), np.float32), actions=np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="uint8"):
+        load_context_npz(bad)
+    np.savez(bad, frames=np.zeros((2, 3, 64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="lacks the arrays \\['actions'\\]"):
+        load_context_npz(bad)
+    monkeypatch.setattr(engine_module, "DEFAULT_CONTEXT", tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match="--data"):
+        load_context(None, 4)
+    with pytest.raises(ValueError, match="--context 6"):
+        make_engine(assets, context_frames=6)
+
+
+def test_every_action_gets_its_own_key_for_crafter_and_for_unknown_games():
+    crafter = key_bindings(CRAFTER_ACTIONS)
+    by_name = {b["name"]: b for b in crafter}
+    assert by_name["move_left"]["keys"] == ["KeyA", "ArrowLeft"] and by_name["do"]["keys"] == ["Space"]
+    assert by_name["noop"]["keys"] == [] and by_name["make_iron_sword"]["label"] == "6"
+    for bindings in (crafter, key_bindings(["NOOP", "FIRE", "UP", "UPRIGHT", "zap", "zip"])):
+        keys = [k for b in bindings for k in b["keys"]]
+        assert len(keys) == len(set(keys)) and all(b["keys"] for b in bindings[1:])
+
+
+def test_missing_shipped_checkpoints_give_a_clear_error(assets, monkeypatch, capsys):
+    from scd.play import cli
+
+    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINTS", {"scd": assets["root"] / "nope-scd", "dit": assets["root"] / "x"})
+    assert main(["play", "--data", str(assets["context"])]) == 2
+    assert "shipped checkpoints are missing" in capsys.readouterr().err
+
+
+def test_benchmark_prints_frames_per_second_and_latency_for_both_models(assets, capsys):
+    args = ["play", "--benchmark", "6", "--scd", str(assets["scd"]), "--dit", str(assets["dit"]), "--data",
+            str(assets["context"]), "--steps", "2", "--context", "3", "--window", "4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "6 frames per model" in out and "SCD streams" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith(("SCD ", "Causal")) and "streams" not in line}
+    assert float(rows["SCD"][4]) > 0 and float(rows["Causal"][5]) > 0  # frames/s of both
+
+
+# -- protocol ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "malformed JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"type": "jump"}', "unknown message type 'jump'"),
+        ('{"type": "action", "action": "fly"}', "unknown action 'fly'"),
+        ('{"type": "action", "action": 5}', "must be an action name"),
+        ('{"type": "action", "action": "do", "path": "/etc/passwd"}', "unexpected fields ['path']"),
+        ('{"type": "model", "model": ["scd"]}', "unknown model"),
+        ('{"type": "reset", "episode": true}', "must be an integer"),
+        ('{"type": "reset", "episode": 3}', "out of range"),
+        ('{"type": "pause", "paused": "yes"}', "must be true or false"),
+        ('{"type": "action", "action": "' + "x" * MAX_MESSAGE_BYTES + '"}', "exceeds the limit"),
+    ],
+)
+def test_protocol_rejects_bad_messages_with_a_reason(text, message):
+    protocol = Protocol(CRAFTER_ACTIONS, ["scd", "dit"], num_episodes=3)
+    with pytest.raises(ProtocolError, match=message.replace("[", "\\[").replace("]", "\\]")):
+        protocol.parse(text)
+    assert protocol.parse('{"type": "action", "action": "do"}') == ("action", 5)
+    assert protocol.parse('{"type": "reset"}') == ("reset", None)
+
+
+def test_the_server_answers_bad_messages_with_errors_and_keeps_streaming(served):
+    import aiohttp
+
+    bad = ["{not json", '{"type": "action", "action": "fly"}', '{"type": "pause", "paused": 1}',
+           '{"type": "save", "' + "x" * 2000 + '": 1}', b"\x00binary"]
+
+    async def session():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(served.url + "ws") as ws:
+                hello = await ws.receive_json(timeout=10)
+                assert hello["type"] == "hello" and [a["name"] for a in hello["actions"]] == CRAFTER_ACTIONS
+                errors = []
+                for message in bad:
+                    await (ws.send_bytes(message) if isinstance(message, bytes) else ws.send_str(message))
+                frames = 0
+                while len(errors) < len(bad) or frames < 3:
+                    msg = await ws.receive(timeout=10)
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        n = struct.unpack(">I", msg.data[:4])[0]
+                        header = json.loads(msg.data[4 : 4 + n])
+                        assert len(msg.data) == 4 + n + header["width"] * header["height"] * 3
+                        frames += 1
+                    elif msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "error":
+                        errors.append(json.loads(msg.data)["message"])
+                    else:
+                        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                assert "malformed JSON" in errors[0] and "unknown action 'fly'" in errors[1]
+                assert "true or false" in errors[2] and "exceeds the limit" in errors[3] and "binary" in errors[4]
+            async with http.ws_connect(served.url + "ws") as ws:  # beyond the hard limit: closed, 1009
+                await ws.receive_json(timeout=10)
+                await ws.send_str("x" * (128 * 1024))
+                while (msg := await ws.receive(timeout=10)).type not in (aiohttp.WSMsgType.CLOSE,
+                                                                         aiohttp.WSMsgType.CLOSED):
+                    pass
+                assert ws.close_code == 1009
+            async with http.get(served.url + "videos/..%2f..%2fconfig.json") as response:
+                assert response.status == 404  # only files the server wrote itself
+            async with http.get(served.url + "ws", headers={"Origin": "http://evil.example"}) as response:
+                assert response.status == 403  # another site's page may not connect
+            async with http.get(served.url) as response:
+                assert response.status == 200 and "scd play" in await response.text()
+
+    run_async(session())
+
+
+# -- the page in a real browser ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def page(served):
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver; scripts/setup.sh --test)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 760}, accept_downloads=True)
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(served.url)
+        yield page
+        browser.close()
+        assert not errors, errors
+
+
+def frame_number(page) -> int:
+    return int(page.inner_text("#stat-frame"))
+
+
+def test_page_streams_frames_and_keys_reach_the_model(served, page):
+    page.wait_for_function("Number(document.getElementById('stat-frame').textContent) >= 3", timeout=30000)
+    assert "move_left" in page.inner_text("#legend") and page.inner_text("#stat-model") == "SCD"
+    log = served.engine.action_log
+    for key, action in [("a", 1), ("Space", 5), ("ArrowUp", 3), ("6", 16)]:
+        start = len(log)
+        page.keyboard.down(key)
+        wait_until(lambda: action in list(log)[start:], what=f"action {action} from key {key}")
+        page.keyboard.up(key)
+    start = len(log)
+    wait_until(lambda: len(log) > start + 2 and list(log)[-1] == 0, what="noop once the key is released")
+    assert float(page.inner_text("#stat-fps")) > 0 and page.inner_text("#stat-latency").endswith(" ms")
+
+
+def test_page_switches_model_resets_and_saves_a_video(served, page, tmp_path):
+    engine = served.engine
+    page.click("#model-dit")
+    page.wait_for_function("document.getElementById('stat-model').textContent === 'Causal DiT'")
+    before = frame_number(page)
+    page.wait_for_function(f"Number(document.getElementById('stat-frame').textContent) > {before + 2}")
+    assert engine.model_name == "dit"
+
+    page.click("#pause")
+    wait_until(lambda: engine.paused, what="pause")
+    paused_at = engine.frames_generated
+    time.sleep(0.3)
+    assert engine.frames_generated == paused_at
+    page.wait_for_function("document.getElementById('pause').textContent === 'Resume'")
+    page.click("#pause")
+    wait_until(lambda: engine.frames_generated > paused_at, what="frames after resuming")
+
+    page.click("#next")  # reset to the next context episode
+    wait_until(lambda: engine.episode == 1, what="reset to episode 1")
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('episode 2 of 3')")
+
+    page.click("#save")
+    link = page.wait_for_selector("#download a", timeout=30000)
+    with page.expect_download() as info:
+        link.click()
+    video = tmp_path / "session.mp4"
+    info.value.save_as(video)
+    data = video.read_bytes()
+    assert data[4:8] == b"ftyp" and len(data) > 1000  # an mp4
+    assert (served.out_dir / info.value.suggested_filename).read_bytes() == data
+
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot))
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.shape == (760, 1100, 3)
+    assert image.std() > 20 and len(np.unique(image.reshape(-1, 3), axis=0)) > 100  # frames and text drawn
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------------
+def test_ctrl_c_stops_the_worker_and_the_server_with_exit_code_0(assets, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "scd.cli", "play", "--scd", str(assets["scd"]), "--dit", str(assets["dit"]),
+           "--data", str(assets["context"]), "--port", "0", "--steps", "1", "--context", "3", "--window", "4",
+           "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert " on http://127.0.0.1:" in line, line + proc.stdout.read()
+        url = line.split(" on ")[1].split()[0]
+
+        async def watch_frames():  # the worker is generating when Ctrl-C arrives
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http, http.ws_connect(url + "ws") as ws:
+                while (await ws.receive(timeout=10)).type != aiohttp.WSMsgType.BINARY:
+                    pass
+                proc.send_signal(signal.SIGINT)
+                while (await ws.receive(timeout=10)).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    pass
+
+        run_async(watch_frames())
+        assert proc.wait(timeout=10) == 0
+        assert "scd play: stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
