@@ -8,7 +8,7 @@
 from .checkpoint import load_model, save_checkpoint
 from .config import PRESETS, ModelConfig, get_preset
 from .flow import FlowConfig, flow_matching_loss
-from .models import SCD, CausalDiT, build_model
+from .models import SCD, CausalDiT, Surgery, build_model
 from .sampling import Guidance, Streamer, euler_sample, flow_schedule, generate, rollout
 from .train import TrainConfig, train
 
@@ -22,6 +22,7 @@ __all__ = [
     "Guidance",
     "ModelConfig",
     "Streamer",
+    "Surgery",
     "TrainConfig",
     "build_model",
     "euler_sample",

@@ -115,9 +115,11 @@ class RolloutProbe:
         self._handles: list = []
         self._pending: dict = {}  # what the current pass recorded
         self._sealed: dict = {}  # what the last velocity pass recorded
+        self._passes = 0  # velocity passes since the last step
         self._frame: int | None = None
         self._steps: dict[int, dict] = {}  # step -> records of the current frame
         self.frames_seen = 0
+        self.samples = 0  # rollouts (batch x samples) averaged per frame
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, torch.Tensor] = {}
         self.pca_features: dict[int, torch.Tensor] | None = None  # block -> (S, P, D)
@@ -142,6 +144,7 @@ class RolloutProbe:
 
     def _seal(self, module, args, output) -> None:
         self._sealed = dict(self._pending)
+        self._passes += 1
 
     def _feature_hook(self, i: int):
         def hook(module, args, output):
@@ -163,6 +166,10 @@ class RolloutProbe:
 
     def callback(self, info: dict) -> None:
         """Streamer callback: files the last velocity pass under (info['frame'], info['step'])."""
+        if self._passes != 1:
+            raise ValueError(f"RolloutProbe needs one velocity pass per denoising step, saw {self._passes} "
+                             "(a guided rollout?): probe without guidance")
+        self._passes = 0
         if info["frame"] != self._frame:
             self._finish_frame()
             self._frame = info["frame"]
@@ -204,6 +211,7 @@ class RolloutProbe:
                 if record is not None:
                     mass[s, i] = float(record[0].mean())
                     uniform.append(record[1])
+        self.samples = n
         weight = torch.tensor(float(n), dtype=torch.float64)
         self._add("cos", cos * n, weight)
         self._add("mse", mse * n, weight)
@@ -223,6 +231,7 @@ class RolloutProbe:
         off = ~torch.eye(steps, dtype=torch.bool)
         out = {
             "frames": self.frames_seen,
+            "rollouts": self.samples,
             "steps": steps,
             "cosine": cos.tolist(),
             "mse": mse.tolist(),
@@ -356,7 +365,7 @@ def plot_similarity(sim: dict, labels: list[str], path: Path, title: str) -> Non
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
     fig.suptitle(f"{title}: step-to-step similarity of block outputs (current frame's tokens), "
-                 f"mean over {sim['frames']} frames")
+                 f"mean over {sim['frames']} frames x {sim['rollouts']} rollouts")
     fig.subplots_adjust(left=0.05, right=0.97, top=0.86, bottom=0.09, wspace=0.45, hspace=0.45)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -531,7 +540,7 @@ def cmd_probe(args) -> int:
     if pca:
         frame = frames_to_uint8(video[0, args.pca_frame].clamp(-1, 1).cpu())
         plot_pca(pca, labels, model.config.grid, out / "pca.png", f"{title}, frame {args.pca_frame}", frame)
-    print(f"{title}: {sim['frames']} frames x {sim['steps']} steps probed")
+    print(f"{title}: {sim['frames']} frames x {sim['rollouts']} rollouts x {sim['steps']} steps probed")
     print(f"{'block':>6} {'cos(s,s`)':>10} {'mse(s,s`)':>10} {'attn. mass':>11}")
     for i, label in enumerate(labels):
         mass = sim["attention_mass"][i] if sim["attention_mass"] is not None else math.nan

@@ -11,7 +11,7 @@ from scd.flow import FlowConfig, flow_matching_loss, interpolate
 from scd.models import Surgery, build_model
 from scd.nn import apply_rope
 from scd.probe import RolloutProbe, context_attention_mass, leave_one_out, pca_images, probe_points, skipping
-from scd.sampling import flow_schedule, generate
+from scd.sampling import Guidance, flow_schedule, generate
 from scd.train import TrainConfig, Trainer
 
 FRAME = (3, 32, 32)
@@ -51,6 +51,14 @@ def test_rollout_with_probes_attached_equals_rollout_without(arch):
     assert probe.frames_seen == 3
     again = generate(model, frames[:, :2], actions, steps=STEPS, seed=3)  # hooks are gone afterwards
     assert torch.equal(plain, again)
+
+
+def test_a_guided_rollout_is_refused():
+    model = tiny("causal_dit")
+    frames, actions = clip()
+    with pytest.raises(ValueError, match="one velocity pass per denoising step"), RolloutProbe(model) as probe:
+        generate(model, frames[:, :2], actions, steps=2, guidance=Guidance(2.0, null_action=True),
+                 callback=probe.callback)
 
 
 @pytest.mark.parametrize("arch", ["causal_dit", "scd"])
