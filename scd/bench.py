@@ -25,6 +25,10 @@ FLOPs of every matmul (QKV, projection, MLP, adaLN, embedding, head, time MLP) p
 query sees: the Causal DiT's noisy frame attends its history and itself at each of the S steps and once more in
 the pass that caches the finished frame; SCD's encoder slot attends the history once, and its decoder attends
 the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights: fine for speed.
+
+The report records the machine's load average: on a shared CPU, more torch threads than idle cores make every
+parallel op wait for descheduled threads, which slows both models and pulls the measured ratio towards the
+block-pass ratio (the cost then follows the number of ops, not their FLOPs).
 """
 
 from __future__ import annotations
@@ -234,6 +238,8 @@ def bench(
         "format": FORMAT,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": {"start": os.getloadavg()[0]},  # other processes competing for the cores
         "torch": torch.__version__,
         "dtype": "bf16 autocast" if bf16 else "fp32",
         "steps": steps, "batch": batch, "frames": frames, "repeats": repeats, "warmup": warmup,
@@ -316,6 +322,7 @@ def bench(
             run["ratio_dit_over_scd"]["peak_memory"] = dit["peak_memory_bytes"] / max(scd["peak_memory_bytes"], 1)
         report["runs"].append(run)
     bar.close()
+    report["load_average_1min"]["end"] = os.getloadavg()[0]
     return report
 
 
@@ -332,6 +339,9 @@ def format_table(report: dict) -> str:
         f"({report['threads']} threads), {report['dtype']}, torch {report['torch']}; s/frame = median of "
         f"{report['repeats']} x {report['frames']} frames, models interleaved, {report['warmup']} warm-up repeat(s)",
         "weights: " + ", ".join(f"{m['label']} {m['weights']}" for m in report["models"]),
+        f"machine: {report['cpu_count']} cores, 1-min load average {report['load_average_1min']['start']:.1f} at "
+        f"the start, {report['load_average_1min'].get('end', float('nan')):.1f} at the end (above 0 = other "
+        f"processes compete: slower, noisier timings)",
         "",
         f"{'context':>7} {'model':<16} {'params':>7} {'BP/F':>5} {'GFLOP/F':>8} {'first s':>8} {'s/frame':>8} "
         f"{'FPS':>6} {'GFLOP/s':>8} {'KV MB':>7} {'peak MB':>8}",
