@@ -73,8 +73,9 @@ def block_flops(batch: int, tokens: int, keys: int, hidden: int, mlp_ratio: floa
 def frame_flops(config: ModelConfig, steps: int, history: int, batch: int = 1) -> dict[str, int]:
     """Analytical FLOPs to stream one frame whose history holds `history` frames (its index in the rollout).
 
-    Returns {"context": the once-per-frame pass (SCD: the encoder slot producing c_i; Causal DiT: the clean
-    pass writing the finished frame's K/V), "denoise": the S denoising steps, "total"}. Counts matmuls and
+    Returns {"context": the once-per-frame passes (SCD: the encoder slot producing c_i, and for
+    encoder_input="noisy_current" also the clean pass caching the finished frame; Causal DiT: the clean pass
+    writing the finished frame's K/V), "denoise": the S denoising steps, "total"}. Counts matmuls and
     attention only (what torch.utils.flop_counter counts); norms, RoPE and element-wise ops are left out."""
     p, d, pd = config.tokens_per_frame, config.hidden, config.patch_dim
     b, keys = batch, (history + 1) * p  # the history in the KV cache + the frame itself
@@ -86,6 +87,8 @@ def frame_flops(config: ModelConfig, steps: int, history: int, batch: int = 1) -
         context, step = trunk, trunk + head
     else:
         context = embed + cond + config.encoder_depth * block_flops(b, p, keys, d, config.mlp_ratio)
+        if config.encoder_input == "noisy_current":  # a pure-noise pass reads frame i, a clean pass caches it
+            context *= 2
         if config.fusion == "channel":
             fuse, tokens = linear_flops(b * p, 2 * d, d), p
         else:

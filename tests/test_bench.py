@@ -17,7 +17,8 @@ from scd.sampling import Streamer
 
 
 @pytest.mark.parametrize("preset, changes", [("dit-tiny", {}), ("scd-tiny", {}), ("scd-tiny", {"fusion": "channel"}),
-                                             ("scd-tiny", {"fusion": "seq_same"})])
+                                             ("scd-tiny", {"fusion": "seq_same"}),
+                                             ("scd-tiny", {"encoder_input": "noisy_current"})])
 def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset, changes):
     config = get_preset(preset).replace(**changes)
     model = build_model(config).eval()
