@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 ARCHS = ("scd", "causal_dit")
@@ -155,3 +156,9 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+# What ships inside the package (see scd/assets/MODEL_CARD.md): Crafter world models and real opening frames.
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+SHIPPED_CHECKPOINTS = {"scd": ASSETS_DIR / "crafter-scd-xs", "dit": ASSETS_DIR / "crafter-dit-xs"}
+SHIPPED_CONTEXT = ASSETS_DIR / "crafter-context.npz"

@@ -23,8 +23,9 @@ from scd.checkpoint import load_model, save_checkpoint
 from scd.cli import main
 from scd.config import get_preset
 from scd.models import build_model
-from scd.play import engine as engine_module
-from scd.play.engine import Engine, load_context, load_context_npz
+from scd.data import context as context_module
+from scd.data.context import load_context, load_context_npz
+from scd.play.engine import Engine
 from scd.play.server import MAX_MESSAGE_BYTES, PlayServer, Protocol, ProtocolError, key_bindings
 
 CRAFTER_ACTIONS = ["noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep", "place_stone",
@@ -135,7 +136,7 @@ def test_context_files_are_validated_and_missing_assets_name_the_way_out(assets,
     np.savez(bad, frames=np.zeros((2, 3, 64, 64, 3), np.uint8))
     with pytest.raises(ValueError, match="lacks the arrays \\['actions'\\]"):
         load_context_npz(bad)
-    monkeypatch.setattr(engine_module, "DEFAULT_CONTEXT", tmp_path / "missing.npz")
+    monkeypatch.setattr(context_module, "DEFAULT_CONTEXT", tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match="--data"):
         load_context(None, 4)
     with pytest.raises(ValueError, match="--context 6"):

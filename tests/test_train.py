@@ -1,7 +1,5 @@
 """Training loop, checkpoints and exact resumption on tiny synthetic clips."""
 
-import json
-import os
 
 import pytest
 import torch
@@ -9,8 +7,8 @@ import torch
 from scd.checkpoint import latest_checkpoint, load_model, read_config
 from scd.config import ModelConfig
 from scd.flow import FlowConfig, sample_timesteps, shift_time
-from scd.sampling import euler_sample, flow_schedule, generate
-from scd.train import TrainConfig, Trainer, train
+from scd.sampling import euler_sample, flow_schedule
+from scd.train import TrainConfig, train
 
 
 class MovingSquares(torch.utils.data.Dataset):

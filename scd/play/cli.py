@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from .engine import ASSETS, MODEL_LABELS
+from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS
+from .engine import MODEL_LABELS
 
 EXAMPLES = """examples:
   scd play                                   # shipped Crafter SCD + Causal DiT, http://127.0.0.1:8765/
   scd play --scd runs/my-scd --data data/crafter
   scd play --benchmark 200 --untrained --data data/crafter   # frames/s and latency, SCD vs Causal DiT
 """
-DEFAULT_CHECKPOINTS = {"scd": ASSETS / "crafter-scd-xs", "dit": ASSETS / "crafter-dit-xs"}
 UNTRAINED_PRESETS = {"scd": "scd-xs", "dit": "dit-xs"}
 ARCHS = {"scd": "scd", "dit": "causal_dit"}
 
@@ -101,7 +101,8 @@ def print_benchmark(engine, results: dict, threads: int) -> None:
 def cmd_play(args) -> int:
     import torch
 
-    from .engine import Engine, benchmark, fast_bf16, load_context
+    from ..data.context import load_context
+    from .engine import Engine, benchmark, fast_bf16
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
