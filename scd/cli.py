@@ -43,7 +43,7 @@ def describe_model(model, steps: int) -> dict:
     }
     if cfg.arch == "scd":
         info.update(blocks=f"{cfg.encoder_depth}+{cfg.decoder_depth}", encoder_params=_count(model.encoder),
-                    decoder_params=_count(model.decoder))
+                    decoder_params=_count(model.decoder), encoder_input=cfg.encoder_input)
     else:
         info.update(blocks=str(cfg.depth))
     return info
@@ -75,6 +75,8 @@ def cmd_info(args) -> int:
         bp = r["block_passes_per_frame"]
         formula = (f"{r['blocks'].split('+')[0]} + {args.steps}x{r['blocks'].split('+')[1]}" if r["arch"] == "scd"
                    else f"{r['blocks']}x{args.steps} + {r['blocks']}")
+        if r.get("encoder_input") == "noisy_current":  # a clean caching pass + the pure-noise pass per frame
+            formula = "2x" + formula
         print(f"{r['name']:<10} {r['arch']:<10} {r['blocks']:>6} {r['hidden']:>6} {r['params'] / 1e6:>8.1f}M "
               f"{r['tokens_per_frame']:>8} {bp:>8} = {formula}")
     if any(r["arch"] == "causal_dit" for r in rows):

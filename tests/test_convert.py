@@ -114,6 +114,8 @@ def test_convert_then_fine_tune_probe_and_score_from_the_command_line(data, tmp_
     assert "scd train --init-from" in capsys.readouterr().out
     converted = load_model(conv)
     assert converted.config.encoder_input == "noisy_current" and converted.config.decoder_depth == 2
+    assert main(["info", str(conv), "--steps", "20"]) == 0
+    assert "44 = 2x2 + 20x2" in capsys.readouterr().out  # a clean caching pass and a pure-noise pass per frame
     assert main(f"train --init-from {conv} --out {tuned} {common} --encoder-t-min 0.7".split()) == 0
     saved = read_config(tuned)
     assert saved["model"]["encoder_input"] == "noisy_current" and saved["train"]["flow"]["encoder_t_min"] == 0.7
