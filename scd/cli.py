@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import SHIPPED_CHECKPOINTS, SHIPPED_CONTEXT
+
 # Modules that each expose `add_parser(subparsers)`; order = order in `scd --help`.
 COMMAND_MODULES = [
     "scd.data.cli",
@@ -182,26 +184,44 @@ def parse_actions(text: str, num_actions: int, names: list[str] | None = None) -
     return ids
 
 
+def _episode(data: str | None, info: dict, episode: int, num_actions: int):
+    """(frames uint8 (n, H, W, 3), actions (n,)) of one episode of a data set directory or a context file.
+
+    Without --data: the data set the checkpoint was trained on if it is on this machine, else the shipped
+    Crafter context file."""
+    from .data.context import load_context_npz
+    from .data.store import VideoStore
+
+    path = data or info.get("data", {}).get("path")
+    if data is None and (path is None or not Path(path).exists()):
+        path = str(SHIPPED_CONTEXT)
+    if Path(path).is_dir():
+        store = VideoStore(path)
+        count, actions_known = store.num_episodes, store.num_actions
+        get = store.episode
+    else:
+        ctx = load_context_npz(path)
+        count, actions_known = ctx.num_episodes, int(ctx.actions.max()) + 1
+        get = lambda e: (ctx.frames[e], ctx.actions[e])  # noqa: E731
+    if actions_known > num_actions:
+        raise ValueError(f"{path} has {actions_known} actions, the model knows {num_actions}")
+    if not 0 <= episode < count:
+        raise ValueError(f"--episode {episode} out of range: {path} has {count} episodes")
+    return get(episode)
+
+
 def cmd_generate(args) -> int:
     import numpy as np
     import torch
 
     from .checkpoint import load_model
-    from .data.store import VideoStore, frames_to_model, frames_to_uint8
+    from .data.store import frames_to_model, frames_to_uint8
     from .sampling import Guidance, rollout
     from .video import side_by_side, write_video
 
-    model = load_model(args.checkpoint, device=args.device)
+    model = load_model(args.checkpoint or SHIPPED_CHECKPOINTS["scd"], device=args.device)
     info = getattr(model, "checkpoint_info", {})
-    data_path = args.data or info.get("data", {}).get("path")
-    if data_path is None:
-        raise ValueError("no --data given and the checkpoint does not name its data set")
-    store = VideoStore(data_path)
-    if store.num_actions > model.config.num_actions:
-        raise ValueError(f"{data_path} has {store.num_actions} actions, the model knows {model.config.num_actions}")
-    if not 0 <= args.episode < store.num_episodes:
-        raise ValueError(f"--episode {args.episode} out of range: {data_path} has {store.num_episodes} episodes")
-    frames, recorded = store.episode(args.episode)
+    frames, recorded = _episode(args.data, info, args.episode, model.config.num_actions)
     total = args.context + args.frames
     if args.actions == "recorded":
         if args.start + total > len(frames):
@@ -302,8 +322,9 @@ def _add_core_parsers(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="roll out a model from real context frames and write a video")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    p.add_argument("--data", help="data set for context frames (default: the one the model was trained on)")
+    p.add_argument("--checkpoint", help="checkpoint or run directory (default: the shipped Crafter SCD)")
+    p.add_argument("--data", help="data set directory or context .npz for the context frames (default: the data "
+                                   "the model was trained on, else the shipped Crafter context file)")
     p.add_argument("--episode", type=int, default=0)
     p.add_argument("--start", type=int, default=0, help="first context frame in the episode")
     p.add_argument("--context", type=int, default=4, help="context frames")

@@ -91,3 +91,15 @@ def test_export_makes_a_lean_checkpoint_that_loads_like_the_ema(trained, tmp_pat
     for (name, a), b in zip(lean.state_dict().items(), full.state_dict().values()):
         assert torch.equal(a, b), name
     assert lean.checkpoint_info["data"] == full.checkpoint_info["data"]
+
+
+def test_generate_reads_a_context_file(trained, crafter, tmp_path):
+    from scd.data.context import load_context, load_context_npz, save_context_npz
+
+    path = save_context_npz(tmp_path / "ctx.npz", load_context(crafter, 10))  # first 10 frames of each episode
+    assert load_context_npz(path).frames.shape == (2, 10, 64, 64, 3)
+    gif = tmp_path / "v.gif"
+    args = f"generate --checkpoint {trained} --data {path} --episode 1 --context 3 --frames 4 --steps 1 --out {gif}"
+    assert main(args.split()) == 0
+    assert len(imageio.mimread(gif)) == 7
+    assert main(f"generate --checkpoint {trained} --data {path} --episode 2 --out {gif}".split()) == 2
