@@ -348,7 +348,7 @@ class FrameDecoder(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        d, p = config.hidden, config.tokens_per_frame
+        d = config.hidden
         self.fusion = config.fusion
         self.embed = nn.Linear(config.patch_dim, d)
         self.cond = Conditioning(d, config.num_actions)

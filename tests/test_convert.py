@@ -15,6 +15,8 @@ from scd.data.store import DatasetWriter
 from scd.flow import interpolate
 from scd.models import SCD, build_model
 
+from helpers import perturb
+
 FRAME = (3, 32, 32)
 
 
@@ -23,9 +25,7 @@ def tiny_dit(depth=6):
                       depth=depth)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb(model, 0.05)
     return model
 
 

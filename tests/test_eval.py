@@ -16,15 +16,15 @@ from scd.evaluate import EvalSettings, evaluate
 from scd.metrics import frechet_distance
 from scd.models import build_model
 
+from helpers import perturb
+
 QUICK = dict(context=3, horizon=5, trajectories=3, steps=2, fvd=False)
 
 
 def _checkpoint(path, preset, seed, **changes):
     torch.manual_seed(seed)
     model = build_model(get_preset(preset).replace(**changes))
-    with torch.no_grad():  # adaLN-Zero starts at a zero velocity; perturb so rollouts depend on the model
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    perturb(model, 0.02)
     return save_checkpoint(path, model, meta={"step": 7})
 
 

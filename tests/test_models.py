@@ -8,6 +8,8 @@ from scd.flow import interpolate
 from scd.models import SCD, CausalDiT, build_model
 from scd.sampling import Guidance, flow_schedule, generate
 
+from helpers import perturb
+
 FRAME = (3, 16, 16)
 
 
@@ -16,10 +18,7 @@ def tiny(arch: str, **kw) -> torch.nn.Module:
     cfg = ModelConfig(arch, frame_shape=FRAME, patch_size=4, hidden=32, head_dim=16, num_actions=5, **depth, **kw)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    # adaLN-Zero starts every branch at zero; randomise so that the properties are not trivially true.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb(model, 0.05)
     return model
 
 

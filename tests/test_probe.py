@@ -14,6 +14,8 @@ from scd.probe import RolloutProbe, context_attention_mass, leave_one_out, pca_i
 from scd.sampling import Guidance, flow_schedule, generate
 from scd.train import TrainConfig, Trainer
 
+from helpers import perturb
+
 FRAME = (3, 32, 32)
 STEPS = 4
 
@@ -23,9 +25,7 @@ def tiny(arch: str, depth: int = 4, **kw):
     cfg = ModelConfig(arch, frame_shape=FRAME, patch_size=8, hidden=32, head_dim=16, num_actions=5, **blocks, **kw)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    with torch.no_grad():  # adaLN-Zero starts every branch at zero; randomise so the properties are not trivial
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb(model, 0.05)
     return model
 
 
