@@ -61,7 +61,9 @@ class EvalSettings:
 
     context C >= 1 given frames; horizon H >= 1 generated frames (None: the rest of the shortest evaluated
     episode after start + C); trajectories N >= 1 per video; start: first context frame in each episode;
-    steps/shift: Euler sampler; cfg_*: classifier-free guidance as in `scd generate` (scale 1 = off)."""
+    steps/shift: Euler sampler; cfg_*: classifier-free guidance as in `scd generate` (scale 1 = off); window:
+    history frames kept in the KV cache (None: all; a model trained on short clips stays within the frame
+    distances it saw with window = its training clip length)."""
 
     context: int = 36
     horizon: int | None = None
@@ -75,6 +77,7 @@ class EvalSettings:
     seed: int = 0
     fvd: bool = True
     bf16: bool = False
+    window: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -83,6 +86,8 @@ class EvalSettings:
                 problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.horizon is not None and self.horizon < 1:
             problems.append(f"horizon must be >= 1, got {self.horizon}")
+        if self.window is not None and self.window < self.context:
+            problems.append(f"window ({self.window}) must hold the context ({self.context} frames)")
         if problems:
             raise ValueError("invalid evaluation settings: " + "; ".join(problems))
         self.guidance()  # raises if the guidance options do not fit together
@@ -151,7 +156,7 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
     with autocast:
         for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
                              steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
-                             num_samples=settings.trajectories, seed=seed):
+                             num_samples=settings.trajectories, seed=seed, window=settings.window):
             frames.append(frame[0].float().cpu())
             if on_frame is not None:
                 on_frame()
@@ -467,6 +472,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
     p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, help="history frames kept in the KV cache (default: all)")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
     p.add_argument("--device", default="cpu")
@@ -480,6 +486,7 @@ def cmd_eval(args) -> int:
         context=args.context, horizon=args.horizon, trajectories=args.trajectories, start=args.start,
         steps=args.steps, shift=args.shift, cfg_scale=args.cfg_scale, cfg_null_action=args.cfg_null_action,
         cfg_context_noise=args.cfg_context_noise, seed=args.seed, fvd=not args.no_fvd, bf16=args.bf16,
+        window=args.window,
     )
     report = evaluate(args.checkpoint, args.data, args.out, settings, videos=args.videos, labels=args.label,
                       fresh=args.fresh, device=args.device)

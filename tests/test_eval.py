@@ -147,6 +147,7 @@ def test_fvd_compares_recorded_clips_with_every_trajectory_context_included(craf
         ("--context 3 --horizon 6 --videos 1", "FVD needs at least 2 videos"),
         ("--videos 5 --no-fvd", "--videos must be in 1..2"),
         ("--trajectories 0", "trajectories must be >= 1"),
+        ("--context 4 --window 3", "window (3) must hold the context (4 frames)"),
         ("--cfg-scale 2", "guidance needs a negative branch"),
         ("--checkpoint {tmp}/missing", "checkpoint not found"),
         ("--checkpoint {small} --no-fvd", "takes frames of shape (3, 32, 32)"),
