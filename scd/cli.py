@@ -141,7 +141,7 @@ def cmd_train(args) -> int:
     store = data.store
     data_info = {"path": str(Path(args.data).resolve()), "source": store.meta.source,
                  "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(data)}
-    print(f"training {model_config.arch} ({args.preset or args.init_from}) on {len(data)} clips of "
+    print(f"training {model_config.arch} ({args.init_from or args.preset}) on {len(data)} clips of "
           f"{args.clip_len} frames from {args.data} -> {args.out}")
     start = time.perf_counter()
     trainer = train(model_config, data, args.out, cfg, resume=not args.no_resume, init_from=args.init_from,

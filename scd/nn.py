@@ -157,6 +157,12 @@ class KVCache:
         return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
 
 
+def _rms_norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm with its weight in x's dtype: under bf16 autocast q and k arrive in bf16, and a float32 weight
+    would push torch off its fused kernel (with a warning)."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with QK RMSNorm and RoPE, through scaled_dot_product_attention."""
 
@@ -172,7 +178,7 @@ class Attention(nn.Module):
         """x: (B, N, D); rope: (cos, sin) of the N query tokens; mask: (N, N_keys) bool or None."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, hd)
-        q, k = apply_rope(self.q_norm(q), rope), apply_rope(self.k_norm(k), rope)
+        q, k = apply_rope(_rms_norm(self.q_norm, q), rope), apply_rope(_rms_norm(self.k_norm, k), rope)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
