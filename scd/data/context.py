@@ -66,7 +66,8 @@ def load_context_npz(path: str | Path) -> ContextSet:
 def load_context_dataset(path: str | Path, length: int, max_episodes: int = 256) -> ContextSet:
     """The first `length` frames (and actions) of each episode of a recorded data set (scd-video-v1)."""
     store = VideoStore(path)
-    chosen = [i for i in range(store.num_episodes) if store.episode_lengths[i] >= length][:max_episodes]
+    lengths = store.episode_lengths  # built from the metadata on each access
+    chosen = [i for i in range(store.num_episodes) if lengths[i] >= length][:max_episodes]
     if not chosen:
         raise ValueError(f"data set {path} has no episode of at least {length} frames for the context")
     frames = np.stack([np.asarray(store.episode(i)[0][:length]) for i in chosen])
