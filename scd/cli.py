@@ -210,6 +210,14 @@ def _episode(data: str | None, info: dict, episode: int, num_actions: int):
     return get(episode)
 
 
+def _default_window(window: int | None, info: dict) -> int | None:
+    """--window, else the most past frames a training frame saw (clip length - 1), else None (the whole rollout)."""
+    clip_len = info.get("train", {}).get("clip_len")
+    if window is not None or not clip_len:
+        return window
+    return max(clip_len - 1, 1)
+
+
 def cmd_generate(args) -> int:
     import numpy as np
     import torch
@@ -244,7 +252,7 @@ def cmd_generate(args) -> int:
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
                      surgery=surgery_from_args(args, args.steps, args.shift),
                      num_samples=args.samples, seed=args.seed,
-                     window=args.window or info.get("train", {}).get("clip_len"))
+                     window=_default_window(args.window, info))
     with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         start = time.perf_counter()
         for frame in stream:  # (1, samples, C, H, W)
@@ -335,8 +343,8 @@ def _add_core_parsers(sub) -> None:
     p.add_argument("--shift", type=float, default=1.0)
     p.add_argument("--samples", type=int, default=1, help="trajectories")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, help="history frames kept in the KV cache (default: the checkpoint's "
-                                                "training clip length, so frame distances stay within what it saw)")
+    p.add_argument("--window", type=int, help="past frames the next frame sees (default: the checkpoint's training "
+                                                "clip length - 1, the most any training frame saw)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (1 = off)")
     p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
     p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")

@@ -62,8 +62,8 @@ class EvalSettings:
     context C >= 1 given frames; horizon H >= 1 generated frames (None: the rest of the shortest evaluated
     episode after start + C); trajectories N >= 1 per video; start: first context frame in each episode;
     steps/shift: Euler sampler; cfg_*: classifier-free guidance as in `scd generate` (scale 1 = off); window:
-    history frames kept in the KV cache (None: all; a model trained on short clips stays within the frame
-    distances it saw with window = its training clip length)."""
+    past frames the next frame sees (None: all; a model trained on clips of F frames stays within the frame
+    distances it saw with window = F - 1)."""
 
     context: int = 36
     horizon: int | None = None
@@ -472,7 +472,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
     p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, help="history frames kept in the KV cache (default: all)")
+    p.add_argument("--window", type=int, help="past frames the next frame sees (default: all)")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
     p.add_argument("--device", default="cpu")

@@ -187,10 +187,17 @@ class WorldModel(nn.Module):
             raise ValueError(f"surgeries cut a Causal DiT's blocks; {type(self).__name__} takes none")
 
     def new_stream(self, batch: int, window: int = 256, surgery: Surgery | None = None) -> Stream:
-        """A fresh rollout state that keeps the last `window` frames of history in its KV cache; `surgery` (Causal
-        DiT) holds for the whole rollout."""
+        """A fresh rollout state in which the next frame sees the last `window` frames (older ones are evicted from
+        the KV cache); `surgery` (Causal DiT) holds for the whole rollout."""
         self.check_surgery(surgery)
-        return Stream(KVCache(self.cache_layers, window + 1, self.config.tokens_per_frame), batch, surgery=surgery)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1 (past frames the next frame sees), got {window!r}")
+        return Stream(KVCache(self.cache_layers, self.cache_frames(window), self.config.tokens_per_frame), batch,
+                      surgery=surgery)
+
+    def cache_frames(self, window: int) -> int:
+        """KV cache slots for a window: the `window` past frames plus the frame being generated."""
+        return window + 1
 
     def _check_stream_input(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         self.check_frames(frames)
@@ -398,6 +405,10 @@ class SCD(WorldModel):
     @property
     def encoder_reads_noisy_frame(self) -> bool:
         return self.config.encoder_input == "noisy_current"
+
+    def cache_frames(self, window: int) -> int:
+        # previous_frame: the slot of the frame being generated holds x_{i-1}, itself one of the window's frames
+        return window if not self.encoder_reads_noisy_frame else window + 1
 
     # -- the two halves --------------------------------------------------------------------------------------
     def encode(self, frames: torch.Tensor, actions: torch.Tensor, x_enc=None, t_enc=None) -> torch.Tensor:

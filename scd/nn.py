@@ -115,8 +115,8 @@ class KVCache:
     same buffer as scratch space. When full, the oldest whole frames are evicted (a sliding window)."""
 
     def __init__(self, layers: int, capacity_frames: int, tokens_per_frame: int):
-        if capacity_frames < 2:
-            raise ValueError(f"KV cache needs room for at least 2 frames, got {capacity_frames}")
+        if capacity_frames < 1:
+            raise ValueError(f"KV cache needs room for at least 1 frame, got {capacity_frames}")
         self.layers = layers
         self.tokens_per_frame = tokens_per_frame
         self.capacity = capacity_frames * tokens_per_frame

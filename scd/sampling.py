@@ -63,7 +63,8 @@ class Streamer:
 
     context_frames: (B, C0, C, H, W) given frames (C0 may be 0) with context_actions (B, C0). Each of the
     num_samples trajectories per video draws its own noise from one CPU generator seeded by `seed`, so a
-    seed gives the same video on every device. `window` bounds the history kept in the KV cache.
+    seed gives the same video on every device. `window`: how many past frames the next frame sees (older ones
+    leave the KV cache; a model trained on clips of F frames saw at most F - 1).
     `surgery` (a models.Surgery, Causal DiT only) skips or cuts blocks for the whole rollout.
     callback(dict(frame, step, t, x, v)) sees every denoising step (for probing)."""
 
@@ -84,6 +85,8 @@ class Streamer:
         model.check_frames(context_frames, "context_frames")
         b, c0 = context_frames.shape[:2]
         model.check_actions(context_actions, (b, c0))
+        n = b * num_samples
+        self.stream = model.new_stream(n, window, surgery)
         if c0 > window:
             raise ValueError(f"context of {c0} frames exceeds the history window of {window} frames")
         self.model, self.guidance, self.callback = model, guidance, callback
@@ -91,9 +94,7 @@ class Streamer:
         self.device = model.device
         self.schedule = flow_schedule(steps, shift, device=self.device)
         self.generator = _generator(seed)
-        n = b * num_samples
         self.null = torch.full((n,), model.null_action, device=self.device, dtype=torch.long)
-        self.stream = model.new_stream(n, window, surgery)
         self.frames_generated = 0
         if c0 > 0:
             with torch.no_grad():
@@ -151,7 +152,8 @@ def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs
             f"actions must have shape (B={b}, context {c0} + frames to generate), got {tuple(actions.shape)}"
         )
     model.check_actions(actions, actions.shape)
-    kwargs["window"] = kwargs.get("window") or actions.shape[1]
+    if kwargs.get("window") is None:
+        kwargs["window"] = actions.shape[1]
     streamer = Streamer(model, context_frames, actions[:, :c0], **kwargs)
     for i in range(c0, actions.shape[1]):
         yield streamer.step(actions[:, i])

@@ -70,8 +70,8 @@ def test_info_prints_parameters_and_block_passes(capsys):
         ("generate --checkpoint {tmp}/missing --out {tmp}/v.mp4", "checkpoint not found"),
         ("generate --checkpoint {run} --actions 1,99 --frames 2 --out {tmp}/v.mp4", "unknown action id 99"),
         ("generate --checkpoint {run} --actions jump --frames 2 --out {tmp}/v.mp4", "unknown action 'jump'"),
-        ("generate --checkpoint {run} --frames 2 --out {tmp}/v.avi", "unsupported video format"),
-        ("generate --checkpoint {run} --start 70 --frames 20 --out {tmp}/v.mp4", "do not fit"),
+        ("generate --checkpoint {run} --context 3 --frames 2 --out {tmp}/v.avi", "unsupported video format"),
+        ("generate --checkpoint {run} --context 3 --start 70 --frames 20 --out {tmp}/v.mp4", "do not fit"),
     ],
 )
 def test_bad_input_exits_with_a_message_that_names_the_problem(args, message, crafter, trained, tmp_path, capsys):

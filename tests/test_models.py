@@ -214,3 +214,41 @@ def test_bad_inputs_name_the_problem():
         generate(model, frames[:, :2], bad, steps=1)
     with pytest.raises(ValueError, match="actions must have shape"):
         generate(model, frames[:, :2], actions[:, :2], steps=1)
+
+
+@pytest.mark.parametrize("arch, kw", [("causal_dit", {}), ("scd", {}), ("scd", dict(encoder_input="noisy_current"))])
+@pytest.mark.parametrize("window", [1, 3])
+def test_window_is_the_number_of_past_frames_the_next_frame_sees(arch, kw, window):
+    """One causal block, so cached K/V carry no older frames: the next frame depends on exactly `window` frames."""
+    depth = dict(depth=1) if arch == "causal_dit" else dict(encoder_depth=1, decoder_depth=1)
+    cfg = ModelConfig(arch, frame_shape=FRAME, patch_size=4, hidden=32, head_dim=16, num_actions=5, **depth, **kw)
+    torch.manual_seed(0)
+    model = perturb(build_model(cfg).eval(), 0.2)
+    frames, actions = clip(b=1, f=window + 3)
+    n = frames.shape[1]
+
+    def next_velocity(frames):
+        stream = model.new_stream(1, window)
+        with torch.no_grad():
+            for j in range(n):  # one frame at a time, so older frames leave the cache
+                model.prefill(stream, frames[:, j : j + 1], actions[:, j : j + 1])
+            noise = torch.randn((1, *FRAME), generator=torch.Generator().manual_seed(0))
+            ctx = model.frame_context(stream, actions[:, 0], x_T=noise)
+            return model.frame_velocity(stream, ctx, noise, torch.ones(1), actions[:, 0])
+
+    def changed(j):
+        edited = frames.clone()
+        edited[:, j] += 1.0
+        return edited
+
+    base = next_velocity(frames)
+    torch.testing.assert_close(next_velocity(changed(n - window - 1)), base)  # just outside the window
+    assert not torch.allclose(next_velocity(changed(n - window)), base, atol=1e-4)  # the oldest frame inside it
+
+
+def test_window_must_be_a_positive_integer():
+    model = tiny("scd")
+    frames, actions = clip(b=1, f=3)
+    for bad in (0, -2, 2.5):
+        with pytest.raises(ValueError, match="window must be an integer >= 1"):
+            generate(model, frames[:, :1], actions, steps=1, window=bad)

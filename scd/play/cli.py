@@ -33,8 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps S per frame (default 4)")
     p.add_argument("--context", type=int, default=4, help="real frames each session starts from (default 4)")
-    p.add_argument("--window", type=int, default=8, help="history frames in the KV cache (default 8, the "
-                                                          "training clip length)")
+    p.add_argument("--window", type=int, default=7, help="past frames the next frame sees (default 7: the shipped "
+                                                          "models trained on 8-frame clips)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of every session")
     p.add_argument("--threads", type=int, default=1, help="torch threads for generation (default 1)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,

@@ -73,10 +73,10 @@ class Engine:
 
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
     starts from the last `context_frames` frames of one episode. steps: denoising steps S per frame; window:
-    history frames in the KV cache; seed: the noise seed of every session; bf16: autocast on the CPU."""
+    past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU."""
 
     def __init__(self, models: dict, context: ContextSet, *, steps: int = 4, context_frames: int = 4,
-                 window: int = 8, seed: int = 0, bf16: bool = False, on_event: Callable | None = None):
+                 window: int = 7, seed: int = 0, bf16: bool = False, on_event: Callable | None = None):
         if not models:
             raise ValueError("no model to play: give at least one checkpoint")
         unknown = set(models) - set(MODEL_LABELS)
