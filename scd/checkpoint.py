@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from .config import SHIPPED_MODELS, ModelConfig
 from .fileio import sha256_file
 from .models import WorldModel, build_model
 
@@ -84,10 +84,13 @@ def save_checkpoint(
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, or a run directory (its `latest` checkpoint)."""
+    """A checkpoint directory, a run directory (its `latest` checkpoint) or a shipped model's name (SHIPPED_MODELS)."""
+    if str(path) in SHIPPED_MODELS and not Path(path).exists():
+        path = SHIPPED_MODELS[str(path)]
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        names = ", ".join(SHIPPED_MODELS)
+        raise FileNotFoundError(f"checkpoint not found: {path} (give a checkpoint or run directory, or one of {names})")
     if (path / "config.json").exists():
         return path
     latest = latest_checkpoint(path)
@@ -143,7 +146,9 @@ def load_weights(path: str | os.PathLike, name: str = "ema.safetensors") -> tupl
 
 
 def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torch.device = "cpu") -> WorldModel:
-    """Build the model a checkpoint describes and load its weights ("ema" if present, else "model")."""
+    """Build the model a checkpoint describes and load its weights ("ema" if present, else "model").
+
+    path: a checkpoint or run directory, or a shipped model's name: "crafter-scd", "crafter-dit"."""
     config = read_config(path)
     name = f"{weights}.safetensors"
     if weights == "ema" and "ema.safetensors" not in config.get("files", {}):
@@ -162,8 +167,9 @@ def load_trainer_state(path: str | os.PathLike) -> dict:
     file = _verified(Path(config["path"]), "trainer.pt", config)
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged files
-        raise ValueError(f"checkpoint file {file} is corrupt or truncated: {err}") from None
+    except Exception:  # torch raises several types for damaged files; its text suggests unsafe loading, so not shown
+        raise ValueError(f"checkpoint file {file} is corrupt, truncated or holds objects other than tensors and "
+                         "plain data (refused: only those are loaded)") from None
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None) -> Path:

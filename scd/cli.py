@@ -1,6 +1,8 @@
 """The `scd` command.
 
-Core commands (info, train, generate) live here; other areas register theirs through `add_parser(subparsers)`.
+Core commands (info, train, demo, generate, export) live here; other areas define theirs in their own module's
+`add_parser(subparsers)`. Only the command being run is built and imported, so `scd --help` and `scd --version`
+start without torch.
 """
 
 from __future__ import annotations
@@ -12,18 +14,27 @@ import sys
 import time
 from pathlib import Path
 
-from .config import SHIPPED_CHECKPOINTS, SHIPPED_CONTEXT
+from . import __version__
+from .cli_options import (Parser, add_device_option, add_option, add_surgery_arguments, at_least, finite, positive,
+                          surgery_from_args)
 
-# Modules that each expose `add_parser(subparsers)`; order = order in `scd --help`.
-COMMAND_MODULES = [
-    "scd.data.cli",
-    "scd.play.cli",
-    "scd.bench",
-    "scd.evaluate",
-    "scd.probe",
-    "scd.quality",
-    "scd.convert",
-]
+# command -> (one-line help for `scd --help`, "module:function" that adds its full parser), in `scd --help` order
+COMMANDS = {
+    "info": ("parameters and block passes per frame of a preset or checkpoint", "scd.cli:add_info_parser"),
+    "train": ("train SCD or the Causal DiT on a recorded data set", "scd.cli:add_train_parser"),
+    "demo": ("record fresh Crafter episodes, fine-tune the shipped SCD on them for a few minutes and compare "
+             "on held-out ones", "scd.cli:add_demo_parser"),
+    "generate": ("roll out a model from real context frames and write a video", "scd.cli:add_generate_parser"),
+    "export": ("a lean copy of a checkpoint for shipping: EMA weights + config", "scd.cli:add_export_parser"),
+    "data": ("record, import and inspect video datasets", "scd.data.cli:add_parser"),
+    "play": ("play a world model in the browser (or --benchmark its speed)", "scd.play.cli:add_parser"),
+    "bench": ("streaming speed and memory: SCD vs a Causal DiT of matched size", "scd.bench:add_parser"),
+    "eval": ("PSNR/SSIM/LPIPS (best of N) and FVD of rollouts on held-out videos", "scd.evaluate:add_parser"),
+    "probe": ("step similarity, PCA, attention mass and leave-one-out of a model", "scd.probe:add_parser"),
+    "quality": ("rollout PSNR/SSIM/LPIPS vs ground truth on a few held-out clips (optionally under a surgery) "
+                "and s/frame", "scd.quality:add_parser"),
+    "convert": ("build an SCD from a trained Causal DiT (encoder l, decoder a+b blocks)", "scd.convert:add_parser"),
+}
 
 
 # -- scd info ------------------------------------------------------------------------------------------------
@@ -54,24 +65,27 @@ def describe_model(model, steps: int) -> dict:
 def cmd_info(args) -> int:
     import torch
 
-    from .config import PRESETS, get_preset
+    from .checkpoint import load_model
+    from .config import PRESETS, SHIPPED_MODELS, get_preset
     from .models import build_model
 
-    names = list(PRESETS) if args.target == "all" else [args.target]
+    names = list(PRESETS) if args.target.lower() == "all" else [args.target]
     rows = []
     for name in names:
-        if name in PRESETS:
+        if name.lower() in PRESETS:
             with torch.device("meta"):  # counts parameters without allocating the big presets
                 model = build_model(get_preset(name))
-        else:
-            from .checkpoint import load_model
-
+            name = name.lower()
+        elif name in SHIPPED_MODELS or Path(name).exists():
             model = load_model(name)
+        else:
+            raise ValueError(f"unknown preset or checkpoint {name!r}: presets are {', '.join(PRESETS)} (any case); "
+                             f"shipped models {', '.join(SHIPPED_MODELS)}; or give a checkpoint directory")
         rows.append({"name": name, **describe_model(model, args.steps)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<10} {'arch':<10} {'blocks':>6} {'hidden':>6} {'params':>9} {'tokens/F':>8} "
+    print(f"{'model':<12} {'arch':<10} {'blocks':>6} {'hidden':>6} {'params':>9} {'tokens/F':>8} "
           f"{'BP/frame (S=' + str(args.steps) + ')':>18}")
     for r in rows:
         bp = r["block_passes_per_frame"]
@@ -79,45 +93,29 @@ def cmd_info(args) -> int:
                    else f"{r['blocks']}x{args.steps} + {r['blocks']}")
         if r.get("encoder_input") == "noisy_current":  # a clean caching pass + the pure-noise pass per frame
             formula = "2x" + formula
-        print(f"{r['name']:<10} {r['arch']:<10} {r['blocks']:>6} {r['hidden']:>6} {r['params'] / 1e6:>8.1f}M "
+        print(f"{r['name']:<12} {r['arch']:<10} {r['blocks']:>6} {r['hidden']:>6} {r['params'] / 1e6:>8.1f}M "
               f"{r['tokens_per_frame']:>8} {bp:>8} = {formula}")
     if any(r["arch"] == "causal_dit" for r in rows):
-        print("Causal DiT: L x S denoising passes + L for the clean pass that caches the finished frame.")
+        print("Causal DiT: L x S denoising passes (the paper's count) + L for the clean pass that caches the "
+              "finished frame.")
     return 0
 
 
-# -- surgeries (options of train, generate and the evaluation commands) ---------------------------------------
-def add_surgery_arguments(p: argparse.ArgumentParser, training: bool) -> None:
-    """The paper's surgeries on a Causal DiT (models.Surgery) as options."""
-    g = p.add_argument_group("surgeries (Causal DiT)")
-    g.add_argument("--skip-after-step", type=int, metavar="K",
-                   help="skip-layer schedule: the first K denoising steps run every block, later steps only "
-                        "--keep-prefix and --keep-suffix blocks (the paper: 5 of 50 steps, layers 8-22 of 30 skipped)")
-    g.add_argument("--keep-prefix", type=int, default=0, metavar="P", help="first blocks kept by skipped steps")
-    g.add_argument("--keep-suffix", type=int, default=0, metavar="Q", help="last blocks kept by skipped steps")
-    g.add_argument("--diagonal-last", type=int, default=0, metavar="N",
-                   help="frame-diagonal mask on the last N blocks: they attend only inside their own frame")
-    if training:
-        g.add_argument("--skip-steps", type=int, default=20, metavar="S",
-                       help="the sampling schedule (S steps, --skip-shift) whose step K sets the skip time")
-        g.add_argument("--skip-shift", type=float, default=1.0)
-
-
-def surgery_from_args(args, steps: int | None = None, shift: float | None = None):
-    """models.Surgery from the options of `add_surgery_arguments`, or None when none is asked for."""
-    from .models import Surgery
-
-    steps = args.skip_steps if steps is None else steps
-    shift = args.skip_shift if shift is None else shift
-    if args.skip_after_step is None:
-        if args.keep_prefix or args.keep_suffix:
-            raise ValueError("--keep-prefix/--keep-suffix need --skip-after-step")
-        return Surgery(diagonal_last=args.diagonal_last) if args.diagonal_last else None
-    return Surgery.skip_after(args.skip_after_step, steps, shift, keep_prefix=args.keep_prefix,
-                              keep_suffix=args.keep_suffix, diagonal_last=args.diagonal_last)
+def add_info_parser(sub) -> None:
+    p = sub.add_parser("info", help=COMMANDS["info"][0])
+    p.add_argument("target", help="a preset name (any case, e.g. DiT-B), 'all', a shipped model name "
+                                  "(crafter-scd, crafter-dit) or a checkpoint path")
+    p.add_argument("--steps", type=at_least(1), default=50, help="denoising steps S (default: 50, as in Tab. 5)")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=cmd_info)
 
 
 # -- scd train -----------------------------------------------------------------------------------------------
+def _check_out_dir(path: str, option: str = "--out") -> None:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{option} {path} is a file, not a directory")
+
+
 def cmd_train(args) -> int:
     from .checkpoint import read_config
     from .config import ModelConfig, get_preset
@@ -125,6 +123,7 @@ def cmd_train(args) -> int:
     from .flow import FlowConfig
     from .train import TrainConfig, train
 
+    _check_out_dir(args.out)
     data = ClipDataset(args.data, args.clip_len)
     if args.init_from:
         model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])
@@ -150,20 +149,133 @@ def cmd_train(args) -> int:
     return 0
 
 
-# -- scd demo ------------------------------------------------------------------------------------------------
-def cmd_demo(args) -> int:
-    from .data.record import record
+def add_train_parser(sub) -> None:
+    from .flow import FlowConfig
+    from .train import TrainConfig
 
+    p = sub.add_parser("train", help=COMMANDS["train"][0])
+    p.add_argument("--preset", default="scd-s", help="model preset, any case (see `scd info all`; default: scd-s)")
+    p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
+    add_option(p, "--steps", TrainConfig, "steps", "optimizer steps")
+    add_option(p, "--batch", TrainConfig, "batch", "clips per step")
+    add_option(p, "--clip-len", TrainConfig, "clip_len", "frames per training clip")
+    add_option(p, "--lr", TrainConfig, "lr", "AdamW learning rate", type=positive())
+    add_option(p, "--warmup", TrainConfig, "warmup", "linear learning-rate warm-up steps")
+    add_option(p, "--weight-decay", TrainConfig, "weight_decay", "AdamW weight decay")
+    add_option(p, "--grad-clip", TrainConfig, "grad_clip", "gradient norm clip (0 = off)")
+    add_option(p, "--ema", TrainConfig, "ema_decay", "EMA decay of the weights generation uses")
+    add_option(p, "--bf16", TrainConfig, "bf16", "bf16 autocast")
+    add_option(p, "--ckpt-every", TrainConfig, "ckpt_every", "steps between checkpoints")
+    add_option(p, "--log-every", TrainConfig, "log_every", "steps between log.csv rows")
+    add_option(p, "--seed", TrainConfig, "seed", "seed of the weights, the data order and the noise")
+    add_option(p, "--K", FlowConfig, "K", "noisy draws per context pass")
+    add_option(p, "--eta", FlowConfig, "context_noise", "context noise on c_i (SCD; the paper uses 0.05)")
+    add_option(p, "--timesteps", FlowConfig, "timesteps", "flow-time distribution",
+               choices=["logit_normal", "uniform"])
+    add_option(p, "--shift", FlowConfig, "shift", "timestep shift k")
+    add_option(p, "--action-dropout", FlowConfig, "action_dropout", "share of clips with the null action (guidance)")
+    add_option(p, "--encoder-t-min", FlowConfig, "encoder_t_min",
+               "noisy_current SCD encoders (scd convert) see the current frame at t ~ U(this, 1)")
+    p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"],
+                   help="SCD context fusion (default: the preset's)")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
+    p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds")
+    add_surgery_arguments(p, training=True)
+    p.set_defaults(func=cmd_train)
+
+
+# -- scd demo ------------------------------------------------------------------------------------------------
+DEMO_MIN_STEPS = 50  # fewer fine-tuning steps than this barely move the shipped model
+
+
+def cmd_demo(args) -> int:
+    """Fine-tune the shipped Crafter SCD on fresh recordings for a time budget, then roll out held-out episodes
+    with the shipped and the fine-tuned model beside the ground truth."""
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_model
+    from .config import SHIPPED_MODELS, ModelConfig
+    from .data.record import record
+    from .data.store import ClipDataset, VideoStore, frames_to_model, frames_to_uint8
+    from .flow import FlowConfig
+    from .metrics import psnr
+    from .sampling import generate
+    from .train import TrainConfig, train
+    from .video import side_by_side, write_video
+
+    _check_out_dir(args.out)
     out = Path(args.out)
     data = out / "crafter"
     if not (data / "meta.json").exists():
-        record("crafter", data, episodes=16, steps=300, seed=1, overwrite=True)
-    run = out / f"run-{args.preset}"
-    main(["train", "--preset", args.preset, "--data", str(data), "--out", str(run), "--steps", "100000",
-          "--batch", "8", "--clip-len", "8", "--lr", "5e-4", "--warmup", "100", "--bf16", "--K", "2",
-          "--eta", "0.05", "--ckpt-every", "200", "--time-limit", str(60 * args.minutes)])
-    return main(["generate", "--checkpoint", str(run), "--context", "4", "--frames", "24", "--samples", "2",
-                 "--out", str(out / "demo.mp4")])
+        print(f"recording {args.episodes} fresh Crafter episodes of {args.length} frames (seed {args.seed}) -> {data}")
+        record("crafter", data, episodes=args.episodes, steps=args.length, seed=args.seed, overwrite=True)
+    store = VideoStore(data)
+    held_out = list(range(store.num_episodes - args.held_out, store.num_episodes))
+    if args.held_out >= store.num_episodes:
+        raise ValueError(f"--held-out {args.held_out} leaves no episode of {store.num_episodes} to train on")
+    shipped = load_model(SHIPPED_MODELS["crafter-scd"])
+    info = shipped.checkpoint_info
+    clip_len = info["train"]["clip_len"]
+    clips = ClipDataset(store, clip_len, episodes=range(store.num_episodes - args.held_out))
+    run = out / "run"
+    print(f"fine-tuning the shipped Crafter SCD for {args.minutes:g} min on {len(clips)} clips of {clip_len} frames "
+          f"(episodes 0-{held_out[0] - 1}; {held_out} held out) -> {run}")
+    cfg = TrainConfig(steps=1_000_000, batch=8, clip_len=clip_len, lr=args.lr, warmup=10, ckpt_every=100,
+                      flow=FlowConfig(**info["train"]["flow"]))
+    data_info = {"path": str(data.resolve()), "source": store.meta.source,
+                 "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(clips)}
+    trainer = train(ModelConfig.from_dict(info["model"]), clips, run, cfg, init_from=SHIPPED_MODELS["crafter-scd"],
+                    data_info=data_info, time_limit=60 * args.minutes)
+    if trainer.step < DEMO_MIN_STEPS:
+        print(f"warning: only {trainer.step} fine-tuning steps ran in {args.minutes:g} min (a busy or slow machine); "
+              f"the fine-tuned model is still close to the shipped one: rerun with more --minutes (it resumes)",
+              file=sys.stderr)
+    tuned = load_model(run)
+
+    # Ground truth: held-out episodes, driven by their recorded actions.
+    total = args.context + args.frames
+    episodes = [e for e in held_out if store.episode_length(e) >= total]
+    if not episodes:
+        raise ValueError(f"no held-out episode has {total} frames: lower --frames or raise --length")
+    columns, scores = {}, {"shipped": [], "fine-tuned": []}
+    for e in episodes:
+        frames, actions = store.episode(e)
+        truth = frames_to_model(frames[:total])[None]
+        acts = torch.from_numpy(np.array(actions[:total], dtype=np.int64))[None]
+        columns.setdefault("ground truth", []).append(np.asarray(frames[:total]))
+        for name, model in (("shipped", shipped), ("fine-tuned", tuned)):
+            pred = generate(model, truth[:, : args.context], acts, steps=args.steps, seed=0, window=clip_len - 1)
+            pred = pred[0, 0].clamp(-1, 1)
+            scores[name].append(float(psnr(pred, truth[0, args.context :]).mean()))
+            columns.setdefault(name, []).append(frames_to_uint8(torch.cat([truth[0, : args.context], pred])))
+    video = side_by_side({k: np.concatenate(v) for k, v in columns.items()})
+    path = write_video(out / "demo.mp4", video, fps=args.fps)
+    print(f"held-out PSNR over {len(episodes)} episodes x {args.frames} generated frames: shipped "
+          f"{np.mean(scores['shipped']):.2f} dB, fine-tuned for {trainer.step} steps {np.mean(scores['fine-tuned']):.2f} dB")
+    print(f"wrote {path}: ground truth | shipped SCD | fine-tuned SCD, {args.context} real context frames then "
+          f"{args.frames} generated, per held-out episode")
+    return 0
+
+
+def add_demo_parser(sub) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser("demo", help=COMMANDS["demo"][0])
+    p.add_argument("--out", default="out/demo", help="folder for the data, the run and the video (default: out/demo)")
+    p.add_argument("--minutes", type=positive(), default=5.0, help="fine-tuning time budget (default: 5)")
+    p.add_argument("--episodes", type=at_least(2), default=10, help="episodes to record (default: 10)")
+    p.add_argument("--held-out", type=at_least(1), default=2, help="last episodes kept for the video (default: 2)")
+    p.add_argument("--length", type=at_least(8), default=150, help="frames per recorded episode (default: 150)")
+    p.add_argument("--seed", type=at_least(0), default=7, help="recording seed (default: 7)")
+    add_option(p, "--lr", TrainConfig, "lr", "fine-tuning learning rate", type=positive())
+    p.add_argument("--context", type=at_least(1), default=4, help="real frames each rollout starts from (default: 4)")
+    p.add_argument("--frames", type=at_least(1), default=20, help="frames generated per episode (default: 20)")
+    p.add_argument("--steps", type=at_least(1), default=10, help="denoising steps S (default: 10)")
+    p.add_argument("--fps", type=at_least(1), default=8, help="video frames per second (default: 8)")
+    p.set_defaults(func=cmd_demo)
 
 
 # -- scd generate --------------------------------------------------------------------------------------------
@@ -189,6 +301,7 @@ def _episode(data: str | None, info: dict, episode: int, num_actions: int):
 
     Without --data: the data set the checkpoint was trained on if it is on this machine, else the shipped
     Crafter context file."""
+    from .config import SHIPPED_CONTEXT
     from .data.context import load_context_npz
     from .data.store import VideoStore
 
@@ -221,14 +334,23 @@ def _default_window(window: int | None, info: dict) -> int | None:
 def cmd_generate(args) -> int:
     import numpy as np
     import torch
+    from tqdm.auto import tqdm
 
     from .checkpoint import load_model
+    from .config import SHIPPED_MODELS
     from .data.store import frames_to_model, frames_to_uint8
     from .sampling import Guidance, rollout
-    from .video import side_by_side, write_video
+    from .video import CONTEXT_COLOUR, GENERATED_COLOUR, side_by_side, with_captions, write_video
 
-    model = load_model(args.checkpoint or SHIPPED_CHECKPOINTS["scd"], device=args.device)
+    if Path(args.out).suffix not in (".mp4", ".gif"):
+        raise ValueError(f"unsupported video format {Path(args.out).suffix!r} of --out {args.out}: use .mp4 or .gif")
+    model = load_model(args.checkpoint or SHIPPED_MODELS["crafter-scd"], device=args.device)
     info = getattr(model, "checkpoint_info", {})
+    window = _default_window(args.window, info)
+    if window is not None and args.context > window:
+        raise ValueError(f"--context {args.context} exceeds the history window of {window} frames (the next frame "
+                         f"sees at most {window}; default: the training clip length - 1): lower --context or "
+                         f"pass --window {args.context}")
     frames, recorded = _episode(args.data, info, args.episode, model.config.num_actions)
     total = args.context + args.frames
     if args.actions == "recorded":
@@ -238,7 +360,8 @@ def cmd_generate(args) -> int:
         actions = np.asarray(recorded[args.start : args.start + total])
     else:
         if args.start + args.context > len(frames):
-            raise ValueError(f"episode {args.episode} has {len(frames)} frames; the context does not fit")
+            raise ValueError(f"episode {args.episode} has {len(frames)} frames; --start {args.start} + "
+                             f"--context {args.context} do not fit")
         given = parse_actions(args.actions, model.config.num_actions, info.get("data", {}).get("action_names"))
         given = (given * (args.frames // len(given) + 1))[: args.frames]  # repeat the pattern to fill the horizon
         actions = np.concatenate([recorded[args.start : args.start + args.context], given])
@@ -251,13 +374,14 @@ def cmd_generate(args) -> int:
     generated, times = [], []
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
                      surgery=surgery_from_args(args, args.steps, args.shift),
-                     num_samples=args.samples, seed=args.seed,
-                     window=_default_window(args.window, info))
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                     num_samples=args.samples, seed=args.seed, window=window)
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16), \
+            tqdm(total=args.frames, desc=f"generate {model.config.arch}", unit="frame") as bar:
         start = time.perf_counter()
         for frame in stream:  # (1, samples, C, H, W)
             generated.append(frame[0])
             times.append(time.perf_counter() - start)
+            bar.update(1)
             start = time.perf_counter()
     pred = torch.stack(generated, dim=1)  # (samples, H, C, H, W)
     steady = times[1:] or times
@@ -271,112 +395,111 @@ def cmd_generate(args) -> int:
     for s in range(args.samples):
         columns[f"{model.config.arch} #{s}" if args.samples > 1 else model.config.arch] = np.concatenate(
             [ctx_u8, frames_to_uint8(pred[s])])
-    path = write_video(args.out, side_by_side(columns, scale=args.scale), fps=args.fps)
-    print(f"wrote {path} (first {args.context} frames are the given context)")
+    names = info.get("data", {}).get("action_names") or []
+    captions = [f"{'context' if i < args.context else 'generated'} {i + 1}/{total}  action: "
+                f"{names[a] if a < len(names) else a}" for i, a in enumerate(actions[0].tolist())]
+    colours = [CONTEXT_COLOUR if i < args.context else GENERATED_COLOUR for i in range(total)]
+    video = with_captions(side_by_side(columns, scale=args.scale), captions, colours)
+    path = write_video(args.out, video, fps=args.fps)
+    print(f"wrote {path} (the first {args.context} frames, captioned in blue, are the given context; generated "
+          f"frames are captioned in red, with the action that produced each frame)")
     return 0
+
+
+def add_generate_parser(sub) -> None:
+    from .sampling import Guidance, Streamer
+    from .video import side_by_side, write_video
+
+    p = sub.add_parser("generate", help=COMMANDS["generate"][0])
+    p.add_argument("--checkpoint", help="checkpoint or run directory, or a shipped model name (crafter-scd, "
+                                        "crafter-dit; default: crafter-scd)")
+    p.add_argument("--data", help="data set directory or context .npz for the context frames (default: the data "
+                                   "the model was trained on, else the shipped Crafter context file)")
+    p.add_argument("--episode", type=at_least(0), default=0, help="episode of --data (default: 0)")
+    p.add_argument("--start", type=at_least(0), default=0, help="first context frame in the episode (default: 0)")
+    p.add_argument("--context", type=at_least(1), default=4, help="real frames given (default: 4)")
+    p.add_argument("--frames", type=at_least(1), default=32, help="frames to generate (default: 32)")
+    p.add_argument("--actions", default="recorded",
+                   help="'recorded', or ids/names like '1,1,2' (repeated to fill --frames; default: recorded)")
+    add_option(p, "--steps", Streamer, "steps", "denoising steps S", type=at_least(1))
+    add_option(p, "--shift", Streamer, "shift", "schedule shift k", type=positive())
+    add_option(p, "--samples", Streamer, "num_samples", "trajectories", type=at_least(1))
+    add_option(p, "--seed", Streamer, "seed", "noise seed", type=at_least(0))
+    p.add_argument("--window", type=at_least(1), help="past frames the next frame sees (default: the checkpoint's "
+                                                      "training clip length - 1, the most any training frame saw)")
+    p.add_argument("--cfg-scale", type=finite, default=1.0, help="guidance scale (default: 1 = off)")
+    add_option(p, "--cfg-context-noise", Guidance, "context_noise", "eta_cfg for context guidance (SCD)",
+               type=at_least(0.0, float))
+    p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    add_device_option(p)
+    p.add_argument("--out", default="out/generated.mp4", help=".mp4 or .gif (default: out/generated.mp4)")
+    add_option(p, "--fps", write_video, "fps", "video frames per second", type=at_least(1))
+    add_option(p, "--scale", side_by_side, "scale", "nearest-neighbour upscaling of the video", type=at_least(1))
+    add_surgery_arguments(p, training=False)
+    p.set_defaults(func=cmd_generate)
 
 
 # -- scd export ----------------------------------------------------------------------------------------------
 def cmd_export(args) -> int:
     from .checkpoint import export_checkpoint
 
+    _check_out_dir(args.out)
     path = export_checkpoint(args.checkpoint, args.out)
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"wrote {path} ({size / 1e6:.1f} MB: EMA weights and config)")
     return 0
 
 
-# -- parser --------------------------------------------------------------------------------------------------
-def _add_core_parsers(sub) -> None:
-    p = sub.add_parser("info", help="parameters and block passes per frame of a preset or checkpoint")
-    p.add_argument("target", help="a preset name, 'all', or a checkpoint path")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps S (default 50, as in Tab. 5)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("train", help="train SCD or the Causal DiT on a recorded data set")
-    p.add_argument("--preset", default="scd-s", help="model preset (see `scd info all`)")
-    p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--clip-len", type=int, default=8, help="frames per training clip")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--K", type=int, default=1, help="noisy draws per context pass")
-    p.add_argument("--eta", type=float, default=0.0, help="context noise on c_i (SCD; the paper uses 0.05)")
-    p.add_argument("--timesteps", choices=["logit_normal", "uniform"], default="logit_normal")
-    p.add_argument("--shift", type=float, default=1.0, help="timestep shift k")
-    p.add_argument("--action-dropout", type=float, default=0.1)
-    p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"], help="SCD context fusion")
-    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
-    p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
-    p.add_argument("--time-limit", type=float, help="stop (with a checkpoint) after this many seconds")
-    p.add_argument("--encoder-t-min", type=float, default=0.8,
-                   help="noisy_current SCD encoders (scd convert) see the current frame at t ~ U(this, 1)")
-    add_surgery_arguments(p, training=True)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("demo", help="record a small Crafter set, train a small SCD for a few minutes, write a video")
-    p.add_argument("--out", default="out/demo", help="folder for the data, the run and the video")
-    p.add_argument("--minutes", type=float, default=5.0, help="training time budget")
-    p.add_argument("--preset", default="scd-xs")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("generate", help="roll out a model from real context frames and write a video")
-    p.add_argument("--checkpoint", help="checkpoint or run directory (default: the shipped Crafter SCD)")
-    p.add_argument("--data", help="data set directory or context .npz for the context frames (default: the data "
-                                   "the model was trained on, else the shipped Crafter context file)")
-    p.add_argument("--episode", type=int, default=0)
-    p.add_argument("--start", type=int, default=0, help="first context frame in the episode")
-    p.add_argument("--context", type=int, default=4, help="context frames")
-    p.add_argument("--frames", type=int, default=32, help="frames to generate")
-    p.add_argument("--actions", default="recorded", help="'recorded', or ids/names like '1,1,2' (repeated)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps S")
-    p.add_argument("--shift", type=float, default=1.0)
-    p.add_argument("--samples", type=int, default=1, help="trajectories")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, help="past frames the next frame sees (default: the checkpoint's training "
-                                                "clip length - 1, the most any training frame saw)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (1 = off)")
-    p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
-    p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="out/generated.mp4", help=".mp4 or .gif")
-    p.add_argument("--fps", type=int, default=10)
-    p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the video")
-    add_surgery_arguments(p, training=False)
-    p.set_defaults(func=cmd_generate)
-
-    p = sub.add_parser("export", help="a lean copy of a checkpoint for shipping: EMA weights + config")
+def add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help=COMMANDS["export"][0])
     p.add_argument("checkpoint", help="checkpoint or run directory")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="directory of the lean checkpoint")
     p.set_defaults(func=cmd_export)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scd", description="Separable Causal Diffusion world models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_core_parsers(sub)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+# -- parser and entry point ----------------------------------------------------------------------------------
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `scd` parser with the full options of `command` only (the others list their one-line help)."""
+    parser = Parser(prog="scd", description="Separable Causal Diffusion world models")
+    parser.add_argument("--version", action="version", version=f"scd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, builder) in COMMANDS.items():
+        if name == command:
+            module, function = builder.split(":")
+            getattr(importlib.import_module(module), function)(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
+def _user_error(err: BaseException) -> bool:
+    """Errors caused by what the user asked for (bad values, files, too little memory), not bugs."""
+    return isinstance(err, (ValueError, OSError, FloatingPointError, MemoryError)) or _out_of_memory(err)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    # torch raises OutOfMemoryError on a GPU but a plain RuntimeError from its CPU allocator
+    return type(err).__name__ == "OutOfMemoryError" or isinstance(err, MemoryError) or \
+        (isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:  # user errors: one clear line, no traceback
-        print(f"scd {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # user errors: one clear line, no traceback
+        if not _user_error(err):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if _out_of_memory(err) and not isinstance(err, MemoryError):  # ours name the size and the way out
+            message = f"out of memory ({message}): ask for fewer frames, samples or a smaller --window/--context"
+        if "tqdm" in sys.modules:  # end the progress bars the error interrupted, so it gets a line of its own
+            for bar in list(sys.modules["tqdm"].tqdm._instances):
+                bar.close()
+        print(f"scd {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -27,6 +27,22 @@ FUSIONS = ("seq_offset", "seq_same", "channel")
 ENCODER_INPUTS = ("previous_frame", "noisy_current")
 
 
+def _json_value_fits(annotation: str, value) -> bool:
+    """Does a JSON value fit a field annotated `annotation` (int, float, bool, str, a Literal of strings, a tuple of
+    ints)? Other annotations are left to __post_init__."""
+    if annotation.startswith("tuple"):
+        return isinstance(value, (list, tuple)) and all(_json_value_fits("int", v) for v in value)
+    if annotation.startswith("Literal") or annotation == "str":
+        return isinstance(value, str)
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return True
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["scd", "causal_dit"]
@@ -116,10 +132,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """A config from JSON data, with every value's type checked (a config.json may have been edited by hand)."""
+        known = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
+        for name, value in data.items():
+            if not _json_value_fits(known[name], value):
+                raise ValueError(f"model config {name} must be {known[name]}, got {value!r}")
         return cls(**data)
 
     def replace(self, **changes) -> "ModelConfig":
@@ -152,13 +172,16 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_preset(name: str) -> ModelConfig:
+    """A preset by name, in any case (the paper writes DiT-B, SCD-M)."""
     try:
-        return PRESETS[name]
+        return PRESETS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (any case)") from None
 
 
 # What ships inside the package (see scd/assets/MODEL_CARD.md): Crafter world models and real opening frames.
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED_CHECKPOINTS = {"scd": ASSETS_DIR / "crafter-scd-xs", "dit": ASSETS_DIR / "crafter-dit-xs"}
 SHIPPED_CONTEXT = ASSETS_DIR / "crafter-context.npz"
+# Names that load_model (and every --checkpoint) accepts for the shipped checkpoints.
+SHIPPED_MODELS = {"crafter-scd": SHIPPED_CHECKPOINTS["scd"], "crafter-dit": SHIPPED_CHECKPOINTS["dit"]}

@@ -142,8 +142,14 @@ class KVCache:
         """Write k, v (B, H, n, hd) past the committed tokens; return all keys/values (B, H, length+n, hd)."""
         if self.k is None:
             shape = (self.layers, k.shape[0], k.shape[1], self.capacity, k.shape[3])
-            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
-            self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+            try:
+                self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
+                self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
+            except (RuntimeError, MemoryError):  # the CPU allocator raises a RuntimeError
+                self.k = self.v = None
+                size = 2 * math.prod(shape) * k.element_size() / 1e9
+                raise MemoryError(f"the KV cache for {self.capacity // self.tokens_per_frame} frames needs {size:.1f} GB "
+                                  "and does not fit in memory: use a smaller window") from None
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v

@@ -478,7 +478,7 @@ def _training_flow(model) -> FlowConfig:
 
 
 def add_parser(subparsers) -> None:
-    from .cli import add_surgery_arguments
+    from .cli_options import add_surgery_arguments
 
     p = subparsers.add_parser("probe", help="step similarity, PCA, attention mass and leave-one-out of a model")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory (Causal DiT or SCD)")
@@ -515,7 +515,7 @@ def loss_clips(data, count: int, clip_len: int, episodes=None):
 
 def cmd_probe(args) -> int:
     from .checkpoint import load_model
-    from .cli import surgery_from_args
+    from .cli_options import surgery_from_args
     from .data.store import frames_to_uint8
     from .quality import heldout_clips, parse_episodes
 

@@ -104,7 +104,7 @@ def seconds_per_frame(model, frames, actions, context: int, steps: int = 20, shi
 
 # -- scd quality ---------------------------------------------------------------------------------------------
 def add_parser(subparsers) -> None:
-    from .cli import add_surgery_arguments
+    from .cli_options import add_surgery_arguments
 
     p = subparsers.add_parser("quality", help="rollout PSNR/SSIM/LPIPS vs ground truth on a few held-out clips "
                                               "(optionally under a surgery) and s/frame")
@@ -127,7 +127,7 @@ def add_parser(subparsers) -> None:
 
 def cmd_quality(args) -> int:
     from .checkpoint import load_model
-    from .cli import surgery_from_args
+    from .cli_options import surgery_from_args
 
     model = load_model(args.checkpoint, weights=args.weights)
     surgery = surgery_from_args(args, args.steps, args.shift)

@@ -226,7 +226,11 @@ class Trainer:
         if not self.log_path.exists():
             self._truncate_log(0)
         losses = []
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        if time_limit is None:
+            bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        else:  # a time budget ends the run: show progress (and time left) against it, not against cfg.steps
+            bar = tqdm(total=round(time_limit), disable=not progress, desc="train", unit="s",
+                       bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]")
         with open(self.log_path, "a", newline="") as log:
             writer = csv.DictWriter(log, LOG_FIELDS)
             while self.step < self.cfg.steps:
@@ -238,9 +242,10 @@ class Trainer:
                     writer.writerow(dict(step=self.step, loss=f"{loss:.6f}", lr=f"{lr:.3e}",
                                          grad_norm=f"{grad_norm:.4f}", seconds=f"{time.perf_counter() - start:.4f}"))
                     log.flush()
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                bar.update(1)
-                out_of_time = time_limit is not None and time.perf_counter() - began > time_limit
+                    bar.set_postfix(step=self.step, loss=f"{loss:.4f}")
+                elapsed = time.perf_counter() - began
+                bar.update(1 if time_limit is None else min(elapsed, time_limit) - bar.n)
+                out_of_time = time_limit is not None and elapsed > time_limit
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     self.save()
                 if out_of_time:

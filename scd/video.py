@@ -9,16 +9,22 @@ import numpy as np
 
 def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
     """Nearest-neighbour upscaling of uint8 frames (..., H, W, 3)."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
     if scale == 1:
         return frames
     return frames.repeat(scale, axis=-3).repeat(scale, axis=-2)
 
 
-def label_strip(width: int, text: str, height: int = 14) -> np.ndarray:
+CONTEXT_COLOUR = (30, 80, 160)  # caption strip under given (real) frames
+GENERATED_COLOUR = (150, 40, 40)  # caption strip under generated frames
+
+
+def label_strip(width: int, text: str, height: int = 14, colour=(24, 24, 24)) -> np.ndarray:
     """A (height, width, 3) uint8 strip with `text` written on it (PIL's built-in font)."""
     from PIL import Image, ImageDraw
 
-    img = Image.new("RGB", (width, height), (24, 24, 24))
+    img = Image.new("RGB", (width, height), colour)
     ImageDraw.Draw(img).text((3, 1), text, fill=(235, 235, 235))
     return np.asarray(img)
 
@@ -34,11 +40,21 @@ def side_by_side(columns: dict[str, np.ndarray], scale: int = 4, gap: int = 4) -
     return np.concatenate(tiles[:-1], axis=2)
 
 
+def with_captions(video: np.ndarray, captions: list[str], colours: list) -> np.ndarray:
+    """A caption strip under every frame of video (T, H, W, 3): captions[t] on a strip of colours[t]."""
+    if not len(captions) == len(colours) == len(video):
+        raise ValueError(f"{len(video)} frames need as many captions and colours, got {len(captions)}, {len(colours)}")
+    strips = np.stack([label_strip(video.shape[2], text, colour=colour) for text, colour in zip(captions, colours)])
+    return np.concatenate([video, strips], axis=1)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
     """Write uint8 frames (T, H, W, 3) to .mp4 (H.264) or .gif, chosen by the file extension."""
     import imageio.v2 as imageio
 
     path = Path(path)
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"video frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +63,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
     elif path.suffix == ".mp4":
         h, w = frames.shape[1:3]  # H.264 with yuv420p needs even sizes
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        # pixelformat sets ffmpeg's -pix_fmt once (passing it again in ffmpeg_params makes ffmpeg complain)
         with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                                ffmpeg_params=["-pix_fmt", "yuv420p"]) as writer:
+                                pixelformat="yuv420p") as writer:
             for frame in frames:
                 writer.append_data(frame)
     else:

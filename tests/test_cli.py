@@ -38,16 +38,20 @@ def test_short_training_run_lowers_the_loss_on_real_crafter_frames(trained):
     assert (trained / "loss.png").exists() and (trained / "latest").exists()
 
 
-def test_generate_writes_ground_truth_beside_prediction(trained, tmp_path, capsys):
+def test_generate_writes_ground_truth_beside_prediction(trained, tmp_path, capfd):
     out = tmp_path / "video.mp4"
     args = f"generate --checkpoint {trained} --context 3 --frames 4 --steps 2 --samples 2 --out {out}"
     assert main(args.split()) == 0
-    printed = capsys.readouterr().out
+    printed, err = capfd.readouterr()
     assert "per frame" in printed and "first frame" in printed
     video = imageio.mimread(out)
     assert len(video) == 3 + 4
     h, w = video[0].shape[:2]
-    assert (h, w) == (14 + 4 * 64, 3 * 4 * 64 + 2 * 4)  # label + 4x frames; ground truth + two samples
+    assert (h, w) == (14 + 4 * 64 + 14, 3 * 4 * 64 + 2 * 4)  # label + 4x frames + caption; truth + two samples
+    blue, red = video[2][-7, w - 2].astype(int), video[3][-7, w - 2].astype(int)  # caption strips' right edge
+    assert blue[2] > blue[0] + 60 and red[0] > red[2] + 60  # context frames are marked apart from generated ones
+    assert "4/4" in err and "frame" in err  # the per-frame progress bar
+    assert "pix_fmt" not in err
     gif = tmp_path / "video.gif"
     assert main(f"generate --checkpoint {trained} --context 2 --frames 3 --steps 1 --actions 1,2 --out {gif}".split()) == 0
     assert len(imageio.mimread(gif)) == 5
@@ -68,16 +72,105 @@ def test_info_prints_parameters_and_block_passes(capsys):
         ("train --preset scd-giant --data {data} --out {tmp}/r --steps 1", "unknown preset 'scd-giant'"),
         ("train --preset scd-tiny --data {data} --out {tmp}/r --steps 1 --clip-len 500", "clip_len=500"),
         ("generate --checkpoint {tmp}/missing --out {tmp}/v.mp4", "checkpoint not found"),
-        ("generate --checkpoint {run} --actions 1,99 --frames 2 --out {tmp}/v.mp4", "unknown action id 99"),
-        ("generate --checkpoint {run} --actions jump --frames 2 --out {tmp}/v.mp4", "unknown action 'jump'"),
+        ("generate --checkpoint {run} --context 3 --actions 1,99 --frames 2 --out {tmp}/v.mp4", "unknown action id 99"),
+        ("generate --checkpoint {run} --context 3 --actions jump --frames 2 --out {tmp}/v.mp4", "unknown action 'jump'"),
         ("generate --checkpoint {run} --context 3 --frames 2 --out {tmp}/v.avi", "unsupported video format"),
         ("generate --checkpoint {run} --context 3 --start 70 --frames 20 --out {tmp}/v.mp4", "do not fit"),
+        ("generate --checkpoint {run} --frames 2 --out {tmp}/v.mp4", "--context 4 exceeds the history window of 3"),
+        ("generate --frames -3", "argument --frames: must be >= 1, got -3"),
+        ("generate --start -5", "argument --start: must be >= 0, got -5"),
+        ("generate --window 0", "argument --window: must be >= 1, got 0"),
+        ("generate --fps 0", "argument --fps: must be >= 1, got 0"),
+        ("generate --scale 0", "argument --scale: must be >= 1, got 0"),
+        ("generate --shift 0", "argument --shift: must be > 0, got 0"),
+        ("generate --samples 0", "argument --samples: must be >= 1, got 0"),
+        ("generate --steps 2.5", "argument --steps: expected an integer, got '2.5'"),
+        ("generate --device foo", "unknown device 'foo'"),
+        ("generate --device cuda:7", "cuda:7"),
+        ("info --steps 0", "argument --steps: must be >= 1, got 0"),
+        ("info --steps -5 all", "argument --steps: must be >= 1, got -5"),
+        ("info DiT-Giant", "unknown preset or checkpoint 'DiT-Giant': presets are"),
+        ("train --preset scd-tiny --data {data} --out {tmp}/file.txt --steps 1", "is a file, not a directory"),
+        ("train --preset scd-tiny --data {data} --out {tmp}/r --steps 3 --clip-len 4 --lr 1e30 --warmup 0",
+         "lower the learning rate"),
+        ("train --preset scd-tiny --data {data} --out {tmp}/r --lr nan", "argument --lr: expected a finite number"),
+        ("generate --checkpoint {tmp}/edited --out {tmp}/v.mp4", "model config hidden must be int, got '64'"),
+        ("generate --checkpoint {tmp}/tampered --out {tmp}/v.mp4", "corrupt or truncated"),
+        ("train --preset scd-tiny --data {data} --out {tmp}/r2 --init-from {run} --steps 1", ""),
     ],
 )
-def test_bad_input_exits_with_a_message_that_names_the_problem(args, message, crafter, trained, tmp_path, capsys):
+def test_bad_input_exits_with_one_line_that_names_the_problem(args, message, crafter, trained, tmp_path, capsys):
+    import json
+    import shutil
+
+    (tmp_path / "file.txt").write_text("not a directory")
+    edited = shutil.copytree(trained / "ckpt-0000040", tmp_path / "edited")
+    config = json.loads((edited / "config.json").read_text())
+    config["model"]["hidden"] = "64"
+    (edited / "config.json").write_text(json.dumps(config))
+    tampered = shutil.copytree(trained / "ckpt-0000040", tmp_path / "tampered")
+    (tampered / "ema.safetensors").write_bytes(b"junk")
     argv = args.format(tmp=tmp_path, data=crafter, run=trained).split()
-    assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse: a bad option value
+        code = exit.code
+    err = capsys.readouterr().err
+    if not message:  # a control: the fixture's files do not break a good command
+        assert code == 0, err
+        return
+    assert code == 2
+    lines = [line for line in err.splitlines() if "error" in line]  # progress bars may precede it
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("scd "), err
+
+
+def test_info_accepts_the_papers_preset_names_and_shipped_models(capsys):
+    assert main(["info", "DiT-B"]) == 0 and main(["info", "SCD-M", "--json"]) == 0
+    assert main(["info", "crafter-scd"]) == 0
+    out = capsys.readouterr().out
+    assert "dit-b" in out and '"name": "scd-m"' in out and "crafter-scd" in out
+
+
+def test_help_and_version_start_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from scd.cli import main\ntry: main(sys.argv[1:])\nexcept SystemExit: pass\n" \
+           "assert 'torch' not in sys.modules, 'torch imported'"
+    for args in (["--help"], ["--version"]):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert "scd 0.1.0" in done.stdout
+
+
+def test_train_and_generate_options_take_their_defaults_from_the_library():
+    import inspect
+
+    from scd.cli import build_parser
+    from scd.sampling import Streamer
+    from scd.train import TrainConfig
+
+    train = build_parser("train").parse_args(["train", "--data", "d", "--out", "o"])
+    for option, field in [("steps", "steps"), ("batch", "batch"), ("lr", "lr"), ("warmup", "warmup"),
+                          ("ckpt_every", "ckpt_every"), ("seed", "seed"), ("ema", "ema_decay")]:
+        assert getattr(train, option) == getattr(TrainConfig(), field), option
+    generate = build_parser("generate").parse_args(["generate"])
+    defaults = inspect.signature(Streamer).parameters
+    assert (generate.steps, generate.samples, generate.seed, generate.shift) == tuple(
+        defaults[name].default for name in ("steps", "num_samples", "seed", "shift"))
+
+
+def test_a_trainer_state_with_objects_is_refused_without_suggesting_unsafe_loading(tmp_path):
+    from fractions import Fraction
+
+    from scd.checkpoint import load_trainer_state, save_checkpoint
+    from scd.config import get_preset
+    from scd.models import build_model
+
+    path = save_checkpoint(tmp_path / "ckpt", build_model(get_preset("scd-tiny")), trainer_state={"x": Fraction(1, 3)})
+    with pytest.raises(ValueError, match="holds objects other than tensors") as err:
+        load_trainer_state(path)
+    assert "weights_only" not in str(err.value)
 
 
 def test_export_makes_a_lean_checkpoint_that_loads_like_the_ema(trained, tmp_path):

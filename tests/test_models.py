@@ -252,3 +252,11 @@ def test_window_must_be_a_positive_integer():
     for bad in (0, -2, 2.5):
         with pytest.raises(ValueError, match="window must be an integer >= 1"):
             generate(model, frames[:, :1], actions, steps=1, window=bad)
+
+
+def test_a_kv_cache_too_large_for_memory_says_so_with_its_size():
+    from scd.nn import KVCache
+
+    cache = KVCache(layers=4, capacity_frames=10**9, tokens_per_frame=64)
+    with pytest.raises(MemoryError, match=r"KV cache for 1000000000 frames needs .* GB"):
+        cache.extend(0, torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))

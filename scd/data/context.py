@@ -7,6 +7,8 @@ recording a data set first. A recorded data set directory serves the same purpos
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,19 +50,24 @@ class ContextSet:
 def load_context_npz(path: str | Path) -> ContextSet:
     """A context file: frames uint8 (E, C0, H, W, 3), actions int64 (E, C0), optionally action_names (num_actions,)."""
     path = Path(path)
+    expected = "expected frames uint8 (E, C0, H, W, 3) and actions int64 (E, C0)"
     if not path.is_file():
         raise FileNotFoundError(f"context file {path} not found")
+    if not zipfile.is_zipfile(path):  # checked first: np.load would try to unpickle it and talk about allow_pickle
+        raise ValueError(f"context file {path} is not a complete .npz archive (truncated or another format; {expected})")
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = {"frames", "actions"} - set(data.files)
-            if missing:
-                raise ValueError(f"context file {path} lacks the arrays {sorted(missing)} "
-                                 "(expected frames uint8 (E, C0, H, W, 3) and actions int64 (E, C0))")
-            frames, actions = data["frames"], data["actions"]
-            names = tuple(str(n) for n in data["action_names"]) if "action_names" in data.files else None
-    except (OSError, EOFError) as err:  # np.load's errors for a truncated or foreign file
-        raise ValueError(f"context file {path} is not a readable .npz ({err})") from None
-    return ContextSet(frames, actions, names, str(path))
+            files = set(data.files)
+            arrays = {name: data[name] for name in ("frames", "actions", "action_names") if name in files}
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
+        raise ValueError(f"context file {path} is truncated or damaged ({err})") from None
+    except ValueError:  # object arrays: numpy refuses to unpickle them, and so do we
+        raise ValueError(f"context file {path} holds Python objects, not plain arrays ({expected})") from None
+    missing = {"frames", "actions"} - files
+    if missing:
+        raise ValueError(f"context file {path} lacks the arrays {sorted(missing)} ({expected})")
+    names = tuple(str(n) for n in arrays["action_names"]) if "action_names" in arrays else None
+    return ContextSet(arrays["frames"], arrays["actions"], names, str(path))
 
 
 def load_context_dataset(path: str | Path, length: int, max_episodes: int = 256) -> ContextSet:

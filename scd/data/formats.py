@@ -7,6 +7,8 @@ Both importers write the same on-disk format as :func:`scd.data.record.record`, 
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -21,9 +23,11 @@ VIDEO_SUFFIXES = (".avi",)
 def _npz_episodes(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
     """Yield ``(path, video uint8 (T, H, W, 3), actions (T,))`` per TECO .npz, validating each."""
     for path in paths:
+        if not zipfile.is_zipfile(path):  # else np.load would try to unpickle it and talk about allow_pickle
+            raise ValueError(f"{path}: not a complete .npz archive (truncated or another format)")
         try:
             data = np.load(path, allow_pickle=False)
-        except (OSError, EOFError, ValueError) as err:
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path}: not a readable .npz file ({err})") from None
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError(f"{path}: holds a single array, not an .npz archive with 'video' and 'actions'")
@@ -36,7 +40,7 @@ def _npz_episodes(paths: list[Path]) -> Iterator[tuple[Path, np.ndarray, np.ndar
                 )
             try:
                 video, actions = data["video"], data["actions"]
-            except (OSError, EOFError, ValueError) as err:  # zip member truncated or corrupt
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as err:  # member truncated, corrupt
                 raise ValueError(f"{path}: corrupt array data ({err})") from None
         if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
             raise ValueError(f"{path}: 'video' must be uint8 (T, H, W, 3), got {video.dtype} {video.shape}")
