@@ -201,6 +201,8 @@ class WorldModel(nn.Module):
 
     def _check_stream_input(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         self.check_frames(frames)
+        if frames.shape[1] < 1:
+            raise ValueError("prefill needs at least one frame, got 0")
         if frames.shape[0] != stream.batch:
             raise ValueError(f"stream has batch {stream.batch}, got frames with batch {frames.shape[0]}")
         self.check_actions(actions, frames.shape[:2])

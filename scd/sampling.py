@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 from .flow import shift_time
@@ -12,8 +14,10 @@ from .flow import shift_time
 
 def flow_schedule(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
     """(steps + 1,) flow times from 1 (noise) to 0 (data), warped by t' = k t / (1 + (k - 1) t)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
     return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
 
 
@@ -49,6 +53,24 @@ class Guidance:
             raise ValueError(f"context_noise must be >= 0, got {self.context_noise}")
 
 
+def _checked_frames(model, frames: torch.Tensor, name: str) -> torch.Tensor:
+    """Given frames (B, F, C, H, W) as floats in [-1, 1]: shape, dtype and finiteness checked, cast to the model's."""
+    model.check_frames(frames, name)
+    if not frames.dtype.is_floating_point:
+        raise ValueError(f"{name} must be floats in [-1, 1], got {frames.dtype} (uint8 pixels: use "
+                         "scd.data.store.frames_to_model)")
+    if not torch.isfinite(frames).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
+    return frames.to(next(model.parameters()).dtype)
+
+
+def _check_user_actions(model, actions: torch.Tensor) -> None:
+    """Actions a caller gives: ids of the game's actions; the null action is for guidance only."""
+    if actions.numel() and (actions == model.null_action).any():
+        raise ValueError(f"action id {model.null_action} is the null action (guidance only): give ids "
+                         f"0..{model.config.num_actions - 1}")
+
+
 def _generator(seed: int | None) -> torch.Generator:
     g = torch.Generator()  # CPU noise, so a seed gives the same video on every device
     if seed is None:
@@ -82,9 +104,12 @@ class Streamer:
         callback: Callable | None = None,
         surgery=None,
     ):
-        model.check_frames(context_frames, "context_frames")
+        context_frames = _checked_frames(model, context_frames, "context_frames")
         b, c0 = context_frames.shape[:2]
         model.check_actions(context_actions, (b, c0))
+        _check_user_actions(model, context_actions)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         n = b * num_samples
         self.stream = model.new_stream(n, window, surgery)
         if c0 > window:
@@ -111,6 +136,7 @@ class Streamer:
         if isinstance(action, int):
             action = torch.full((self.batch,), action, dtype=torch.long)
         model.check_actions(action, (self.batch,))
+        _check_user_actions(model, action)
         a = action.to(self.device).repeat_interleave(self.num_samples, dim=0)
         noise = torch.randn((stream.batch, *model.config.frame_shape), generator=self.generator).to(self.device)
         neg_action, neg_ctx = a, None
@@ -145,13 +171,14 @@ def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs
     actions: (B, C0 + H) for the C0 context frames and the H frames to generate (actions[:, i] produced
     frame i). Other keyword arguments as for `Streamer` (steps, shift, guidance, num_samples, seed, window,
     callback, surgery); the window defaults to the whole rollout."""
-    model.check_frames(context_frames, "context_frames")
+    context_frames = _checked_frames(model, context_frames, "context_frames")
     b, c0 = context_frames.shape[:2]
     if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:
         raise ValueError(
             f"actions must have shape (B={b}, context {c0} + frames to generate), got {tuple(actions.shape)}"
         )
     model.check_actions(actions, actions.shape)
+    _check_user_actions(model, actions)
     if kwargs.get("window") is None:
         kwargs["window"] = actions.shape[1]
     streamer = Streamer(model, context_frames, actions[:, :c0], **kwargs)

@@ -260,3 +260,37 @@ def test_a_kv_cache_too_large_for_memory_says_so_with_its_size():
     cache = KVCache(layers=4, capacity_frames=10**9, tokens_per_frame=64)
     with pytest.raises(MemoryError, match=r"KV cache for 1000000000 frames needs .* GB"):
         cache.extend(0, torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
+
+
+def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():
+    from scd.sampling import Streamer
+
+    model = tiny("scd")
+    frames, actions = clip(b=1, f=4)
+    nan = frames.clone()
+    nan[0, 1, 0, 0, 0] = float("nan")
+    inf = frames.clone()
+    inf[0, 0, 1, 2, 3] = float("inf")
+    for bad in (nan, inf):
+        with pytest.raises(ValueError, match="contain NaN or infinite values"):
+            generate(model, bad[:, :2], actions, steps=1)
+    with pytest.raises(ValueError, match="must be floats in \\[-1, 1\\], got torch.uint8"):
+        generate(model, frames[:, :2].to(torch.uint8), actions, steps=1)
+    half = generate(model, frames[:, :2].half(), actions, steps=1, seed=0)  # other float dtypes are cast
+    torch.testing.assert_close(half, generate(model, frames[:, :2].half().float(), actions, steps=1, seed=0))
+    for steps in (2.5, 0, True):
+        with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+            generate(model, frames[:, :2], actions, steps=steps)
+    with pytest.raises(ValueError, match="shift must be a finite number > 0"):
+        generate(model, frames[:, :2], actions, steps=1, shift=0)
+    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+        generate(model, frames[:, :2], actions, steps=1, num_samples=0)
+    null = actions.clone()
+    null[0, 3] = model.null_action
+    with pytest.raises(ValueError, match="is the null action"):
+        generate(model, frames[:, :2], null, steps=1)
+    streamer = Streamer(model, frames[:, :2], actions[:, :2], steps=1)
+    with pytest.raises(ValueError, match="is the null action"):
+        streamer.step(model.null_action)
+    with pytest.raises(ValueError, match="prefill needs at least one frame"):
+        model.prefill(model.new_stream(1, 4), frames[:, :0], actions[:, :0])
