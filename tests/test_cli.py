@@ -196,3 +196,21 @@ def test_generate_reads_a_context_file(trained, crafter, tmp_path):
     assert main(args.split()) == 0
     assert len(imageio.mimread(gif)) == 7
     assert main(f"generate --checkpoint {trained} --data {path} --episode 2 --out {gif}".split()) == 2
+
+
+def test_the_readme_python_example_runs_as_written(capsys):
+    import re
+    from pathlib import Path
+
+    import torch
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops on a shared 2-core machine: one thread is many times faster
+    try:
+        exec(compile(example, "README.md", "exec"), {})
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out.split("\n")
+    assert printed[:4] == ["torch.Size([1, 2, 3, 64, 64])"] * 4
