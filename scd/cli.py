@@ -34,6 +34,7 @@ COMMANDS = {
     "quality": ("rollout PSNR/SSIM/LPIPS vs ground truth on a few held-out clips (optionally under a surgery) "
                 "and s/frame", "scd.quality:add_parser"),
     "convert": ("build an SCD from a trained Causal DiT (encoder l, decoder a+b blocks)", "scd.convert:add_parser"),
+    "weights": ("check or install the LPIPS and I3D (FVD) weights that `scd eval` needs", "scd.metrics.cli:add_parser"),
 }
 
 
@@ -475,7 +476,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _user_error(err: BaseException) -> bool:
     """Errors caused by what the user asked for (bad values, files, too little memory), not bugs."""
-    return isinstance(err, (ValueError, OSError, FloatingPointError, MemoryError)) or _out_of_memory(err)
+    return isinstance(err, (ValueError, OSError, FloatingPointError, MemoryError)) or _out_of_memory(err) or \
+        type(err).__name__ == "MissingWeightsError"
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -259,6 +259,10 @@ def evaluate(
 
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
+    from .metrics import _weights  # before any rollout: a missing weight file would only fail at the end
+
+    _weights.require(_weights.LPIPS_ALEX if LPIPS_NET == "alex" else _weights.LPIPS_VGG,
+                     *([_weights.I3D_K400] if settings.fvd else []))
     labels = list(labels) if labels else _default_labels([str(c) for c in checkpoints])
     if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
         raise ValueError(f"need one distinct label per checkpoint, got {labels} for {len(checkpoints)} checkpoints")

