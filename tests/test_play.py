@@ -241,6 +241,127 @@ def test_the_server_answers_bad_messages_with_errors_and_keeps_streaming(served)
     run_async(session())
 
 
+def test_requests_naming_another_host_are_refused_against_dns_rebinding(served):
+    import aiohttp
+
+    port = served.port
+
+    async def session():
+        async with aiohttp.ClientSession() as http:
+            evil = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+            for path in ("", "ws", "static/play.js"):
+                async with http.get(served.url + path, headers=evil) as response:
+                    assert response.status == 421 and "evil.example" in await response.text()
+            async with http.get(served.url, headers={"Host": f"127.0.0.1:{port + 1}"}) as response:
+                assert response.status == 421  # right name, wrong port
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+                async with http.get(served.url, headers={"Host": host}) as response:
+                    assert response.status == 200
+
+    run_async(session())
+
+
+def test_a_burst_of_valid_commands_does_not_disconnect_a_page_that_reads(served):
+    import aiohttp
+
+    async def session():
+        async with aiohttp.ClientSession() as http, http.ws_connect(served.url + "ws") as ws:
+            await ws.receive_json(timeout=10)
+            for i in range(200):
+                await ws.send_str(json.dumps({"type": "pause", "paused": i % 2 == 0}))
+            await ws.send_str(json.dumps({"type": "pause", "paused": False}))
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # statuses arrive until the last command is applied
+                msg = await ws.receive(timeout=10)
+                assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    break  # frames again: the final command (resume) was applied and the page is still connected
+            else:
+                raise AssertionError("no frame after the burst")
+            assert not ws.closed
+
+    run_async(session())
+    wait_until(lambda: not served.engine.paused, what="resumed")
+
+
+def test_saved_videos_are_limited_in_number(served, monkeypatch):
+    import aiohttp
+
+    from scd.play import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_VIDEOS", 2)
+
+    async def session():
+        names = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(served.url + "ws") as ws:
+            while len(names) < 3:
+                await ws.send_str('{"type": "save"}')
+                while (msg := await ws.receive(timeout=30)).type != aiohttp.WSMsgType.TEXT or \
+                        json.loads(msg.data)["type"] not in ("saved", "error"):
+                    pass
+                reply = json.loads(msg.data)
+                if reply["type"] == "saved":
+                    names.append(reply["name"])
+            return names
+
+    names = run_async(session())
+    assert list(served.videos) == names[1:] and not (served.out_dir / names[0]).exists()
+    assert all((served.out_dir / name).is_file() for name in names[1:])
+
+
+def test_pages_that_stop_reading_are_evicted_and_a_new_visitor_gets_in(assets, monkeypatch):
+    """Raw WebSocket clients that never read (tiny receive buffers) fill every slot; they are dropped."""
+    import base64
+    import socket
+
+    import aiohttp
+
+    from scd.play import server as server_module
+
+    monkeypatch.setattr(server_module, "MAX_PAGES", 2)
+    server = PlayServer(make_engine(assets), assets["root"] / "videos-stall", port=0, stall_seconds=1.0)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    assert server.ready.wait(30)
+    silent = []
+    try:
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                         .encode())
+            assert sock.recv(12) == b"HTTP/1.1 101"  # connected; from now on it never reads
+            silent.append(sock)
+        wait_until(lambda: len(server.pages) == 2, what="two silent pages")
+        silent_pages = set(server.pages)
+
+        async def visit():
+            async with aiohttp.ClientSession() as http:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        async with http.ws_connect(server.url + "ws") as ws:
+                            while (await ws.receive(timeout=10)).type != aiohttp.WSMsgType.BINARY:
+                                pass  # a frame: this visitor is served
+                            return
+                    except aiohttp.WSServerHandshakeError as err:
+                        assert err.status == 503 and time.monotonic() < deadline, err
+                        await asyncio.sleep(0.5)
+
+        run_async(visit())
+        wait_until(lambda: not silent_pages & server.pages, what="silent pages evicted")
+        assert all(page.transport.is_closing() for page in silent_pages)  # and their connections dropped
+    finally:
+        for sock in silent:
+            sock.close()
+        server.shutdown()
+        thread.join(15)
+    assert not thread.is_alive()
+
+
 # -- the page in a real browser ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def page(served):

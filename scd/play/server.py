@@ -17,17 +17,23 @@ Threads: the asyncio loop (HTTP, WebSockets) runs in the thread that calls `serv
 engine's worker thread, which hands frames to the loop with call_soon_threadsafe. Every queue is bounded:
 per page FRAME_QUEUE frames (the oldest frame is dropped for a page that falls behind) and MESSAGE_QUEUE
 messages (a page that stops reading is disconnected); the engine's action and command queues (engine.py).
-The server never opens a path the page names: videos are looked up among the files it wrote itself.
+The server never opens a path the page names: videos are looked up among the files it wrote itself, and it
+keeps at most MAX_VIDEOS of them (MAX_VIDEO_BYTES in all). Requests must name the server by its address (the Host
+header), so another site cannot reach it through DNS rebinding. A page whose socket takes no data for
+STALL_SECONDS is disconnected, and a visitor who finds every slot taken replaces a page that has stopped reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import queue
 import signal
+import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +49,11 @@ HARD_MESSAGE_BYTES = 64 * 1024  # larger still: aiohttp closes the connection (1
 FRAME_QUEUE = 3  # frames waiting to be sent to one page
 MESSAGE_QUEUE = 64  # other messages waiting to be sent to one page
 MAX_PAGES = 8  # WebSocket connections at once
+STALL_SECONDS = 5.0  # a page whose socket has taken no data for this long stopped reading: it is disconnected
+SEND_BUFFER = 64 * 1024  # kernel send buffer per page: bounded, so a page that stops reading blocks within frames
+MAX_VIDEOS = 16  # saved session videos kept on disk (the oldest are deleted first) ...
+MAX_VIDEO_BYTES = 512 * 1024**2  # ... and at most this many bytes of them
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 # KeyboardEvent.code values per action name (matched case-insensitively). Crafter's letters follow Crafter's
 # own human interface; movement is also on the arrow keys. Atari's basic actions are here too; any other
@@ -144,12 +155,23 @@ def encode_frame(frame: Frame) -> bytes:
 class Page:
     """One connected page: its WebSocket and its bounded outbox, drained by its own sender task."""
 
-    def __init__(self, ws: web.WebSocketResponse):
-        self.ws = ws
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None):
+        self.ws, self.transport = ws, transport
         self.outbox: deque[tuple[bool, object]] = deque()  # (is_frame, bytes or message dict), in order
         self.frames = 0  # frames in the outbox
         self.wake = asyncio.Event()
         self.closing = False
+        self.sending_since: float | None = None  # monotonic time the pending send began (None: none pending)
+
+    def stalled_for(self) -> float:
+        """Seconds the current send has waited for the page's socket to take data (0 when nothing waits)."""
+        return 0.0 if self.sending_since is None else time.monotonic() - self.sending_since
+
+    def evict(self) -> None:
+        """Drop the connection at once: a page that does not read would never take a close frame either."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def push_frame(self, payload: bytes) -> None:
         if self.frames >= FRAME_QUEUE:  # behind: drop the oldest waiting frame, keep the newest
@@ -163,6 +185,13 @@ class Page:
         self.wake.set()
 
     def push(self, message: dict) -> None:
+        # A status is a snapshot and an error repeats: a newer status replaces a waiting one, and an error that is
+        # already waiting is not queued twice, so a burst of commands cannot flood a page that reads.
+        for i, (is_frame, waiting) in enumerate(self.outbox):
+            if not is_frame and waiting.get("type") == message.get("type") and (
+                    message.get("type") == "status" or waiting == message):
+                del self.outbox[i]
+                break
         if len(self.outbox) - self.frames >= MESSAGE_QUEUE:  # the page stopped reading
             if not self.closing:
                 self.closing = True
@@ -181,11 +210,13 @@ class Page:
                 self.wake.clear()
                 while self.outbox and not self.ws.closed:
                     is_frame, item = self.outbox.popleft()
+                    self.sending_since = time.monotonic()
                     if is_frame:
                         self.frames -= 1
                         await self.ws.send_bytes(item)
                     else:
                         await self.ws.send_str(json.dumps(item))
+                    self.sending_since = None
         except ConnectionError:  # the page went away mid-send; the receive loop ends too
             pass
 
@@ -198,8 +229,9 @@ class PlayServer:
     on_ready(url) is called once it does."""
 
     def __init__(self, engine: Engine, out_dir: str | Path, host: str = "127.0.0.1", port: int = 8765,
-                 on_ready: Callable[[str], None] | None = None):
+                 on_ready: Callable[[str], None] | None = None, stall_seconds: float = STALL_SECONDS):
         self.engine, self.out_dir, self.host, self.port = engine, Path(out_dir), host, port
+        self.stall_seconds = stall_seconds
         self.on_ready = on_ready
         self.protocol = Protocol(engine.action_names, engine.models, engine.context.num_episodes)
         self.pages: set[Page] = set()
@@ -212,8 +244,41 @@ class PlayServer:
         self._tasks: set[asyncio.Task] = set()
 
     # -- HTTP ----------------------------------------------------------------------------------------------
+    def host_names(self) -> set[str]:
+        """The names a request may give in its Host header: the bound address, and for loopback or all
+        interfaces the names of this machine. A page served through another name (DNS rebinding) is refused."""
+        names = {self.host.lower().strip("[]")}
+        if names & LOOPBACK_NAMES or self.host in ("0.0.0.0", "::", ""):
+            names |= LOOPBACK_NAMES
+        if self.host in ("0.0.0.0", "::", ""):
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        return names
+
+    def _host_allowed(self, host: str) -> bool:
+        try:
+            url = urlsplit(f"//{host}")
+            name, port = (url.hostname or "").lower(), url.port
+        except ValueError:  # a malformed port
+            return False
+        if port != self.port:
+            return False
+        if name in self.host_names():
+            return True
+        try:  # bound to all interfaces: any of this machine's addresses, given as a literal IP, is fine
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return self.host in ("0.0.0.0", "::", "")
+
+    @web.middleware
+    async def _check_host(self, request: web.Request, handler):
+        if not self._host_allowed(request.host):
+            raise web.HTTPMisdirectedRequest(text=f"this server answers to {sorted(self.host_names())} on port "
+                                                  f"{self.port}, not to Host {request.host!r}")
+        return await handler(request)
+
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=HARD_MESSAGE_BYTES)
+        app = web.Application(client_max_size=HARD_MESSAGE_BYTES, middlewares=[self._check_host])
         app.router.add_get("/", self._index)
         app.router.add_get("/ws", self._websocket)
         app.router.add_get("/videos/{name}", self._video)
@@ -242,11 +307,18 @@ class PlayServer:
         origin = request.headers.get("Origin")
         if origin and urlsplit(origin).netloc != request.host:  # another site's page may not drive the model
             raise web.HTTPForbidden(text="cross-origin WebSocket refused")
-        if len(self.pages) >= MAX_PAGES:
-            raise web.HTTPServiceUnavailable(text=f"at most {MAX_PAGES} pages at once")
+        self._evict_stalled()
+        if len(self.pages) >= MAX_PAGES:  # full: a new visitor replaces a page that has not read for a while
+            stalled = max(self.pages, key=Page.stalled_for)
+            if stalled.stalled_for() < self.stall_seconds / 5:  # every page reads: they keep their slots
+                raise web.HTTPServiceUnavailable(text=f"at most {MAX_PAGES} pages at once")
+            self._evict(stalled)
         ws = web.WebSocketResponse(max_msg_size=HARD_MESSAGE_BYTES)
         await ws.prepare(request)
-        page = Page(ws)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:  # without a bound the kernel would buffer megabytes for a page that never reads
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        page = Page(ws, request.transport)
         self.pages.add(page)
         self.engine.set_watched(True)
         sender = asyncio.create_task(page.send_loop())
@@ -263,6 +335,21 @@ class PlayServer:
                 self.engine.set_watched(False)
             sender.cancel()
         return ws
+
+    def _evict(self, page: Page) -> None:
+        page.evict()
+        self.pages.discard(page)
+        if not self.pages:
+            self.engine.set_watched(False)
+
+    def _evict_stalled(self) -> None:
+        for page in [p for p in self.pages if p.stalled_for() > self.stall_seconds]:
+            self._evict(page)
+
+    async def _watch_pages(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_seconds / 2))
+            self._evict_stalled()
 
     def _handle(self, page: Page, text: str) -> None:
         try:
@@ -291,9 +378,20 @@ class PlayServer:
             page.error(f"saving failed: {err}")
         else:
             self.videos[path.name] = path
+            self._prune_videos()
             page.push({"type": "saved", "url": f"/videos/{path.name}", "name": path.name, "frames": frames})
         finally:
             self.saving = False
+
+    def _prune_videos(self) -> None:
+        """Keep the newest MAX_VIDEOS videos this server wrote, and MAX_VIDEO_BYTES of them at most."""
+        def size(path: Path) -> int:
+            return path.stat().st_size if path.is_file() else 0
+
+        while len(self.videos) > 1 and (len(self.videos) > MAX_VIDEOS or
+                                        sum(map(size, self.videos.values())) > MAX_VIDEO_BYTES):
+            oldest = next(iter(self.videos))  # dicts keep insertion order
+            self.videos.pop(oldest).unlink(missing_ok=True)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -345,13 +443,18 @@ class PlayServer:
             self.url = f"http://{host}:{self.port}/"
             self.engine.on_event = self._on_event
             self.engine.start()
+            watcher = asyncio.create_task(self._watch_pages())
             self.ready.set()
             if self.on_ready is not None:
                 self.on_ready(self.url)
             await self._stop.wait()
+            watcher.cancel()
         finally:
             for page in list(self.pages):
-                await page.ws.close(code=1001, message=b"server shutting down")
+                try:  # a page that stopped reading would never take the close frame
+                    await asyncio.wait_for(page.ws.close(code=1001, message=b"server shutting down"), 2.0)
+                except asyncio.TimeoutError:
+                    page.evict()
             self.engine.close()
             await runner.cleanup()
             if self._tasks:
