@@ -478,23 +478,26 @@ def _training_flow(model) -> FlowConfig:
 
 
 def add_parser(subparsers) -> None:
-    from .cli_options import add_surgery_arguments
+    from .cli_options import add_surgery_arguments, at_least, positive
 
     p = subparsers.add_parser("probe", help="step similarity, PCA, attention mass and leave-one-out of a model")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory (Causal DiT or SCD)")
     p.add_argument("--data", required=True, help="held-out data set for context frames and the loss")
     p.add_argument("--out", required=True, help="folder for the figures and probe.json")
     p.add_argument("--episodes", help="episodes to draw clips from, e.g. 0-7 (default: all)")
-    p.add_argument("--clips", type=int, default=4, help="rollouts (one clip per episode)")
-    p.add_argument("--context", type=int, default=4)
-    p.add_argument("--frames", type=int, default=8, help="generated frames per rollout")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps S")
-    p.add_argument("--shift", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pca-frame", type=int, default=0, help="generated frame (of clip 0) shown in the PCA figure")
-    p.add_argument("--loss-clips", type=int, default=16, help="held-out clips for the leave-one-out loss")
-    p.add_argument("--loss-clip-len", type=int, help="frames per loss clip (default: the training clip length)")
-    p.add_argument("--loss-draws", type=int, default=2, help="seeded timestep/noise draws for the loss")
+    p.add_argument("--clips", type=at_least(1), default=4, help="rollouts (one clip per episode; default: 4)")
+    p.add_argument("--context", type=at_least(1), default=4, help="real frames given (default: 4)")
+    p.add_argument("--frames", type=at_least(1), default=8, help="generated frames per rollout (default: 8)")
+    p.add_argument("--steps", type=at_least(1), default=20, help="denoising steps S (default: 20)")
+    p.add_argument("--shift", type=positive(), default=1.0, help="schedule shift k (default: 1.0)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="noise seed (default: 0)")
+    p.add_argument("--pca-frame", type=at_least(0), default=0,
+                   help="generated frame (of clip 0) shown in the PCA figure (default: 0)")
+    p.add_argument("--loss-clips", type=at_least(1), default=16,
+                   help="held-out clips for the leave-one-out loss (default: 16)")
+    p.add_argument("--loss-clip-len", type=at_least(2), help="frames per loss clip (default: the training clip length)")
+    p.add_argument("--loss-draws", type=at_least(1), default=2,
+                   help="seeded timestep/noise draws for the loss (default: 2)")
     p.add_argument("--no-leave-one-out", action="store_true")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     add_surgery_arguments(p, training=False)
@@ -519,6 +522,9 @@ def cmd_probe(args) -> int:
     from .data.store import frames_to_uint8
     from .quality import heldout_clips, parse_episodes
 
+    if args.pca_frame >= args.frames:
+        raise ValueError(f"--pca-frame {args.pca_frame} is not a generated frame: --frames {args.frames} makes "
+                         f"0..{args.frames - 1}")
     model = load_model(args.checkpoint, weights=args.weights)
     surgery = surgery_from_args(args, args.steps, args.shift)
     model.check_surgery(surgery)

@@ -28,12 +28,16 @@ def heldout_clips(data, num_clips: int, length: int, episodes=None, start: int =
 
     data: a data set path or VideoStore; episodes: indices to draw from (default: all, in order).
     Returns frames (N, length, C, H, W) in [-1, 1] and actions (N, length) int64."""
+    if num_clips < 1:
+        raise ValueError(f"clips must be >= 1, got {num_clips}")
     store = data if isinstance(data, VideoStore) else VideoStore(data)
     chosen = range(store.num_episodes) if episodes is None else episodes
+    outside = [e for e in chosen if not 0 <= e < store.num_episodes]
+    if outside:
+        raise ValueError(f"episodes {outside[0]}..{outside[-1]} out of range: {store.path} has "
+                         f"{store.num_episodes} episodes (0..{store.num_episodes - 1})")
     frames, actions = [], []
     for e in chosen:
-        if not 0 <= e < store.num_episodes:
-            raise ValueError(f"episode {e} out of range: {store.path} has {store.num_episodes} episodes")
         video, recorded = store.episode(e)
         if len(video) >= start + length:
             frames.append(frames_to_model(video[start : start + length]))
@@ -53,7 +57,7 @@ def parse_episodes(text: str | None) -> list[int] | None:
     out = []
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
             raise ValueError(f"--episodes: expected indices like 0-7 or 1,3,5, got {text!r}")
         out.extend(range(int(lo), int(hi or lo) + 1))
     return out
@@ -104,20 +108,20 @@ def seconds_per_frame(model, frames, actions, context: int, steps: int = 20, shi
 
 # -- scd quality ---------------------------------------------------------------------------------------------
 def add_parser(subparsers) -> None:
-    from .cli_options import add_surgery_arguments
+    from .cli_options import add_surgery_arguments, at_least, positive
 
     p = subparsers.add_parser("quality", help="rollout PSNR/SSIM/LPIPS vs ground truth on a few held-out clips "
                                               "(optionally under a surgery) and s/frame")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     p.add_argument("--data", required=True, help="held-out data set (scd-video-v1)")
     p.add_argument("--episodes", help="episode indices to draw clips from, e.g. 0-7 or 1,3,5 (default: all)")
-    p.add_argument("--clips", type=int, default=8, help="clips (one per episode)")
-    p.add_argument("--start", type=int, default=0, help="first frame of each clip in its episode")
-    p.add_argument("--context", type=int, default=4, help="real frames given")
-    p.add_argument("--frames", type=int, default=8, help="frames generated and scored")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps S")
-    p.add_argument("--shift", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clips", type=at_least(1), default=8, help="clips (one per episode; default: 8)")
+    p.add_argument("--start", type=at_least(0), default=0, help="first frame of each clip in its episode (default: 0)")
+    p.add_argument("--context", type=at_least(1), default=4, help="real frames given (default: 4)")
+    p.add_argument("--frames", type=at_least(1), default=8, help="frames generated and scored (default: 8)")
+    p.add_argument("--steps", type=at_least(1), default=20, help="denoising steps S (default: 20)")
+    p.add_argument("--shift", type=positive(), default=1.0, help="schedule shift k (default: 1.0)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="noise seed (default: 0)")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--no-speed", action="store_true", help="skip the batch-1 timing")
     p.add_argument("--json", help="also write the numbers to this file")

@@ -235,3 +235,32 @@ def test_surgeries_train_through_the_loss_and_the_trainer(tmp_path):
                 surgery=Surgery(0.5, keep_prefix=3, keep_suffix=2)))
     with pytest.raises(ValueError, match="need a skip time"):
         Surgery(keep_prefix=2)
+
+
+@pytest.mark.parametrize("args, message", [
+    ("probe --clips 0", "argument --clips: must be >= 1, got 0"),
+    ("probe --episodes 0-99", "episodes 2..99 out of range"),
+    ("probe --episodes 5-3", "expected indices like 0-7"),
+    ("probe --frames 4 --pca-frame 99", "--pca-frame 99 is not a generated frame"),
+    ("quality --clips 0", "argument --clips: must be >= 1, got 0"),
+    ("quality --episodes 0-99 --no-speed", "episodes 2..99 out of range"),
+])
+def test_probe_and_quality_reject_bad_options_in_one_line(args, message, tmp_path_factory, capsys):
+    from scd.checkpoint import save_checkpoint
+    from scd.cli import main
+    from scd.config import get_preset
+    from scd.data.record import record
+
+    root = tmp_path_factory.getbasetemp() / "probe-cli"
+    if not (root / "data" / "meta.json").exists():
+        record("crafter", root / "data", episodes=2, steps=16, seed=0, progress=False)
+        save_checkpoint(root / "ckpt", build_model(get_preset("scd-tiny")))
+    argv = f"{args} --checkpoint {root / 'ckpt'} --data {root / 'data'}".split()
+    if argv[0] == "probe":
+        argv += ["--out", str(tmp_path_factory.mktemp("probe-out"))]
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
