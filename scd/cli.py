@@ -8,6 +8,7 @@ start without torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -203,9 +204,10 @@ def cmd_demo(args) -> int:
     from .data.store import ClipDataset, VideoStore, frames_to_model, frames_to_uint8
     from .flow import FlowConfig
     from .metrics import psnr
+    from .play.engine import fast_bf16
     from .sampling import generate
     from .train import TrainConfig, train
-    from .video import side_by_side, write_video
+    from .video import CONTEXT_COLOUR, GENERATED_COLOUR, side_by_side, with_captions, write_video
 
     _check_out_dir(args.out)
     out = Path(args.out)
@@ -224,36 +226,40 @@ def cmd_demo(args) -> int:
     run = out / "run"
     print(f"fine-tuning the shipped Crafter SCD for {args.minutes:g} min on {len(clips)} clips of {clip_len} frames "
           f"(episodes 0-{held_out[0] - 1}; {held_out} held out) -> {run}")
+    flow = {k: v for k, v in info["train"]["flow"].items() if k in {f.name for f in dataclasses.fields(FlowConfig)}}
     cfg = TrainConfig(steps=1_000_000, batch=8, clip_len=clip_len, lr=args.lr, warmup=10, ckpt_every=100,
-                      flow=FlowConfig(**info["train"]["flow"]))
+                      bf16=fast_bf16("cpu"), flow=FlowConfig(**flow))  # the time budget ends the run
     data_info = {"path": str(data.resolve()), "source": store.meta.source,
                  "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(clips)}
     trainer = train(ModelConfig.from_dict(info["model"]), clips, run, cfg, init_from=SHIPPED_MODELS["crafter-scd"],
                     data_info=data_info, time_limit=60 * args.minutes)
     if trainer.step < DEMO_MIN_STEPS:
-        print(f"warning: only {trainer.step} fine-tuning steps ran in {args.minutes:g} min (a busy or slow machine); "
-              f"the fine-tuned model is still close to the shipped one: rerun with more --minutes (it resumes)",
-              file=sys.stderr)
+        print(f"warning: only {trainer.step} fine-tuning steps have run ({args.minutes:g} min on this machine; "
+              f"{DEMO_MIN_STEPS} or more move the model): the fine-tuned model is still close to the shipped one; "
+              "rerun with more --minutes (it resumes)", file=sys.stderr)
     tuned = load_model(run)
 
     # Ground truth: held-out episodes, driven by their recorded actions.
     total = args.context + args.frames
-    episodes = [e for e in held_out if store.episode_length(e) >= total]
+    episodes = [e for e in held_out if store.episode_lengths[e] >= total]
     if not episodes:
         raise ValueError(f"no held-out episode has {total} frames: lower --frames or raise --length")
-    columns, scores = {}, {"shipped": [], "fine-tuned": []}
+    columns, scores, captions = {}, {"shipped": [], "fine-tuned": []}, []
     for e in episodes:
         frames, actions = store.episode(e)
         truth = frames_to_model(frames[:total])[None]
         acts = torch.from_numpy(np.array(actions[:total], dtype=np.int64))[None]
         columns.setdefault("ground truth", []).append(np.asarray(frames[:total]))
+        captions += [f"episode {e}: {'context' if i < args.context else 'generated'} {i + 1}/{total}"
+                     for i in range(total)]
         for name, model in (("shipped", shipped), ("fine-tuned", tuned)):
             pred = generate(model, truth[:, : args.context], acts, steps=args.steps, seed=0, window=clip_len - 1)
             pred = pred[0, 0].clamp(-1, 1)
-            scores[name].append(float(psnr(pred, truth[0, args.context :]).mean()))
+            scores[name].append(float(psnr(pred[None], truth[:, args.context :]).mean()))
             columns.setdefault(name, []).append(frames_to_uint8(torch.cat([truth[0, : args.context], pred])))
     video = side_by_side({k: np.concatenate(v) for k, v in columns.items()})
-    path = write_video(out / "demo.mp4", video, fps=args.fps)
+    colours = [CONTEXT_COLOUR if "context" in caption else GENERATED_COLOUR for caption in captions]
+    path = write_video(out / "demo.mp4", with_captions(video, captions, colours), fps=args.fps)
     print(f"held-out PSNR over {len(episodes)} episodes x {args.frames} generated frames: shipped "
           f"{np.mean(scores['shipped']):.2f} dB, fine-tuned for {trainer.step} steps {np.mean(scores['fine-tuned']):.2f} dB")
     print(f"wrote {path}: ground truth | shipped SCD | fine-tuned SCD, {args.context} real context frames then "

@@ -244,7 +244,7 @@ class Trainer:
                     log.flush()
                     bar.set_postfix(step=self.step, loss=f"{loss:.4f}")
                 elapsed = time.perf_counter() - began
-                bar.update(1 if time_limit is None else min(elapsed, time_limit) - bar.n)
+                bar.update(1 if time_limit is None else min(elapsed, bar.total) - bar.n)
                 out_of_time = time_limit is not None and elapsed > time_limit
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     self.save()

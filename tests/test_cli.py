@@ -214,3 +214,17 @@ def test_the_readme_python_example_runs_as_written(capsys):
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out.split("\n")
     assert printed[:4] == ["torch.Size([1, 2, 3, 64, 64])"] * 4
+
+
+def test_demo_fine_tunes_the_shipped_model_and_compares_on_held_out_episodes(tmp_path, capfd):
+    out = tmp_path / "demo"
+    args = f"demo --out {out} --minutes 0.02 --episodes 3 --length 12 --held-out 1 --frames 4 --steps 1"
+    assert main(args.split()) == 0
+    printed, err = capfd.readouterr()
+    assert "held-out PSNR over 1 episodes x 4 generated frames: shipped" in printed
+    assert "warning: only" in err and "fine-tuning steps have run" in err  # 1 s is far too short: it says so
+    assert " s [" in err  # the bar counts seconds of the budget, not steps
+    video = imageio.mimread(out / "demo.mp4")
+    assert len(video) == 4 + 4  # one held-out episode: context + generated
+    assert video[0].shape[1] == 3 * 4 * 64 + 2 * 4  # ground truth | shipped | fine-tuned
+    assert (out / "run" / "latest").exists()
