@@ -380,6 +380,8 @@ def format_table(report: dict) -> str:
 
 
 def add_parser(subparsers) -> None:
+    from .cli_options import add_device_option
+
     p = subparsers.add_parser("bench", help="streaming speed and memory: SCD vs a Causal DiT of matched size")
     p.add_argument("--scd", default="scd-s", help="SCD preset (default scd-s, ~10M parameters)")
     p.add_argument("--dit", default="dit-s", help="Causal DiT preset (default dit-s, ~10M parameters)")
@@ -391,7 +393,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--frames", type=int, default=8, help="timed frames per repeat after the first frame")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats before measuring")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_option(p)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--seed", type=int, default=0)

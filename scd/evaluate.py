@@ -459,6 +459,8 @@ def write_report(out: str | Path, report: dict) -> None:
 
 # -- command line --------------------------------------------------------------------------------------------
 def add_parser(subparsers) -> None:
+    from .cli_options import add_device_option
+
     p = subparsers.add_parser("eval", help="PSNR/SSIM/LPIPS (best of N) and FVD of rollouts on held-out videos")
     p.add_argument("--checkpoint", action="append", required=True,
                    help="checkpoint or run directory; repeat to compare models in one table")
@@ -479,7 +481,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--window", type=int, help="past frames the next frame sees (default: all)")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
-    p.add_argument("--device", default="cpu")
+    add_device_option(p)
     p.add_argument("--out", default="out/eval", help="folder for metrics.json/md/png and per-video results")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
     p.set_defaults(func=cmd_eval)

@@ -228,3 +228,30 @@ def test_demo_fine_tunes_the_shipped_model_and_compares_on_held_out_episodes(tmp
     assert len(video) == 4 + 4  # one held-out episode: context + generated
     assert video[0].shape[1] == 3 * 4 * 64 + 2 * 4  # ground truth | shipped | fine-tuned
     assert (out / "run" / "latest").exists()
+
+
+def test_damaged_or_foreign_context_files_are_one_line_errors(trained, tmp_path, capsys):
+    import numpy as np
+
+    from scd.data.context import load_context_npz
+
+    good = tmp_path / "good.npz"
+    np.savez(good, frames=np.zeros((1, 5, 64, 64, 3), np.uint8), actions=np.zeros((1, 5), np.int64))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\x80\x04garbage, not an archive" * 10)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, frames=np.array([{"a": 1}], dtype=object), actions=np.zeros((1, 5), np.int64))
+    for path, message in [(truncated, "not a complete .npz archive"), (garbage, "not a complete .npz archive"),
+                          (objects, "holds Python objects")]:
+        with pytest.raises(ValueError, match=message) as err:
+            load_context_npz(path)
+        assert "allow_pickle" not in str(err.value)
+        assert main(f"generate --checkpoint {trained} --data {path} --context 3 --out {tmp_path}/v.gif".split()) == 2
+        out = capsys.readouterr().err.strip()
+        assert message in out and len(out.splitlines()) == 1
+    for command in ("play --benchmark 1", "eval --checkpoint x --out o", "bench"):
+        with pytest.raises(SystemExit):
+            main(f"{command} --device foo".split())
+        assert "unknown device 'foo'" in capsys.readouterr().err

@@ -18,6 +18,8 @@ ARCHS = {"scd": "scd", "dit": "causal_dit"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..cli_options import add_device_option
+
     p = subparsers.add_parser("play", help="play a world model in the browser (or --benchmark its speed)",
                               description="Play a world model in the browser with the keyboard, or measure "
                                           "how fast it streams.",
@@ -40,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for a GPU and for CPUs with native bf16 instructions, where "
                         "it is ~15%% faster; off elsewhere, where it is emulated and slow)")
-    p.add_argument("--device", default="cpu")
+    add_device_option(p)
     p.add_argument("--out", default="out/play", help="folder for saved session videos (default out/play)")
     p.add_argument("--benchmark", type=int, metavar="N",
                    help="no server: render N frames with each model headless and print frames/s and latency")
