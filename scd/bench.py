@@ -305,7 +305,7 @@ def bench(
                 "achieved_gflops": flops / spf / 1e9,
                 "block_passes_per_frame": cfg.block_passes_per_frame(steps),
                 "kv_cache_bytes": kv_bytes[m.label],
-                "kv_cache_frames": _window(c, frames) + 1,
+                "kv_cache_frames": m.model.cache_frames(_window(c, frames)),
                 "first_frame_times": first[m.label],
                 "frame_times": per_frame[m.label],
             }

@@ -46,10 +46,13 @@ def test_bench_interleaves_both_models_and_reports_sane_numbers():
         r = run["ratio_dit_over_scd"]
         assert r["s_per_frame"] == pytest.approx(dit["s_per_frame"] / scd["s_per_frame"])
         assert r["expected_block_passes"] == pytest.approx(9 / 4)
-        assert 1 < r["expected_flops"] and r["kv_cache_bytes"] == pytest.approx(3 / 2)  # L / l layers cached
-        # Exact preallocated bytes: 2 (K, V) x layers x batch x heads x (window + 1) frames x tokens x head_dim x fp32.
-        frames_cached = run["context"] + 2 + 3
-        assert scd["kv_cache_bytes"] == 2 * 2 * 1 * 4 * frames_cached * 64 * 16 * 4 < dit["kv_cache_bytes"]
+        # Exact preallocated bytes: 2 (K, V) x layers x batch x heads x frames x tokens x head_dim x fp32, where the
+        # Causal DiT caches window + 1 frames (the past and the frame being made) and SCD window (its slot for the
+        # frame being made holds the previous frame); window = context + frames + 2.
+        window = run["context"] + 2 + 2
+        assert scd["kv_cache_bytes"] == 2 * 2 * 1 * 4 * window * 64 * 16 * 4 < dit["kv_cache_bytes"]
+        assert dit["kv_cache_bytes"] == 2 * 3 * 1 * 4 * (window + 1) * 64 * 16 * 4
+        assert 1 < r["expected_flops"] and r["kv_cache_bytes"] == pytest.approx(3 * (window + 1) / (2 * window))
     table = format_table(report)
     assert "DiT/SCD: s/frame" in table and "scd-tiny (scd)" in table and "random (preset initialisation)" in table
 

@@ -267,17 +267,15 @@ def test_a_burst_of_valid_commands_does_not_disconnect_a_page_that_reads(served)
     async def session():
         async with aiohttp.ClientSession() as http, http.ws_connect(served.url + "ws") as ws:
             await ws.receive_json(timeout=10)
-            for i in range(200):
+            for i in range(200):  # more than the command queue holds: some are answered "busy", none closes
                 await ws.send_str(json.dumps({"type": "pause", "paused": i % 2 == 0}))
+            await asyncio.sleep(1.0)  # the client reads meanwhile (aiohttp buffers), the burst settles
             await ws.send_str(json.dumps({"type": "pause", "paused": False}))
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # statuses arrive until the last command is applied
+            resumed = False
+            while not resumed:  # statuses, maybe "busy" errors, then frames once the resume is applied
                 msg = await ws.receive(timeout=10)
                 assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    break  # frames again: the final command (resume) was applied and the page is still connected
-            else:
-                raise AssertionError("no frame after the burst")
+                resumed = msg.type == aiohttp.WSMsgType.BINARY and not served.engine.paused
             assert not ws.closed
 
     run_async(session())
