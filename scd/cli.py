@@ -132,12 +132,17 @@ def cmd_train(args) -> int:
         model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
+        model_config = model_config.replace(
+            prediction=args.prediction,
+            history_noise=args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference)
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
-                      action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min)
+                      action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
+                      history_noise=args.history_noise)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, clip_len=args.clip_len, lr=args.lr, warmup=args.warmup,
-                      weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema, bf16=args.bf16,
-                      ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
-                      surgery=surgery_from_args(args))
+                      lr_min=args.lr_min, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema,
+                      bf16=args.bf16, ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
+                      surgery=surgery_from_args(args), rollout_steps=args.rollout_steps,
+                      rollout_context=args.rollout_context)
     store = data.store
     data_info = {"path": str(Path(args.data).resolve()), "source": store.meta.source,
                  "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(data)}
@@ -295,6 +300,8 @@ def _add_core_parsers(sub) -> None:
     p.add_argument("--clip-len", type=int, default=8, help="frames per training clip")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr-min", type=float, help="cosine decay of the learning rate to this value at --steps "
+                                                "(default: constant after the warm-up)")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay")
@@ -308,6 +315,16 @@ def _add_core_parsers(sub) -> None:
     p.add_argument("--shift", type=float, default=1.0, help="timestep shift k")
     p.add_argument("--action-dropout", type=float, default=0.1)
     p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"], help="SCD context fusion")
+    p.add_argument("--prediction", choices=["velocity", "x"], default="velocity",
+                   help="network output: the velocity (the paper) or the clean frame (x-prediction)")
+    p.add_argument("--history-noise", type=float, default=0.0, metavar="MAX",
+                   help="noise augmentation of history frames: each at a flow time ~ U(0, MAX), given to the "
+                        "network (0 = clean history)")
+    p.add_argument("--history-noise-inference", type=float, metavar="T",
+                   help="fixed flow time of history frames at inference (default: MAX / 2)")
+    p.add_argument("--rollout-steps", type=int, default=0, metavar="S",
+                   help="rollout training: history = the model's own S-step samples (0 = teacher forcing)")
+    p.add_argument("--rollout-context", type=int, default=1, help="recorded frames before the rollout history")
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
     p.add_argument("--time-limit", type=float, help="stop (with a checkpoint) after this many seconds")
