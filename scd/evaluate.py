@@ -16,7 +16,13 @@ Protocol, for each of the first `videos` episodes of the data set:
   5. FVD (Kinetics-400 I3D, StyleGAN-V convention) compares whole clips, the context included: the V recorded
      clips of C+H frames against the V*N clips made of the same context followed by each trajectory. I3D needs
      C+H >= 9 frames and the Frechet distance >= 2 videos. The paper's FVD uses 256 videos; with a few videos
-     the score is noisy and biased upward, so compare models only on the same videos and settings.
+     the score is noisy and biased upward, so compare models only on the same videos and settings;
+  6. drift, per frame and averaged over trajectories: the colour-histogram distance to the recorded frame
+     (scd.metrics.color_histogram_distance, 0 = same colours) and the sharpness ratio (mean |Laplacian| of the
+     generated frame over the recorded one's: < 1 blurrier, > 1 noisier);
+  7. the trivial baselines (scd.baselines: copy the last context frame, the per-pixel context mean) are scored on
+     the same clips and stand in every table and plot; window means over frames 1-16 and over the last 16 frames
+     summarise short-term quality and long-term drift.
 
 Outputs in --out: metrics.json (settings, per-model summary, per-horizon-frame curves, per-video values),
 metrics.md (tables) and metrics.png (each metric against the prediction horizon). Every (model, video) result is
@@ -41,16 +47,21 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, read_config
+from .baselines import BASELINES
 from .fileio import atomic_write, atomic_write_text, sha256_file
 from .sampling import Guidance, rollout
 
-FORMAT = "scd-eval-v1"
-VIDEO_FORMAT = "scd-eval-video-v1"
+FORMAT = "scd-eval-v2"
+VIDEO_FORMAT = "scd-eval-video-v2"
 DEFAULT_DATA = "data/crafter-bench"
-METRICS = ("psnr", "ssim", "lpips")
+METRICS = ("psnr", "ssim", "lpips")  # frame metrics, best of N and mean
+DRIFT_METRICS = ("color_hist", "sharpness")  # drift measures, mean over trajectories
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 TITLES = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better)",
-          "lpips": "LPIPS-AlexNet (lower is better)"}
+          "lpips": "LPIPS-AlexNet (lower is better)",
+          "color_hist": "colour-histogram distance to real (lower is better)",
+          "sharpness": "sharpness / real (1 = as sharp; <1 blurred, >1 noisy)"}
+WINDOW = 16  # frames in the window means (first 16 and last 16 generated frames)
 LPIPS_NET = "alex"
 I3D_MIN_FRAMES = 9
 
@@ -167,11 +178,22 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
 
 
 def score_trajectories(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """pred (N, H, 3, h, w), target (H, 3, h, w), both in [-1, 1] -> {metric: (N, H)} per-frame scores."""
-    from .metrics import lpips, psnr, ssim
+    """pred (N, H, 3, h, w), target (H, 3, h, w), both in [-1, 1] -> {metric: (N, H)} per-frame scores and
+    drift measures."""
+    from .metrics import color_histogram_distance, lpips, psnr, sharpness, ssim
 
     target = target[None].expand_as(pred)
-    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET)}
+    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET),
+            "color_hist": color_histogram_distance(pred, target),
+            "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6)}
+
+
+def horizon_windows(horizon: int) -> list[tuple[int, int]]:
+    """The (first, last) generated frames, 1-based and inclusive, of the window means: 1-16, and the last 16."""
+    windows = [(1, min(WINDOW, horizon))]
+    if horizon > WINDOW:
+        windows.append((horizon - WINDOW + 1, horizon))
+    return windows
 
 
 def clip_features(videos: torch.Tensor) -> torch.Tensor:
@@ -197,6 +219,15 @@ def summarize(records: list[dict]) -> dict:
         for v, entry in enumerate(per_video):
             entry[m] = {"best": float(traj_mean[v, best[v]]), "mean": float(traj_mean[v].mean()),
                         "best_trajectory": int(best[v])}
+    for m in DRIFT_METRICS:
+        values = np.array([r["metrics"][m] for r in records], dtype=np.float64)  # (V, N, H)
+        curves[m] = {"mean": values.mean(axis=(0, 1)).tolist()}
+        summary[m] = {"mean": float(values.mean())}
+        for v, entry in enumerate(per_video):
+            entry[m] = {"mean": float(values[v].mean())}
+    horizon = len(curves["psnr"]["mean"])
+    windows = {f"{a}-{b}": {m: float(np.mean(curves[m]["mean"][a - 1 : b])) for m in METRICS + DRIFT_METRICS}
+               for a, b in horizon_windows(horizon)}
     fvd = None
     if all(r.get("i3d_fake") is not None for r in records) and len(records) >= 2:
         from .metrics import frechet_distance
@@ -204,7 +235,7 @@ def summarize(records: list[dict]) -> dict:
         real = np.array([r["i3d_real"] for r in records])
         fake = np.concatenate([np.array(r["i3d_fake"]) for r in records])
         fvd = frechet_distance(real, fake)
-    return {"summary": summary, "fvd": fvd, "curves": curves, "per_video": per_video}
+    return {"summary": summary, "windows": windows, "fvd": fvd, "curves": curves, "per_video": per_video}
 
 
 # -- resumable results ---------------------------------------------------------------------------------------
@@ -251,8 +282,9 @@ def evaluate(
     """Evaluate one or more checkpoints on the first `videos` episodes of `data`; writes and returns the report.
 
     Returns the metrics.json dict: {"format", "settings", "data", "episodes", "models": [{"label", "checkpoint",
-    "arch", "params", "summary": {metric: {"best", "mean"}}, "fvd", "curves": {metric: {"best": [H], "mean": [H]}},
-    "per_video": [...]}]}."""
+    "arch", "params", "summary": {metric: {"best", "mean"}}, "windows": {"1-16": {metric: mean}, ...}, "fvd",
+    "curves": {metric: {"best": [H], "mean": [H]}}, "per_video": [...]}]}; the trivial baselines (arch
+    "baseline") follow the models."""
     from tqdm import tqdm
 
     from .data.store import frames_to_model
@@ -262,6 +294,9 @@ def evaluate(
     labels = list(labels) if labels else _default_labels([str(c) for c in checkpoints])
     if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
         raise ValueError(f"need one distinct label per checkpoint, got {labels} for {len(checkpoints)} checkpoints")
+    taken = sorted({b.label for b in BASELINES} & set(labels))
+    if taken:
+        raise ValueError(f"labels {taken} name the baselines; choose other --label values")
     store = open_eval_data(data)
     n_videos = store.num_episodes if videos is None else videos
     if not 1 <= n_videos <= store.num_episodes:
@@ -290,6 +325,9 @@ def evaluate(
         model = load_model(ckpt, device=device)
         _check_model_fits(model, label, store)
         models.append((label, model, checkpoint_identity(ckpt)))
+    for baseline in BASELINES:
+        models.append((baseline.label, baseline,
+                       {"path": None, "weights": None, "sha256": f"baseline:{baseline.label}", "step": None}))
 
     out = Path(out)
     data_info = {"path": str(store.path.resolve()), "meta_sha256": sha256_file(store.path / "meta.json")}
@@ -329,11 +367,15 @@ def evaluate(
         for label, model, ident in pending:
             bar.set_postfix_str(f"{label} episode {ep}")
             start = time.perf_counter()
-            try:
-                pred = generate_trajectories(model, context, actions, settings, settings.seed * 100_000 + ep,
-                                             on_frame=bar.update)
-            except ValueError as err:
-                raise ValueError(f"model {label}, episode {ep}: {err}") from None
+            if isinstance(model, torch.nn.Module):
+                try:
+                    pred = generate_trajectories(model, context, actions, settings, settings.seed * 100_000 + ep,
+                                                 on_frame=bar.update)
+                except ValueError as err:
+                    raise ValueError(f"model {label}, episode {ep}: {err}") from None
+            else:  # a baseline: one deterministic "trajectory"
+                pred = model(context, settings.horizon)
+                bar.update(settings.horizon)
             seconds = time.perf_counter() - start
             scores = score_trajectories(pred, target)
             record = {"format": VIDEO_FORMAT, "settings": settings.to_dict(), "data": data_info,
@@ -359,9 +401,10 @@ def evaluate(
     }
     for label, model, ident in models:
         result = summarize([done[label, ep] for ep in episodes])
+        is_model = isinstance(model, torch.nn.Module)
         report["models"].append({
-            "label": label, "checkpoint": ident, "arch": model.config.arch,
-            "params": sum(p.numel() for p in model.parameters()),
+            "label": label, "checkpoint": ident, "arch": model.config.arch if is_model else "baseline",
+            "params": sum(p.numel() for p in model.parameters()) if is_model else 0,
             "rollout_seconds_per_frame": sum(done[label, ep]["rollout_seconds"] for ep in episodes)
             / (len(episodes) * settings.horizon),
             **result,
@@ -407,11 +450,28 @@ def markdown_table(report: dict) -> str:
     lines += ["", f"## Best-of-{n} by prediction horizon (frame after the context)", "",
               "| model | metric | " + " | ".join(str(h) for h in marks) + " |",
               "| --- | --- | " + " | ".join("---" for _ in marks) + " |"]
-    for m in report["models"]:
-        for metric, digits in (("psnr", 2), ("ssim", 4), ("lpips", 4)):
+    for metric, digits in (("psnr", 2), ("ssim", 4), ("lpips", 4)):
+        for m in report["models"]:
             curve = m["curves"][metric]["best"]
             lines.append(f"| {m['label']} | {metric.upper()} | "
                          + " | ".join(f"{curve[h - 1]:.{digits}f}" for h in marks) + " |")
+    lines += ["", "## Drift by prediction horizon (mean over trajectories)", "",
+              "| model | measure | " + " | ".join(str(h) for h in marks) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in marks) + " |"]
+    for metric in DRIFT_METRICS:
+        for m in report["models"]:
+            curve = m["curves"][metric]["mean"]
+            lines.append(f"| {m['label']} | {metric} | " + " | ".join(f"{curve[h - 1]:.3f}" for h in marks) + " |")
+    windows = list(report["models"][0]["windows"])
+    lines += ["", "## Window means over generated frames (mean over trajectories)", "",
+              "| model | frames | PSNR | SSIM | LPIPS | colour-hist | sharpness |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for w in windows:
+        for m in report["models"]:
+            v = m["windows"][w]
+            lines.append(f"| {m['label']} | {w} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['lpips']:.4f} | "
+                         f"{v['color_hist']:.3f} | {v['sharpness']:.3f} |")
+    lines += ["", "copy-last-frame and context-mean are the trivial baselines on the same clips (no actions used); "
+              "a model that does not beat them has not learnt the world."]
     return "\n".join(lines) + "\n"
 
 
@@ -423,20 +483,28 @@ def plot_curves(report: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     s = report["settings"]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.6), constrained_layout=True)
+    axes = axes.flatten()
     x = np.arange(1, s["horizon"] + 1)
-    for ax, metric in zip(axes, METRICS):
-        for i, m in enumerate(report["models"]):
-            color = f"C{i}"
-            ax.plot(x, m["curves"][metric]["best"], color=color, label=f"{m['label']} best of {s['trajectories']}")
+    baseline_style = {"copy-last-frame": ("black", "-"), "context-mean": ("0.55", ":")}
+    for ax, metric in zip(axes, METRICS + DRIFT_METRICS):
+        k = 0
+        for m in report["models"]:
+            if m["arch"] == "baseline":
+                color, style = baseline_style.get(m["label"], ("0.3", "-."))
+                ax.plot(x, m["curves"][metric]["mean"], color=color, linestyle=style, lw=1.5, label=m["label"])
+                continue
+            color, k = f"C{k}", k + 1
+            if "best" in m["curves"][metric]:
+                ax.plot(x, m["curves"][metric]["best"], color=color, label=f"{m['label']} best of {s['trajectories']}")
             ax.plot(x, m["curves"][metric]["mean"], color=color, linestyle="--", label=f"{m['label']} mean")
         ax.set_title(TITLES[metric])
         ax.set_xlabel("prediction horizon (frames after the context)")
-        ax.set_ylabel(metric.upper())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    axes[-1].axis("off")
     fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
-                 f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps")
+                 f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps; baselines in grey")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
