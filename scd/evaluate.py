@@ -62,6 +62,7 @@ TITLES = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better
           "color_hist": "colour-histogram distance to real (lower is better)",
           "sharpness": "sharpness / real (1 = as sharp; <1 blurred, >1 noisy)"}
 WINDOW = 16  # frames in the window means (first 16 and last 16 generated frames)
+SHEET_VIDEOS = 4  # videos shown in contact_sheet.png
 LPIPS_NET = "alex"
 I3D_MIN_FRAMES = 9
 
@@ -89,6 +90,7 @@ class EvalSettings:
     fvd: bool = True
     bf16: bool = False
     window: int | None = None
+    history_noise: float | None = None  # flow time of the history frames (None: the model's own setting)
 
     def __post_init__(self) -> None:
         problems = []
@@ -167,7 +169,8 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
     with autocast:
         for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
                              steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
-                             num_samples=settings.trajectories, seed=seed, window=settings.window):
+                             num_samples=settings.trajectories, seed=seed, window=settings.window,
+                             history_noise=settings.history_noise):
             frames.append(frame[0].float().cpu())
             if on_frame is not None:
                 on_frame()
@@ -186,6 +189,11 @@ def score_trajectories(pred: torch.Tensor, target: torch.Tensor) -> dict[str, to
     return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET),
             "color_hist": color_histogram_distance(pred, target),
             "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6)}
+
+
+def sheet_horizons(horizon: int) -> list[int]:
+    """Prediction horizons (1-based) shown in the contact sheet: powers of two and the last frame."""
+    return sorted({h for h in (1, 2, 4, 8, 16, 32, 64, 128, 256) if h <= horizon} | {horizon})
 
 
 def horizon_windows(horizon: int) -> list[tuple[int, int]]:
@@ -243,6 +251,11 @@ def _video_path(out: Path, label: str, episode: int) -> Path:
     return out / "videos" / label / f"episode_{episode:04d}.json"
 
 
+def _sheet_path(out: Path, label: str, episode: int) -> Path:
+    """uint8 frames of the first trajectory at `sheet_horizons`, for the contact sheet."""
+    return _video_path(out, label, episode).with_suffix(".npz")
+
+
 def _load_record(path: Path, expected: dict) -> dict | None:
     """A finished (model, video) result, None if absent; ValueError if it was made differently."""
     if not path.exists():
@@ -287,7 +300,7 @@ def evaluate(
     "baseline") follow the models."""
     from tqdm import tqdm
 
-    from .data.store import frames_to_model
+    from .data.store import frames_to_model, frames_to_uint8
 
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
@@ -386,6 +399,8 @@ def evaluate(
                 full = torch.cat([context[None].expand(pred.shape[0], *context.shape), pred], dim=1)
                 record["i3d_real"] = real_features
                 record["i3d_fake"] = clip_features(full).tolist()
+            shown = [h - 1 for h in sheet_horizons(settings.horizon)]
+            atomic_write(_sheet_path(out, label, ep), lambda f: np.savez_compressed(f, frames=frames_to_uint8(pred[0, shown])))
             atomic_write_text(_video_path(out, label, ep), json.dumps(record))
             done[label, ep] = record
     bar.close()
@@ -410,7 +425,36 @@ def evaluate(
             **result,
         })
     write_report(out, report)
+    write_contact_sheet(out, report, store)
     return report
+
+
+def write_contact_sheet(out: Path, report: dict, store) -> Path | None:
+    """contact_sheet.png: for the first videos, the recorded frames and each row's first trajectory at the
+    horizons of `sheet_horizons` (rows whose frames were not saved, e.g. by an older version, are left out)."""
+    from .video import contact_sheet
+
+    s = report["settings"]
+    horizons = sheet_horizons(s["horizon"])
+    blocks = []
+    for ep in report["episodes"][:SHEET_VIDEOS]:
+        frames, _ = store.episode(ep)
+        first = s["start"] + s["context"]
+        rows = {"real": np.asarray(frames[[first + h - 1 for h in horizons]])}
+        for m in report["models"]:
+            path = _sheet_path(out, m["label"], ep)
+            if path.exists():
+                with np.load(path) as saved:
+                    rows[m["label"]] = saved["frames"]
+        blocks.append((f"episode {ep}: {s['context']} context frames, then generated (first trajectory)", rows))
+    if not blocks:
+        return None
+    image = contact_sheet(blocks, [f"+{h}" for h in horizons])
+    from PIL import Image
+
+    path = out / "contact_sheet.png"
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="png"))
+    return path
 
 
 # -- report files --------------------------------------------------------------------------------------------
@@ -541,6 +585,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, help="history frames kept in the KV cache (default: all)")
+    p.add_argument("--history-noise", type=float,
+                   help="flow time at which history frames are read (default: each model's trained setting)")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
     p.add_argument("--device", default="cpu")
@@ -554,10 +600,10 @@ def cmd_eval(args) -> int:
         context=args.context, horizon=args.horizon, trajectories=args.trajectories, start=args.start,
         steps=args.steps, shift=args.shift, cfg_scale=args.cfg_scale, cfg_null_action=args.cfg_null_action,
         cfg_context_noise=args.cfg_context_noise, seed=args.seed, fvd=not args.no_fvd, bf16=args.bf16,
-        window=args.window,
+        window=args.window, history_noise=args.history_noise,
     )
     report = evaluate(args.checkpoint, args.data, args.out, settings, videos=args.videos, labels=args.label,
                       fresh=args.fresh, device=args.device)
     print(markdown_table(report))
-    print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md, metrics.png")
+    print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md, metrics.png, contact_sheet.png")
     return 0

@@ -70,7 +70,8 @@ class Streamer:
     num_samples trajectories per video draws its own noise from one CPU generator seeded by `seed`, so a
     seed gives the same video on every device; guidance and history noise draw from streams of their own. `window`
     bounds the history kept in the KV cache. History frames (the context and every finished frame) are corrupted
-    to the model's `config.history_noise` flow time before the model reads them, as in training.
+    to a fixed flow time before the model reads them, as in training: `history_noise`, by default the model's
+    `config.history_noise`.
     `surgery` (a models.Surgery, Causal DiT only) skips or cuts blocks for the whole rollout.
     callback(dict(frame, step, t, x, v)) sees every denoising step (for probing)."""
 
@@ -87,6 +88,7 @@ class Streamer:
         window: int = 256,
         callback: Callable | None = None,
         surgery=None,
+        history_noise: float | None = None,
     ):
         model.check_frames(context_frames, "context_frames")
         b, c0 = context_frames.shape[:2]
@@ -103,6 +105,10 @@ class Streamer:
         n = b * num_samples
         self.null = torch.full((n,), model.null_action, device=self.device, dtype=torch.long)
         self.stream = model.new_stream(n, window, surgery)
+        if history_noise is not None:
+            if not 0 <= history_noise < 1:
+                raise ValueError(f"history_noise must be a flow time in [0, 1), got {history_noise}")
+            self.stream.history_t = float(history_noise)
         self.frames_generated = 0
         if c0 > 0:
             with torch.no_grad():
@@ -160,7 +166,7 @@ def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs
 
     actions: (B, C0 + H) for the C0 context frames and the H frames to generate (actions[:, i] produced
     frame i). Other keyword arguments as for `Streamer` (steps, shift, guidance, num_samples, seed, window,
-    callback, surgery); the window defaults to the whole rollout."""
+    callback, surgery, history_noise); the window defaults to the whole rollout."""
     model.check_frames(context_frames, "context_frames")
     b, c0 = context_frames.shape[:2]
     if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:

@@ -105,6 +105,17 @@ def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpt
     assert md.count("| copy-last-frame |") == 7 and "Window means" in md
     with Image.open(out / "metrics.png") as png:
         assert png.size[0] > 1000 and png.size[1] > 300
+    # Contact sheet: per video the rows real, scd, dit and the two baselines at horizons +1 +2 +4 +5, 2x scaled.
+    with Image.open(out / "contact_sheet.png") as png:
+        sheet = np.asarray(png.convert("RGB"))
+    assert sheet.shape == (16 + 2 * (16 + 6) + 10 * (128 + 2), 130 + 4 * (128 + 2), 3)
+    recorded = VideoStore(crafter).episode(0)[0]
+    top = 16 + 6 + 16
+    for k, h in enumerate((1, 2, 4, 5)):  # the real row shows recorded frame context + h - 1
+        tile = sheet[top : top + 128 : 2, 130 + k * 130 : 130 + k * 130 + 128 : 2]
+        assert np.array_equal(tile, recorded[3 + h - 1])
+    copy_row = top + 3 * 130  # the copy-last-frame row shows the last context frame at every horizon
+    assert np.array_equal(sheet[copy_row : copy_row + 128 : 2, 130 + 3 * 130 : 130 + 3 * 130 + 128 : 2], recorded[2])
 
 
 def test_rerun_skips_finished_videos_and_refuses_other_settings(crafter, ckpts, tmp_path, monkeypatch):
