@@ -306,3 +306,17 @@ def test_guidance_noise_has_its_own_stream_so_guided_runs_are_paired():
         starts[name] = torch.stack(seen)
     assert starts["plain"].shape[0] == 3
     torch.testing.assert_close(starts["plain"], starts["guided"], atol=0, rtol=0)
+
+
+def test_seq_offset_places_the_context_one_frame_earlier_in_rope_time():
+    """seq_offset and seq_same differ only in the RoPE frame coordinate of the c_i tokens (one frame before the
+    noisy frame vs the same frame): with the same weights their decoders must disagree."""
+    offset = tiny("scd", fusion="seq_offset")
+    same = tiny("scd", fusion="seq_same")
+    same.load_state_dict(offset.state_dict())
+    frames, actions = clip(f=3)
+    c = offset.encode(frames, actions)
+    t = torch.full((2, 3), 0.5)
+    x_t = interpolate(frames, torch.randn_like(frames), t)
+    assert (offset.velocity(x_t, t, c, actions) - same.velocity(x_t, t, c, actions)).abs().max() > 1e-4
+    assert offset.decoder.context_frame == same.decoder.context_frame - 1  # RoPE is relative: the gap is 1 frame

@@ -62,7 +62,7 @@ def test_resumed_run_has_the_same_losses_as_an_uninterrupted_run(tmp_path, arch)
 
 def test_checkpoint_round_trip_and_self_description(tmp_path):
     data = MovingSquares()
-    cfg = TrainConfig(steps=2, batch=2, clip_len=4, ckpt_every=1, keep_checkpoints=1, flow=FLOW)
+    cfg = TrainConfig(steps=2, batch=2, clip_len=4, ckpt_every=1, keep_checkpoints=1, log_every=1, flow=FLOW)
     trainer = train(tiny_config("scd"), data, tmp_path, cfg, data_info={"source": "squares"}, progress=False)
     ckpts = sorted(p.name for p in tmp_path.glob("ckpt-*"))
     assert ckpts == ["ckpt-0000002"]  # keep_checkpoints=1 pruned the first
@@ -72,7 +72,7 @@ def test_checkpoint_round_trip_and_self_description(tmp_path):
     model = load_model(tmp_path)
     for (name, p), q in zip(model.state_dict().items(), trainer.ema.state_dict().values()):
         assert torch.equal(p, q), name
-    assert (tmp_path / "loss.png").exists() or len(trainer.read_log()) < 2
+    assert len(trainer.read_log()) == 2 and (tmp_path / "loss.png").exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary leftovers
 
 
@@ -201,3 +201,19 @@ def test_rollout_training_resumes_exactly(tmp_path):
     resumed = train(tiny_config("scd"), data, tmp_path / "b", cfg, progress=False)
     assert [float(r["loss"]) for r in resumed.read_log()] == full
     assert read_config(tmp_path / "a")["train"]["rollout_steps"] == 2
+
+
+def test_ema_is_an_exponential_moving_average_of_the_weights(tmp_path):
+    from scd.models import build_model
+    from scd.train import Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(build_model(tiny_config("scd")), MovingSquares(), tmp_path,
+                      TrainConfig(batch=2, clip_len=4, lr=1e-2, ema_decay=0.5, flow=FLOW))
+    for step in (1, 2):
+        before = [e.clone() for e in trainer.ema.parameters()]
+        trainer.train_step()
+        decay = min(0.5, (1 + step) / (10 + step))  # the decay warms up: 2/11, then 3/12
+        for e, b, p in zip(trainer.ema.parameters(), before, trainer.model.parameters()):
+            torch.testing.assert_close(e, decay * b + (1 - decay) * p)
+    assert any(not torch.equal(e, p) for e, p in zip(trainer.ema.parameters(), trainer.model.parameters()))
