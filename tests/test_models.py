@@ -320,3 +320,23 @@ def test_seq_offset_places_the_context_one_frame_earlier_in_rope_time():
     x_t = interpolate(frames, torch.randn_like(frames), t)
     assert (offset.velocity(x_t, t, c, actions) - same.velocity(x_t, t, c, actions)).abs().max() > 1e-4
     assert offset.decoder.context_frame == same.decoder.context_frame - 1  # RoPE is relative: the gap is 1 frame
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_history_time_of_frame_j_reaches_only_later_frames(arch):
+    """Frame j's history flow time is how frame j is read as the past: it changes outputs for frames > j only."""
+    model = tiny(arch)
+    frames, actions = clip(f=5)
+    t = torch.full((2, 5), 0.5)
+    x_t = interpolate(frames, torch.randn_like(frames), t)
+    history_t = torch.full((2, 5), 0.1)
+    j = 2
+    changed_t = history_t.clone()
+    changed_t[:, j] = 0.4
+
+    def outputs(h):
+        return model.velocity(x_t, t, model.training_context(frames, actions, h), actions)
+
+    base, changed = outputs(history_t), outputs(changed_t)
+    torch.testing.assert_close(changed[:, : j + 1], base[:, : j + 1], atol=1e-6, rtol=0)
+    assert (changed[:, j + 1] - base[:, j + 1]).abs().max() > 1e-4
