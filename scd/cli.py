@@ -132,9 +132,8 @@ def cmd_train(args) -> int:
         model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
-        model_config = model_config.replace(
-            prediction=args.prediction,
-            history_noise=args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference)
+        inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
+        model_config = model_config.replace(prediction=args.prediction, history_noise=inference_noise)
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
                       action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
                       history_noise=args.history_noise)

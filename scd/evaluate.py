@@ -400,7 +400,8 @@ def evaluate(
                 record["i3d_real"] = real_features
                 record["i3d_fake"] = clip_features(full).tolist()
             shown = [h - 1 for h in sheet_horizons(settings.horizon)]
-            atomic_write(_sheet_path(out, label, ep), lambda f: np.savez_compressed(f, frames=frames_to_uint8(pred[0, shown])))
+            sheet_frames = frames_to_uint8(pred[0, shown])  # (len(shown), h, w, 3)
+            atomic_write(_sheet_path(out, label, ep), lambda f: np.savez_compressed(f, frames=sheet_frames))
             atomic_write_text(_video_path(out, label, ep), json.dumps(record))
             done[label, ep] = record
     bar.close()
@@ -508,7 +509,8 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {m['label']} | {metric} | " + " | ".join(f"{curve[h - 1]:.3f}" for h in marks) + " |")
     windows = list(report["models"][0]["windows"])
     lines += ["", "## Window means over generated frames (mean over trajectories)", "",
-              "| model | frames | PSNR | SSIM | LPIPS | colour-hist | sharpness |", "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | frames | PSNR | SSIM | LPIPS | colour-hist | sharpness |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for w in windows:
         for m in report["models"]:
             v = m["windows"][w]

@@ -296,7 +296,8 @@ class CausalDiT(WorldModel):
         f = x_t.shape[1]
         layout = teacher_forcing_layout(history.frames, x_t, t, actions, history.t)
         h, cond = self._transformer(*layout, surgery=surgery)
-        return self.prediction.to_velocity(self.patchify.unpatchify(self.head(h[:, f - 1 :], cond[:, f - 1 :])), x_t, t)
+        out = self.patchify.unpatchify(self.head(h[:, f - 1 :], cond[:, f - 1 :]))  # the F noisy groups
+        return self.prediction.to_velocity(out, x_t, t)
 
     # -- streaming -------------------------------------------------------------------------------------------
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
