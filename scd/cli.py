@@ -133,12 +133,16 @@ def cmd_train(args) -> int:
         model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
+        inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
+        model_config = model_config.replace(prediction=args.prediction, history_noise=inference_noise)
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
-                      action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min)
+                      action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
+                      history_noise=args.history_noise)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, clip_len=args.clip_len, lr=args.lr, warmup=args.warmup,
-                      weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema, bf16=args.bf16,
-                      ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
-                      surgery=surgery_from_args(args))
+                      lr_min=args.lr_min, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema,
+                      bf16=args.bf16, ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
+                      surgery=surgery_from_args(args), rollout_steps=args.rollout_steps,
+                      rollout_context=args.rollout_context)
     store = data.store
     data_info = {"path": str(Path(args.data).resolve()), "source": store.meta.source,
                  "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(data)}
@@ -152,6 +156,7 @@ def cmd_train(args) -> int:
 
 
 def add_train_parser(sub) -> None:
+    from .config import ModelConfig
     from .flow import FlowConfig
     from .train import TrainConfig
 
@@ -164,6 +169,9 @@ def add_train_parser(sub) -> None:
     add_option(p, "--clip-len", TrainConfig, "clip_len", "frames per training clip")
     add_option(p, "--lr", TrainConfig, "lr", "AdamW learning rate", type=positive())
     add_option(p, "--warmup", TrainConfig, "warmup", "linear learning-rate warm-up steps")
+    add_option(p, "--lr-min", TrainConfig, "lr_min",
+               "cosine decay of the learning rate to this value at --steps (none: constant after the warm-up)",
+               type=at_least(0.0, float))
     add_option(p, "--weight-decay", TrainConfig, "weight_decay", "AdamW weight decay")
     add_option(p, "--grad-clip", TrainConfig, "grad_clip", "gradient norm clip (0 = off)")
     add_option(p, "--ema", TrainConfig, "ema_decay", "EMA decay of the weights generation uses")
@@ -181,6 +189,17 @@ def add_train_parser(sub) -> None:
                "noisy_current SCD encoders (scd convert) see the current frame at t ~ U(this, 1)")
     p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"],
                    help="SCD context fusion (default: the preset's)")
+    add_option(p, "--prediction", ModelConfig, "prediction",
+               "network output: the velocity (the paper) or the clean frame (x-prediction)", choices=["velocity", "x"])
+    add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
+               "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
+    p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",
+                   help="fixed flow time of history frames at inference (default: MAX / 2)")
+    add_option(p, "--rollout-steps", TrainConfig, "rollout_steps",
+               "rollout training: history = the model's own S-step samples (0 = teacher forcing)", metavar="S",
+               type=at_least(0))
+    add_option(p, "--rollout-context", TrainConfig, "rollout_context", "recorded frames before the rollout history",
+               type=at_least(1))
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
     p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds")

@@ -40,7 +40,8 @@ def add_option(parser, flag: str, source, name: str, help: str, **kwargs) -> Non
                             help=f"{help} (default: {'on' if default else 'off'})", **kwargs)
         return
     kwargs.setdefault("type", type(default))
-    parser.add_argument(flag, default=default, help=f"{help} (default: {default})", **kwargs)
+    shown = "" if default is None else f" (default: {default})"
+    parser.add_argument(flag, default=default, help=help + shown, **kwargs)
 
 
 # -- value checks (argparse types) -----------------------------------------------------------------------------

@@ -25,6 +25,8 @@ FUSIONS = ("seq_offset", "seq_same", "channel")
 #                   corrupted to a high flow time (training: t ~ U(t_min, 1); inference: pure noise, t = 1);
 #                   c_i is read at the noisy frame's tokens. This is what blocks copied from a Causal DiT saw.
 ENCODER_INPUTS = ("previous_frame", "noisy_current")
+# What the network outputs (flow.PREDICTIONS): "velocity" u = eps - x (the paper) or "x" the clean frame.
+PREDICTIONS = ("velocity", "x")
 
 
 def _json_value_fits(annotation: str, value) -> bool:
@@ -58,6 +60,10 @@ class ModelConfig:
     fusion: Literal["seq_offset", "seq_same", "channel"] = "seq_offset"
     rope_theta: float = 10000.0
     encoder_input: Literal["previous_frame", "noisy_current"] = "previous_frame"  # scd only
+    prediction: Literal["velocity", "x"] = "velocity"
+    # Flow time at which history frames are read at inference (noise augmentation: trained with
+    # FlowConfig.history_noise >= this); 0 = clean history.
+    history_noise: float = 0.0
 
     def __post_init__(self) -> None:
         # Frozen dataclasses get lists from JSON; normalise to a tuple so configs compare equal.
@@ -95,6 +101,10 @@ class ModelConfig:
             problems.append(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         elif self.arch == "causal_dit" and self.encoder_input != "previous_frame":
             problems.append("causal_dit has no encoder; encoder_input applies to scd only")
+        if self.prediction not in PREDICTIONS:
+            problems.append(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if not 0 <= self.history_noise < 1:
+            problems.append(f"history_noise must be a flow time in [0, 1), got {self.history_noise}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 

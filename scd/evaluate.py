@@ -16,7 +16,13 @@ Protocol, for each of the first `videos` episodes of the data set:
   5. FVD (Kinetics-400 I3D, StyleGAN-V convention) compares whole clips, the context included: the V recorded
      clips of C+H frames against the V*N clips made of the same context followed by each trajectory. I3D needs
      C+H >= 9 frames and the Frechet distance >= 2 videos. The paper's FVD uses 256 videos; with a few videos
-     the score is noisy and biased upward, so compare models only on the same videos and settings.
+     the score is noisy and biased upward, so compare models only on the same videos and settings;
+  6. drift, per frame and averaged over trajectories: the colour-histogram distance to the recorded frame
+     (scd.metrics.color_histogram_distance, 0 = same colours) and the sharpness ratio (mean |Laplacian| of the
+     generated frame over the recorded one's: < 1 blurrier, > 1 noisier);
+  7. the trivial baselines (scd.baselines: copy the last context frame, the per-pixel context mean) are scored on
+     the same clips and stand in every table and plot; window means over frames 1-16 and over the last 16 frames
+     summarise short-term quality and long-term drift.
 
 Outputs in --out: metrics.json (settings, per-model summary, per-horizon-frame curves, per-video values),
 metrics.md (tables) and metrics.png (each metric against the prediction horizon). Every (model, video) result is
@@ -41,16 +47,22 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, read_config
+from .baselines import BASELINES
 from .fileio import atomic_write, atomic_write_text, sha256_file
 from .sampling import Guidance, rollout
 
-FORMAT = "scd-eval-v1"
-VIDEO_FORMAT = "scd-eval-video-v1"
+FORMAT = "scd-eval-v2"
+VIDEO_FORMAT = "scd-eval-video-v2"
 DEFAULT_DATA = "data/crafter-bench"
-METRICS = ("psnr", "ssim", "lpips")
+METRICS = ("psnr", "ssim", "lpips")  # frame metrics, best of N and mean
+DRIFT_METRICS = ("color_hist", "sharpness")  # drift measures, mean over trajectories
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 TITLES = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better)",
-          "lpips": "LPIPS-AlexNet (lower is better)"}
+          "lpips": "LPIPS-AlexNet (lower is better)",
+          "color_hist": "colour-histogram distance to real (lower is better)",
+          "sharpness": "sharpness / real (1 = as sharp; <1 blurred, >1 noisy)"}
+WINDOW = 16  # frames in the window means (first 16 and last 16 generated frames)
+SHEET_VIDEOS = 4  # videos shown in contact_sheet.png
 LPIPS_NET = "alex"
 I3D_MIN_FRAMES = 9
 
@@ -78,6 +90,7 @@ class EvalSettings:
     fvd: bool = True
     bf16: bool = False
     window: int | None = None
+    history_noise: float | None = None  # flow time of the history frames (None: the model's own setting)
 
     def __post_init__(self) -> None:
         problems = []
@@ -156,7 +169,8 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
     with autocast:
         for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
                              steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
-                             num_samples=settings.trajectories, seed=seed, window=settings.window):
+                             num_samples=settings.trajectories, seed=seed, window=settings.window,
+                             history_noise=settings.history_noise):
             frames.append(frame[0].float().cpu())
             if on_frame is not None:
                 on_frame()
@@ -167,11 +181,27 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
 
 
 def score_trajectories(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """pred (N, H, 3, h, w), target (H, 3, h, w), both in [-1, 1] -> {metric: (N, H)} per-frame scores."""
-    from .metrics import lpips, psnr, ssim
+    """pred (N, H, 3, h, w), target (H, 3, h, w), both in [-1, 1] -> {metric: (N, H)} per-frame scores and
+    drift measures."""
+    from .metrics import color_histogram_distance, lpips, psnr, sharpness, ssim
 
     target = target[None].expand_as(pred)
-    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET)}
+    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET),
+            "color_hist": color_histogram_distance(pred, target),
+            "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6)}
+
+
+def sheet_horizons(horizon: int) -> list[int]:
+    """Prediction horizons (1-based) shown in the contact sheet: powers of two and the last frame."""
+    return sorted({h for h in (1, 2, 4, 8, 16, 32, 64, 128, 256) if h <= horizon} | {horizon})
+
+
+def horizon_windows(horizon: int) -> list[tuple[int, int]]:
+    """The (first, last) generated frames, 1-based and inclusive, of the window means: 1-16, and the last 16."""
+    windows = [(1, min(WINDOW, horizon))]
+    if horizon > WINDOW:
+        windows.append((horizon - WINDOW + 1, horizon))
+    return windows
 
 
 def clip_features(videos: torch.Tensor) -> torch.Tensor:
@@ -197,6 +227,15 @@ def summarize(records: list[dict]) -> dict:
         for v, entry in enumerate(per_video):
             entry[m] = {"best": float(traj_mean[v, best[v]]), "mean": float(traj_mean[v].mean()),
                         "best_trajectory": int(best[v])}
+    for m in DRIFT_METRICS:
+        values = np.array([r["metrics"][m] for r in records], dtype=np.float64)  # (V, N, H)
+        curves[m] = {"mean": values.mean(axis=(0, 1)).tolist()}
+        summary[m] = {"mean": float(values.mean())}
+        for v, entry in enumerate(per_video):
+            entry[m] = {"mean": float(values[v].mean())}
+    horizon = len(curves["psnr"]["mean"])
+    windows = {f"{a}-{b}": {m: float(np.mean(curves[m]["mean"][a - 1 : b])) for m in METRICS + DRIFT_METRICS}
+               for a, b in horizon_windows(horizon)}
     fvd = None
     if all(r.get("i3d_fake") is not None for r in records) and len(records) >= 2:
         from .metrics import frechet_distance
@@ -204,12 +243,17 @@ def summarize(records: list[dict]) -> dict:
         real = np.array([r["i3d_real"] for r in records])
         fake = np.concatenate([np.array(r["i3d_fake"]) for r in records])
         fvd = frechet_distance(real, fake)
-    return {"summary": summary, "fvd": fvd, "curves": curves, "per_video": per_video}
+    return {"summary": summary, "windows": windows, "fvd": fvd, "curves": curves, "per_video": per_video}
 
 
 # -- resumable results ---------------------------------------------------------------------------------------
 def _video_path(out: Path, label: str, episode: int) -> Path:
     return out / "videos" / label / f"episode_{episode:04d}.json"
+
+
+def _sheet_path(out: Path, label: str, episode: int) -> Path:
+    """uint8 frames of the first trajectory at `sheet_horizons`, for the contact sheet."""
+    return _video_path(out, label, episode).with_suffix(".npz")
 
 
 def _load_record(path: Path, expected: dict) -> dict | None:
@@ -251,11 +295,12 @@ def evaluate(
     """Evaluate one or more checkpoints on the first `videos` episodes of `data`; writes and returns the report.
 
     Returns the metrics.json dict: {"format", "settings", "data", "episodes", "models": [{"label", "checkpoint",
-    "arch", "params", "summary": {metric: {"best", "mean"}}, "fvd", "curves": {metric: {"best": [H], "mean": [H]}},
-    "per_video": [...]}]}."""
+    "arch", "params", "summary": {metric: {"best", "mean"}}, "windows": {"1-16": {metric: mean}, ...}, "fvd",
+    "curves": {metric: {"best": [H], "mean": [H]}}, "per_video": [...]}]}; the trivial baselines (arch
+    "baseline") follow the models."""
     from tqdm import tqdm
 
-    from .data.store import frames_to_model
+    from .data.store import frames_to_model, frames_to_uint8
 
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
@@ -266,6 +311,9 @@ def evaluate(
     labels = list(labels) if labels else _default_labels([str(c) for c in checkpoints])
     if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
         raise ValueError(f"need one distinct label per checkpoint, got {labels} for {len(checkpoints)} checkpoints")
+    taken = sorted({b.label for b in BASELINES} & set(labels))
+    if taken:
+        raise ValueError(f"labels {taken} name the baselines; choose other --label values")
     store = open_eval_data(data)
     n_videos = store.num_episodes if videos is None else videos
     if not 1 <= n_videos <= store.num_episodes:
@@ -294,6 +342,9 @@ def evaluate(
         model = load_model(ckpt, device=device)
         _check_model_fits(model, label, store)
         models.append((label, model, checkpoint_identity(ckpt)))
+    for baseline in BASELINES:
+        models.append((baseline.label, baseline,
+                       {"path": None, "weights": None, "sha256": f"baseline:{baseline.label}", "step": None}))
 
     out = Path(out)
     data_info = {"path": str(store.path.resolve()), "meta_sha256": sha256_file(store.path / "meta.json")}
@@ -333,11 +384,15 @@ def evaluate(
         for label, model, ident in pending:
             bar.set_postfix_str(f"{label} episode {ep}")
             start = time.perf_counter()
-            try:
-                pred = generate_trajectories(model, context, actions, settings, settings.seed * 100_000 + ep,
-                                             on_frame=bar.update)
-            except ValueError as err:
-                raise ValueError(f"model {label}, episode {ep}: {err}") from None
+            if isinstance(model, torch.nn.Module):
+                try:
+                    pred = generate_trajectories(model, context, actions, settings, settings.seed * 100_000 + ep,
+                                                 on_frame=bar.update)
+                except ValueError as err:
+                    raise ValueError(f"model {label}, episode {ep}: {err}") from None
+            else:  # a baseline: one deterministic "trajectory"
+                pred = model(context, settings.horizon)
+                bar.update(settings.horizon)
             seconds = time.perf_counter() - start
             scores = score_trajectories(pred, target)
             record = {"format": VIDEO_FORMAT, "settings": settings.to_dict(), "data": data_info,
@@ -348,6 +403,9 @@ def evaluate(
                 full = torch.cat([context[None].expand(pred.shape[0], *context.shape), pred], dim=1)
                 record["i3d_real"] = real_features
                 record["i3d_fake"] = clip_features(full).tolist()
+            shown = [h - 1 for h in sheet_horizons(settings.horizon)]
+            sheet_frames = frames_to_uint8(pred[0, shown])  # (len(shown), h, w, 3)
+            atomic_write(_sheet_path(out, label, ep), lambda f: np.savez_compressed(f, frames=sheet_frames))
             atomic_write_text(_video_path(out, label, ep), json.dumps(record))
             done[label, ep] = record
     bar.close()
@@ -363,15 +421,45 @@ def evaluate(
     }
     for label, model, ident in models:
         result = summarize([done[label, ep] for ep in episodes])
+        is_model = isinstance(model, torch.nn.Module)
         report["models"].append({
-            "label": label, "checkpoint": ident, "arch": model.config.arch,
-            "params": sum(p.numel() for p in model.parameters()),
+            "label": label, "checkpoint": ident, "arch": model.config.arch if is_model else "baseline",
+            "params": sum(p.numel() for p in model.parameters()) if is_model else 0,
             "rollout_seconds_per_frame": sum(done[label, ep]["rollout_seconds"] for ep in episodes)
             / (len(episodes) * settings.horizon),
             **result,
         })
     write_report(out, report)
+    write_contact_sheet(out, report, store)
     return report
+
+
+def write_contact_sheet(out: Path, report: dict, store) -> Path | None:
+    """contact_sheet.png: for the first videos, the recorded frames and each row's first trajectory at the
+    horizons of `sheet_horizons` (rows whose frames were not saved, e.g. by an older version, are left out)."""
+    from .video import contact_sheet
+
+    s = report["settings"]
+    horizons = sheet_horizons(s["horizon"])
+    blocks = []
+    for ep in report["episodes"][:SHEET_VIDEOS]:
+        frames, _ = store.episode(ep)
+        first = s["start"] + s["context"]
+        rows = {"real": np.asarray(frames[[first + h - 1 for h in horizons]])}
+        for m in report["models"]:
+            path = _sheet_path(out, m["label"], ep)
+            if path.exists():
+                with np.load(path) as saved:
+                    rows[m["label"]] = saved["frames"]
+        blocks.append((f"episode {ep}: {s['context']} context frames, then generated (first trajectory)", rows))
+    if not blocks:
+        return None
+    image = contact_sheet(blocks, [f"+{h}" for h in horizons])
+    from PIL import Image
+
+    path = out / "contact_sheet.png"
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="png"))
+    return path
 
 
 # -- report files --------------------------------------------------------------------------------------------
@@ -411,11 +499,29 @@ def markdown_table(report: dict) -> str:
     lines += ["", f"## Best-of-{n} by prediction horizon (frame after the context)", "",
               "| model | metric | " + " | ".join(str(h) for h in marks) + " |",
               "| --- | --- | " + " | ".join("---" for _ in marks) + " |"]
-    for m in report["models"]:
-        for metric, digits in (("psnr", 2), ("ssim", 4), ("lpips", 4)):
+    for metric, digits in (("psnr", 2), ("ssim", 4), ("lpips", 4)):
+        for m in report["models"]:
             curve = m["curves"][metric]["best"]
             lines.append(f"| {m['label']} | {metric.upper()} | "
                          + " | ".join(f"{curve[h - 1]:.{digits}f}" for h in marks) + " |")
+    lines += ["", "## Drift by prediction horizon (mean over trajectories)", "",
+              "| model | measure | " + " | ".join(str(h) for h in marks) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in marks) + " |"]
+    for metric in DRIFT_METRICS:
+        for m in report["models"]:
+            curve = m["curves"][metric]["mean"]
+            lines.append(f"| {m['label']} | {metric} | " + " | ".join(f"{curve[h - 1]:.3f}" for h in marks) + " |")
+    windows = list(report["models"][0]["windows"])
+    lines += ["", "## Window means over generated frames (mean over trajectories)", "",
+              "| model | frames | PSNR | SSIM | LPIPS | colour-hist | sharpness |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for w in windows:
+        for m in report["models"]:
+            v = m["windows"][w]
+            lines.append(f"| {m['label']} | {w} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['lpips']:.4f} | "
+                         f"{v['color_hist']:.3f} | {v['sharpness']:.3f} |")
+    lines += ["", "copy-last-frame and context-mean are the trivial baselines on the same clips (no actions used); "
+              "a model that does not beat them has not learnt the world."]
     return "\n".join(lines) + "\n"
 
 
@@ -427,20 +533,28 @@ def plot_curves(report: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     s = report["settings"]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.6), constrained_layout=True)
+    axes = axes.flatten()
     x = np.arange(1, s["horizon"] + 1)
-    for ax, metric in zip(axes, METRICS):
-        for i, m in enumerate(report["models"]):
-            color = f"C{i}"
-            ax.plot(x, m["curves"][metric]["best"], color=color, label=f"{m['label']} best of {s['trajectories']}")
+    baseline_style = {"copy-last-frame": ("black", "-"), "context-mean": ("0.55", ":")}
+    for ax, metric in zip(axes, METRICS + DRIFT_METRICS):
+        k = 0
+        for m in report["models"]:
+            if m["arch"] == "baseline":
+                color, style = baseline_style.get(m["label"], ("0.3", "-."))
+                ax.plot(x, m["curves"][metric]["mean"], color=color, linestyle=style, lw=1.5, label=m["label"])
+                continue
+            color, k = f"C{k}", k + 1
+            if "best" in m["curves"][metric]:
+                ax.plot(x, m["curves"][metric]["best"], color=color, label=f"{m['label']} best of {s['trajectories']}")
             ax.plot(x, m["curves"][metric]["mean"], color=color, linestyle="--", label=f"{m['label']} mean")
         ax.set_title(TITLES[metric])
         ax.set_xlabel("prediction horizon (frames after the context)")
-        ax.set_ylabel(metric.upper())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    axes[-1].axis("off")
     fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
-                 f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps")
+                 f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps; baselines in grey")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
@@ -479,6 +593,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, help="past frames the next frame sees (default: all)")
+    p.add_argument("--history-noise", type=float,
+                   help="flow time at which history frames are read (default: each model's trained setting)")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
     add_device_option(p)
@@ -492,10 +608,10 @@ def cmd_eval(args) -> int:
         context=args.context, horizon=args.horizon, trajectories=args.trajectories, start=args.start,
         steps=args.steps, shift=args.shift, cfg_scale=args.cfg_scale, cfg_null_action=args.cfg_null_action,
         cfg_context_noise=args.cfg_context_noise, seed=args.seed, fvd=not args.no_fvd, bf16=args.bf16,
-        window=args.window,
+        window=args.window, history_noise=args.history_noise,
     )
     report = evaluate(args.checkpoint, args.data, args.out, settings, videos=args.videos, labels=args.label,
                       fresh=args.fresh, device=args.device)
     print(markdown_table(report))
-    print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md, metrics.png")
+    print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md, metrics.png, contact_sheet.png")
     return 0

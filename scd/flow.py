@@ -1,6 +1,8 @@
 """Flow-matching objective (the paper's Algorithm 1, with the training tricks of its supplementary material).
 
-x_t = (1 - t) x + t eps, t in [0, 1] (t = 1 is pure noise); the network predicts the velocity u = eps - x.
+x_t = (1 - t) x + t eps, t in [0, 1] (t = 1 is pure noise); the sampler integrates the velocity u = eps - x.
+What the network itself outputs is its prediction target (`VelocityPrediction`, the paper's, or `CleanPrediction`,
+x-prediction); the model turns it into a velocity, so the loss and the sampler never depend on that choice.
 """
 
 from __future__ import annotations
@@ -11,6 +13,33 @@ from typing import Literal
 import torch
 
 TIMESTEP_DISTRIBUTIONS = ("logit_normal", "uniform")
+
+
+class VelocityPrediction:
+    """The network outputs the velocity u = eps - x directly (the paper's parameterisation)."""
+
+    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return out
+
+
+@dataclass(frozen=True)
+class CleanPrediction:
+    """x-prediction ("Back to Basics: Let Denoising Generative Models Denoise", 2025): the network outputs the clean
+    frame x_hat, which lies on the data manifold even when a patch has more values than the width (8x8x3 = 192
+    here). Since x_t - x = t u, the velocity is u_hat = (x_t - x_hat) / t, with t clamped to >= t_min so that the
+    last steps near t = 0 stay finite; the loss stays the velocity MSE (an x-error weighted by 1 / max(t, t_min)^2),
+    and an Euler step from t to 0 lands exactly on x_hat."""
+
+    t_min: float = 0.05
+
+    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """out, x_t: (..., C, H, W); t: (...) -> velocity (..., C, H, W)."""
+        t = t.reshape(*t.shape, 1, 1, 1).clamp(min=self.t_min)
+        return (x_t - out.to(x_t.dtype)) / t
+
+
+# What a network outputs (ModelConfig.prediction names one): each turns the output into a velocity.
+PREDICTIONS = {"velocity": VelocityPrediction(), "x": CleanPrediction()}
 
 
 @dataclass(frozen=True)
@@ -24,6 +53,10 @@ class FlowConfig:
     action_dropout: float = 0.1  # share of clips trained with the null action, so action guidance is possible
     # noisy_current SCD encoders see the current frame at t ~ U(encoder_t_min, 1) (supp. E.1: the top 20%)
     encoder_t_min: float = 0.8
+    # History noise augmentation (GameNGen, DIAMOND): every history frame the model reads is corrupted to its own
+    # flow time tau ~ U(0, history_noise), given to the network as that frame's t; at inference history frames
+    # are read at the model's fixed ModelConfig.history_noise. 0 = clean history (the paper).
+    history_noise: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -39,6 +72,8 @@ class FlowConfig:
             problems.append(f"action_dropout must be in [0, 1], got {self.action_dropout}")
         if not 0 <= self.encoder_t_min <= 1:
             problems.append(f"encoder_t_min must be in [0, 1], got {self.encoder_t_min}")
+        if not 0 <= self.history_noise < 1:
+            problems.append(f"history_noise must be in [0, 1), got {self.history_noise}")
         if problems:
             raise ValueError("invalid flow config: " + "; ".join(problems))
 
@@ -74,23 +109,39 @@ def drop_actions(actions: torch.Tensor, p: float, null_action: int) -> torch.Ten
     return torch.where(dropped[:, None], torch.full_like(actions, null_action), actions)
 
 
+def corrupt_history(frames: torch.Tensor, max_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """History noise augmentation: frames (B, F, C, H, W) -> (frames at flow times tau, tau (B, F) ~ U(0, max_t))."""
+    if max_t == 0:
+        return frames, torch.zeros(frames.shape[:2], device=frames.device)
+    tau = max_t * torch.rand(frames.shape[:2], device=frames.device)
+    return interpolate(frames, torch.randn_like(frames), tau), tau
+
+
+def _repeat_batch(tree, k: int):
+    """Stack k copies of every tensor in `tree` (a tensor or a tuple of them) along the batch dim."""
+    return torch.utils._pytree.tree_map(lambda x: x.repeat(k, *[1] * (x.ndim - 1)), tree)
+
+
 def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: FlowConfig,
-                       surgery=None) -> torch.Tensor:
+                       surgery=None, history: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared velocity error over every frame of the clips (teacher forcing, Algorithm 1).
 
-    frames: (B, F, C, H, W); actions: (B, F). The context (SCD: c_i for every frame, one encoder pass;
-    Causal DiT: the clean frames) is computed once and reused for K noisy draws. `surgery` (models.Surgery,
-    Causal DiT only) trains under a skip-layer schedule and/or frame-diagonal last blocks."""
+    frames: (B, F, C, H, W) targets; actions: (B, F); history: the frames the model reads as the past (default:
+    `frames`; rollout training passes the model's own samples). The context (SCD: c_i for every frame, one encoder
+    pass; Causal DiT: the history frames) is computed once and reused for K noisy draws. `surgery`
+    (models.Surgery, Causal DiT only) trains under a skip-layer schedule and/or frame-diagonal last blocks."""
     actions = drop_actions(actions, cfg.action_dropout, model.null_action)
+    history, history_t = corrupt_history(frames if history is None else history, cfg.history_noise)
     if model.encoder_reads_noisy_frame:  # supp. E.1: the encoder sees the current frame at a high flow time
         t_enc = cfg.encoder_t_min + (1 - cfg.encoder_t_min) * torch.rand(frames.shape[:2], device=frames.device)
-        ctx = model.training_context(frames, actions, interpolate(frames, torch.randn_like(frames), t_enc), t_enc)
+        x_enc = interpolate(frames, torch.randn_like(frames), t_enc)
+        ctx = model.training_context(history, actions, history_t, x_enc=x_enc, t_enc=t_enc)
     else:
-        ctx = model.training_context(frames, actions)
+        ctx = model.training_context(history, actions, history_t)
     if cfg.context_noise > 0:
         ctx = model.corrupt_context(ctx, cfg.context_noise)
     if cfg.K > 1:  # the K draws share one context pass: stack them along the batch
-        frames, actions, ctx = (x.repeat(cfg.K, *[1] * (x.ndim - 1)) for x in (frames, actions, ctx))
+        frames, actions, ctx = _repeat_batch((frames, actions, ctx), cfg.K)
     t = sample_timesteps(frames.shape[:2], cfg, device=frames.device)
     noise = torch.randn_like(frames)
     v = model.velocity(interpolate(frames, noise, t), t, ctx, actions, surgery=surgery)

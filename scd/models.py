@@ -3,7 +3,7 @@
 Both share one interface, so the objective, the sampler and the rollout never look at the architecture:
 
 Training (teacher forcing, all frames of a clip at once):
-    ctx = model.training_context(frames, actions)      # Causal DiT: the clean frames; SCD: c = E(x_<i, a_<=i)
+    ctx = model.training_context(history, actions, history_t)  # Causal DiT: History; SCD: c = E(x_<i, a_<=i)
     v = model.velocity(x_t, t, ctx, actions)           # predicted velocity for every frame
 
 Streaming (one frame at a time, with a KV cache):
@@ -18,16 +18,21 @@ Surgeries (`Surgery`, Causal DiT only) are explicit options: `velocity(..., surg
 
 Shapes: frames (B, F, C, H, W) in the model's data space (pixels in [-1, 1] or latents); actions (B, F) int;
 flow time t (B, F) in [0, 1] with t = 1 pure noise. actions[:, i] is the action that produced frame i.
+History frames are read at their own flow time history_t (B, F) (0 = clean; noise augmentation, see
+FlowConfig.history_noise); in a stream every history frame is read at `stream.history_t`. The network's output is
+turned into a velocity by `config.prediction` (flow.PREDICTIONS), so callers always get velocities.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .config import ModelConfig
+from .flow import PREDICTIONS
 from .sampling import flow_schedule
 from .nn import (
     Conditioning,
@@ -105,8 +110,21 @@ class Stream:
     cache: KVCache
     batch: int
     num_frames: int = 0  # frames observed or generated so far = index of the next frame
-    last_frame: torch.Tensor | None = None  # SCD: latest clean frame (B, C, H, W), input of the next encoder slot
+    last_frame: torch.Tensor | None = None  # SCD: latest history frame (B, C, H, W), input of the next encoder slot
     surgery: Surgery | None = None  # Causal DiT: fixed for the whole rollout, as the cached K/V depend on it
+    history_t: float = 0.0  # flow time at which history frames are read (the caller corrupts them to it)
+
+
+class History(NamedTuple):
+    """The past a Causal DiT reads in training: frames (B, F, C, H, W) at flow times t (B, F) (0 = clean)."""
+
+    frames: torch.Tensor
+    t: torch.Tensor
+
+
+def _history_t(frames: torch.Tensor, history_t: torch.Tensor | None) -> torch.Tensor:
+    """history_t (B, F), zeros (clean history) when None."""
+    return torch.zeros(frames.shape[:2], device=frames.device) if history_t is None else history_t
 
 
 def _with_cached_prefix(mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor | None:
@@ -125,16 +143,17 @@ def run_blocks(blocks, x, cond, rope, mask=None, cache: KVCache | None = None) -
     return x
 
 
-def teacher_forcing_layout(frames, x_t, t, actions):
-    """The sequence [clean x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups) that trains a frame-causal stack in one
-    pass: noisy frame i attends to clean frames < i and to itself, exactly what a KV cache gives at inference.
+def teacher_forcing_layout(frames, x_t, t, actions, history_t=None):
+    """The sequence [history x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups) that trains a frame-causal stack in
+    one pass: noisy frame i attends to history frames < i and to itself, exactly what a KV cache gives at inference.
 
-    frames, x_t: (B, F, C, H, W); t, actions: (B, F) -> seq (B, 2F-1, C, H, W), t (B, 2F-1), actions (B, 2F-1),
-    frame_pos (2F-1,), is_clean (2F-1,). The noisy frames are the last F groups."""
-    b, f = x_t.shape[:2]
+    frames, x_t: (B, F, C, H, W); t, actions, history_t (flow times of the history frames, default 0): (B, F)
+    -> seq (B, 2F-1, C, H, W), t (B, 2F-1), actions (B, 2F-1), frame_pos (2F-1,), is_clean (2F-1,). The noisy
+    frames are the last F groups."""
+    f = x_t.shape[1]
     dev = x_t.device
     seq = torch.cat([frames[:, :-1], x_t], dim=1)
-    t_all = torch.cat([torch.zeros(b, f - 1, device=dev), t], dim=1)
+    t_all = torch.cat([_history_t(frames, history_t)[:, :-1], t], dim=1)
     a_all = torch.cat([actions[:, :-1], actions], dim=1)
     frame_pos = torch.cat([torch.arange(f - 1, device=dev), torch.arange(f, device=dev)])
     is_clean = torch.arange(2 * f - 1, device=dev) < f - 1
@@ -149,6 +168,7 @@ class WorldModel(nn.Module):
         self.config = config
         self.patchify = Patchify(config.frame_shape, config.patch_size)
         self.rope = RoPE(config.head_dim, config.grid, config.rope_theta)
+        self.prediction = PREDICTIONS[config.prediction]  # network output -> velocity
 
     @property
     def null_action(self) -> int:
@@ -193,7 +213,7 @@ class WorldModel(nn.Module):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1 (past frames the next frame sees), got {window!r}")
         return Stream(KVCache(self.cache_layers, self.cache_frames(window), self.config.tokens_per_frame), batch,
-                      surgery=surgery)
+                      surgery=surgery, history_t=self.config.history_noise)
 
     def cache_frames(self, window: int) -> int:
         """KV cache slots for a window: the `window` past frames plus the frame being generated."""
@@ -270,30 +290,33 @@ class CausalDiT(WorldModel):
         return x
 
     # -- training --------------------------------------------------------------------------------------------
-    def training_context(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def training_context(self, frames: torch.Tensor, actions: torch.Tensor, history_t=None) -> History:
+        """The history frames (B, F, C, H, W) themselves, read at flow times history_t (B, F) (default 0)."""
         self.check_frames(frames)
         self.check_actions(actions, frames.shape[:2])
-        return frames
+        return History(frames, _history_t(frames, history_t))
 
-    def velocity(self, x_t, t, frames, actions, surgery: Surgery | None = None) -> torch.Tensor:
-        """Teacher forcing in one pass over the sequence [clean x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups).
+    def velocity(self, x_t, t, history: History, actions, surgery: Surgery | None = None) -> torch.Tensor:
+        """Teacher forcing in one pass over the sequence [history x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups).
 
-        Noisy frame i attends to clean frames < i and to itself, exactly what the KV cache gives at inference."""
+        Noisy frame i attends to history frames < i and to itself, exactly what the KV cache gives at inference."""
         self.check_frames(x_t, "x_t")
         f = x_t.shape[1]
-        h, cond = self._transformer(*teacher_forcing_layout(frames, x_t, t, actions), surgery=surgery)
-        return self.patchify.unpatchify(self.head(h[:, f - 1 :], cond[:, f - 1 :]))
+        layout = teacher_forcing_layout(history.frames, x_t, t, actions, history.t)
+        h, cond = self._transformer(*layout, surgery=surgery)
+        out = self.patchify.unpatchify(self.head(h[:, f - 1 :], cond[:, f - 1 :]))  # the F noisy groups
+        return self.prediction.to_velocity(out, x_t, t)
 
     # -- streaming -------------------------------------------------------------------------------------------
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
-        """Run clean frames (B, n, C, H, W) with t = 0 and write their K/V to the cache."""
+        """Run history frames (B, n, C, H, W) at t = stream.history_t and write their K/V to the cache."""
         self._check_stream_input(stream, frames, actions)
         b, n = frames.shape[:2]
         n_tokens = n * self.config.tokens_per_frame
         stream.cache.reserve(n_tokens)
         frame_pos = torch.arange(stream.num_frames, stream.num_frames + n, device=frames.device)
         is_clean = torch.ones(n, dtype=torch.bool, device=frames.device)
-        t = torch.zeros(b, n, device=frames.device)
+        t = torch.full((b, n), stream.history_t, device=frames.device)
         self._transformer(frames, t, actions, frame_pos, is_clean, stream.cache, stream.surgery, need_output=False)
         stream.cache.commit(n_tokens)
         stream.num_frames += n
@@ -310,10 +333,10 @@ class CausalDiT(WorldModel):
         is_clean = torch.zeros(1, dtype=torch.bool, device=x_t.device)
         h, cond = self._transformer(x_t[:, None], t[:, None], action[:, None], frame_pos, is_clean, stream.cache,
                                     stream.surgery)
-        return self.patchify.unpatchify(self.head(h, cond))[:, 0]
+        return self.prediction.to_velocity(self.patchify.unpatchify(self.head(h, cond))[:, 0], x_t, t)
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
-        """One extra clean pass writes the finished frame's K/V (as the Causal DiT was trained: t = 0)."""
+        """One extra pass writes the finished frame's K/V as history (read at t = stream.history_t, as trained)."""
         self.prefill(stream, frame[:, None], action[:, None])
 
 
@@ -413,8 +436,9 @@ class SCD(WorldModel):
         return window if not self.encoder_reads_noisy_frame else window + 1
 
     # -- the two halves --------------------------------------------------------------------------------------
-    def encode(self, frames: torch.Tensor, actions: torch.Tensor, x_enc=None, t_enc=None) -> torch.Tensor:
-        """c_i = E(x_<i, a_<=i) for every frame of a clip: frames (B, F, C, H, W) -> c (B, F, P, D).
+    def encode(self, frames: torch.Tensor, actions: torch.Tensor, history_t=None, x_enc=None, t_enc=None):
+        """c_i = E(x_<i, a_<=i) for every frame of a clip: frames (B, F, C, H, W) -> c (B, F, P, D); the history
+        frames are read at flow times history_t (B, F) (default 0, clean).
 
         encoder_input="noisy_current" (supp. E.1) also needs the current frames corrupted for the encoder:
         x_enc (B, F, C, H, W) at flow times t_enc (B, F); c_i then reads x_<i clean and x_enc_i, nothing else."""
@@ -426,13 +450,14 @@ class SCD(WorldModel):
                 raise ValueError("x_enc/t_enc are for encoder_input='noisy_current'; this encoder reads x_{i-1}")
             slots = self.encoder.slots(self.patchify(frames[:, :-1]), with_start=True)
             frame_pos = torch.arange(f, device=frames.device)
-            t = torch.zeros(b, f, device=frames.device)
+            # slot i reads x_{i-1} at its history time; the start slot is clean
+            t = torch.cat([torch.zeros(b, 1, device=frames.device), _history_t(frames, history_t)[:, :-1]], dim=1)
             return self.encoder(slots, t, actions, frame_pos, torch.ones_like(frame_pos, dtype=torch.bool), self.rope)
         if x_enc is None or t_enc is None:
             raise ValueError("this SCD's encoder reads the noisy current frame (encoder_input='noisy_current'): "
                              "pass x_enc (B, F, C, H, W) and t_enc (B, F)")
         self.check_frames(x_enc, "x_enc")
-        seq, t_all, a_all, frame_pos, is_clean = teacher_forcing_layout(frames, x_enc, t_enc, actions)
+        seq, t_all, a_all, frame_pos, is_clean = teacher_forcing_layout(frames, x_enc, t_enc, actions, history_t)
         c = self.encoder(self.encoder.embed(self.patchify(seq)), t_all, a_all, frame_pos, is_clean, self.rope)
         return c[:, f - 1 :]
 
@@ -442,11 +467,11 @@ class SCD(WorldModel):
         out = self.decoder(
             self.patchify(x_t).flatten(0, -3), t.reshape(-1), c.flatten(0, -3), actions.reshape(-1), self.rope
         )
-        return self.patchify.unpatchify(out.reshape(*lead, *out.shape[-2:]))
+        return self.prediction.to_velocity(self.patchify.unpatchify(out.reshape(*lead, *out.shape[-2:])), x_t, t)
 
     # -- training --------------------------------------------------------------------------------------------
-    def training_context(self, frames: torch.Tensor, actions: torch.Tensor, x_enc=None, t_enc=None) -> torch.Tensor:
-        return self.encode(frames, actions, x_enc, t_enc)
+    def training_context(self, frames: torch.Tensor, actions: torch.Tensor, history_t=None, x_enc=None, t_enc=None):
+        return self.encode(frames, actions, history_t, x_enc, t_enc)
 
     def velocity(self, x_t, t, c, actions, surgery: Surgery | None = None) -> torch.Tensor:
         self.check_surgery(surgery)
@@ -479,14 +504,18 @@ class SCD(WorldModel):
         prev = new_frames
         if stream.last_frame is not None:
             prev = torch.cat([stream.last_frame[:, None], new_frames], dim=1)
-        slots = self.encoder.slots(self.patchify(prev), with_start=stream.last_frame is None)
-        t = torch.zeros(slots.shape[:2], device=slots.device)
+        start = stream.last_frame is None
+        slots = self.encoder.slots(self.patchify(prev), with_start=start)
+        t = torch.full(slots.shape[:2], stream.history_t, device=slots.device)
+        t[:, :start] = 0.0  # the start token slot is clean
         return self._stream_encoder(stream, slots, t, actions, commit)
 
     def _cache_clean_frames(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
-        """noisy_current: clean frames (B, n, C, H, W) at t = 0 write their K/V, like the Causal DiT's commit pass."""
+        """noisy_current: history frames (B, n, C, H, W) at t = stream.history_t write their K/V, like the Causal
+        DiT's commit pass."""
         slots = self.encoder.embed(self.patchify(frames))
-        self._stream_encoder(stream, slots, torch.zeros(actions.shape, device=frames.device), actions, commit=True)
+        t = torch.full(actions.shape, stream.history_t, device=frames.device)
+        self._stream_encoder(stream, slots, t, actions, commit=True)
 
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         """Encode known frames (B, n, C, H, W). previous_frame: slots for frames j..j+n-1, the last frame waits

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .flow import shift_time
+from .flow import interpolate, shift_time
 
 
 def flow_schedule(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
@@ -71,12 +71,17 @@ def _check_user_actions(model, actions: torch.Tensor) -> None:
                          f"0..{model.config.num_actions - 1}")
 
 
-def _generator(seed: int | None) -> torch.Generator:
+# The independent random streams of a rollout: a guided and an unguided run with one seed draw the same
+# starting noise (paired runs), whatever guidance or history noise consumes.
+FRAME_NOISE, GUIDANCE_NOISE, HISTORY_NOISE = range(3)
+
+
+def _generator(seed: int | None, stream: int = FRAME_NOISE) -> torch.Generator:
     g = torch.Generator()  # CPU noise, so a seed gives the same video on every device
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(seed)
+        g.manual_seed((seed + stream * 0x9E3779B97F4A7C15) % 2**63)  # frame noise: manual_seed(seed) itself
     return g
 
 
@@ -85,8 +90,10 @@ class Streamer:
 
     context_frames: (B, C0, C, H, W) given frames (C0 may be 0) with context_actions (B, C0). Each of the
     num_samples trajectories per video draws its own noise from one CPU generator seeded by `seed`, so a
-    seed gives the same video on every device. `window`: how many past frames the next frame sees (older ones
-    leave the KV cache; a model trained on clips of F frames saw at most F - 1).
+    seed gives the same video on every device; guidance and history noise draw from streams of their own. `window`:
+    how many past frames the next frame sees (older ones leave the KV cache; a model trained on clips of F frames
+    saw at most F - 1). History frames (the context and every finished frame) are corrupted to a fixed flow time
+    before the model reads them, as in training: `history_noise`, by default the model's `config.history_noise`.
     `surgery` (a models.Surgery, Causal DiT only) skips or cuts blocks for the whole rollout.
     callback(dict(frame, step, t, x, v)) sees every denoising step (for probing)."""
 
@@ -103,6 +110,7 @@ class Streamer:
         window: int = 256,
         callback: Callable | None = None,
         surgery=None,
+        history_noise: float | None = None,
     ):
         context_frames = _checked_frames(model, context_frames, "context_frames")
         b, c0 = context_frames.shape[:2]
@@ -119,15 +127,29 @@ class Streamer:
         self.device = model.device
         self.schedule = flow_schedule(steps, shift, device=self.device)
         self.generator = _generator(seed)
+        self.guidance_generator = _generator(seed, GUIDANCE_NOISE)
+        self.history_generator = _generator(seed, HISTORY_NOISE)
         self.null = torch.full((n,), model.null_action, device=self.device, dtype=torch.long)
+        if history_noise is not None:
+            if not 0 <= history_noise < 1:
+                raise ValueError(f"history_noise must be a flow time in [0, 1), got {history_noise}")
+            self.stream.history_t = float(history_noise)
         self.frames_generated = 0
         if c0 > 0:
             with torch.no_grad():
                 model.prefill(
                     self.stream,
-                    context_frames.to(self.device).repeat_interleave(num_samples, dim=0),
+                    self._as_history(context_frames.to(self.device).repeat_interleave(num_samples, dim=0)),
                     context_actions.to(self.device).repeat_interleave(num_samples, dim=0),
                 )
+
+    def _as_history(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, ..., C, H, W) corrupted to the stream's history flow time (unchanged when it is 0)."""
+        t = self.stream.history_t
+        if t == 0:
+            return frames
+        noise = torch.randn(frames.shape, generator=self.history_generator).to(frames.device, frames.dtype)
+        return interpolate(frames, noise, torch.full(frames.shape[:-3], t, device=frames.device))
 
     @torch.no_grad()
     def step(self, action: torch.Tensor | int) -> torch.Tensor:
@@ -146,7 +168,7 @@ class Streamer:
         ctx = model.frame_context(stream, a, x_T=noise)
         if guidance is not None and guidance.context_noise > 0:
             base = ctx if neg_ctx is None else neg_ctx
-            neg_ctx = model.corrupt_context(base, guidance.context_noise, self.generator)
+            neg_ctx = model.corrupt_context(base, guidance.context_noise, self.guidance_generator)
 
         def velocity(x, t):
             v = model.frame_velocity(stream, ctx, x, t, a)
@@ -160,7 +182,7 @@ class Streamer:
             index = self.frames_generated
             step_callback = lambda info: self.callback({"frame": index, **info})  # noqa: E731
         frame = euler_sample(velocity, noise, self.schedule, step_callback)
-        model.commit(stream, frame, a)
+        model.commit(stream, self._as_history(frame), a)
         self.frames_generated += 1
         return frame.view(self.batch, self.num_samples, *frame.shape[1:])
 
@@ -170,7 +192,7 @@ def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs
 
     actions: (B, C0 + H) for the C0 context frames and the H frames to generate (actions[:, i] produced
     frame i). Other keyword arguments as for `Streamer` (steps, shift, guidance, num_samples, seed, window,
-    callback, surgery); the window defaults to the whole rollout."""
+    callback, surgery, history_noise); the window defaults to the whole rollout."""
     context_frames = _checked_frames(model, context_frames, "context_frames")
     b, c0 = context_frames.shape[:2]
     if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:

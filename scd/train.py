@@ -1,5 +1,6 @@
-"""One training loop for both models: flow matching with teacher forcing, AdamW, warm-up, EMA, bf16 autocast,
-gradient clipping, atomic checkpoints and exact resumption."""
+"""One training loop for both models: an objective (objectives.py: flow matching with teacher forcing, or rollout
+training), AdamW, warm-up and optional cosine decay, EMA, bf16 autocast, gradient clipping, atomic checkpoints and
+exact resumption."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from .checkpoint import (
 )
 from .config import ModelConfig
 from .fileio import atomic_write_text
-from .flow import FlowConfig, flow_matching_loss
+from .flow import FlowConfig
 from .models import Surgery, WorldModel, build_model
+from .objectives import FlowMatching, RolloutTraining
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
 
@@ -36,7 +38,8 @@ class TrainConfig:
     batch: int = 8
     clip_len: int = 8
     lr: float = 3e-4
-    warmup: int = 100  # linear warm-up steps, then constant
+    warmup: int = 100  # linear warm-up steps, then constant (lr_min None) or cosine decay to lr_min at `steps`
+    lr_min: float | None = None
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -48,6 +51,10 @@ class TrainConfig:
     seed: int = 0
     flow: FlowConfig = field(default_factory=FlowConfig)
     surgery: Surgery | None = None  # fine-tune a Causal DiT under a skip-layer schedule / frame-diagonal last blocks
+    # Rollout training (objectives.RolloutTraining) when > 0: history sampled by the model with this many Euler
+    # steps after `rollout_context` recorded frames; 0 = teacher forcing (objectives.FlowMatching).
+    rollout_steps: int = 0
+    rollout_context: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -63,6 +70,15 @@ class TrainConfig:
         ]
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if self.lr_min is not None and not 0 <= self.lr_min <= self.lr:
+            problems.append(f"lr_min must be in [0, lr={self.lr}], got {self.lr_min}")
+        if self.rollout_steps < 0 or self.rollout_context < 1:
+            problems.append(f"rollout_steps must be >= 0 and rollout_context >= 1, got {self.rollout_steps}, "
+                            f"{self.rollout_context}")
+        elif self.rollout_steps and self.rollout_context >= self.clip_len:
+            problems.append(f"rollout_context ({self.rollout_context}) must be shorter than clip_len ({self.clip_len})")
+        if self.rollout_steps and self.surgery is not None:
+            problems.append("rollout training does not combine with a surgery")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if problems:
@@ -70,6 +86,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def objective(self):
+        """The training objective these options describe."""
+        if self.rollout_steps:
+            return RolloutTraining(self.flow, self.rollout_steps, self.rollout_context)
+        return FlowMatching(self.flow, self.surgery)
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of lr after `step` optimiser steps: linear warm-up, then constant or cosine decay to lr_min."""
+        warm = max(self.warmup, 1)
+        if step + 1 < warm or self.lr_min is None:
+            return min(1.0, (step + 1) / warm)
+        progress = min(1.0, (step + 1 - warm) / max(1, self.steps - warm))
+        floor = self.lr_min / self.lr
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _checkpoint_name(step: int) -> str:
@@ -79,7 +110,8 @@ def _checkpoint_name(step: int) -> str:
 class Trainer:
     """Trains `model` on a clip dataset whose items are (frames (F, C, H, W) in [-1, 1], actions (F,))."""
 
-    def __init__(self, model: WorldModel, dataset, out_dir, cfg: TrainConfig, data_info: dict | None = None):
+    def __init__(self, model: WorldModel, dataset, out_dir, cfg: TrainConfig, data_info: dict | None = None,
+                 objective=None):
         if len(dataset) == 0:
             raise ValueError("the training dataset has no clips")
         frames, actions = dataset[0]
@@ -94,14 +126,14 @@ class Trainer:
                 f"the dataset has {data_actions} actions but the model knows {model.config.num_actions}"
             )
         self.model, self.dataset, self.cfg = model, dataset, cfg
+        self.objective = objective or cfg.objective()  # objective(model, frames, actions) -> loss
         self.out_dir = Path(out_dir)
         self.data_info = data_info or {}
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        warm = max(cfg.warmup, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_factor)
         self.data_rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
 
@@ -201,7 +233,7 @@ class Trainer:
         frames, actions = self.next_batch()
         self.model.train()
         with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            loss = flow_matching_loss(self.model, frames, actions, self.cfg.flow, self.cfg.surgery)
+            loss = self.objective(self.model, frames, actions)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}; lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)

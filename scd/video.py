@@ -71,3 +71,34 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
     else:
         raise ValueError(f"unsupported video format {path.suffix!r}: use .mp4 or .gif")
     return path
+
+
+def contact_sheet(blocks: list[tuple[str, dict[str, np.ndarray]]], columns: list[str], scale: int = 2,
+                  gap: int = 6, label_width: int = 130) -> np.ndarray:
+    """A still comparison of rollouts: blocks [(title, {row label: frames (K, H, W, 3) uint8})], K = len(columns)
+    -> one uint8 image (H', W', 3): a header naming the columns (e.g. prediction horizons), then each block's
+    rows (e.g. real, model, baseline) with its title above them."""
+    from PIL import Image, ImageDraw
+
+    first = next(iter(blocks[0][1].values()))
+    h, w = first.shape[1] * scale, first.shape[2] * scale
+    width = label_width + len(columns) * (w + 2)
+    rows_total = sum(len(rows) for _, rows in blocks)
+    height = 16 + len(blocks) * (16 + gap) + rows_total * (h + 2)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, name in enumerate(columns):
+        draw.text((label_width + k * (w + 2) + 3, 2), name, fill=(0, 0, 0))
+    y = 16
+    for title, rows in blocks:
+        y += gap
+        draw.text((3, y + 2), title, fill=(0, 0, 160))
+        y += 16
+        for label, frames in rows.items():
+            if frames.shape[0] != len(columns):
+                raise ValueError(f"row {label!r} has {frames.shape[0]} frames for {len(columns)} columns")
+            draw.text((3, y + h // 2 - 6), label, fill=(0, 0, 0))
+            for k, frame in enumerate(upscale(frames, scale)):
+                sheet.paste(Image.fromarray(frame), (label_width + k * (w + 2), y))
+            y += h + 2
+    return np.asarray(sheet)

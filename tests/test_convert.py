@@ -62,8 +62,8 @@ def test_noisy_current_encoder_sees_exactly_what_the_causal_dit_saw():
     seen = {}
     handle = dit.blocks[2].register_forward_hook(lambda m, args, out: seen.update(h=out))
     with torch.no_grad():
-        dit.velocity(x_enc, t_enc, frames, actions)
-        c = scd.encode(frames, actions, x_enc, t_enc)
+        dit.velocity(x_enc, t_enc, dit.training_context(frames, actions), actions)
+        c = scd.encode(frames, actions, x_enc=x_enc, t_enc=t_enc)
     handle.remove()
     expected = F.layer_norm(seen["h"][:, 3:], (32,), eps=1e-6)  # the F noisy groups of [clean 0..2 ; noisy 0..3]
     torch.testing.assert_close(c, expected, atol=1e-5, rtol=1e-5)

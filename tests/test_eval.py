@@ -64,8 +64,9 @@ def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpt
 
     report = json.loads((out / "metrics.json").read_text())
     assert report["episodes"] == [0, 1] and report["settings"]["horizon"] == 5
-    assert [m["label"] for m in report["models"]] == ["scd", "dit"]
-    for m in report["models"]:
+    assert [m["label"] for m in report["models"]] == ["scd", "dit", "copy-last-frame", "context-mean"]
+    assert [m["arch"] for m in report["models"]][2:] == ["baseline", "baseline"]
+    for m in report["models"][:2]:
         s, curves = m["summary"], m["curves"]
         assert all(len(curves[k][w]) == 5 for k in ("psnr", "ssim", "lpips") for w in ("best", "mean"))
         assert s["psnr"]["best"] >= s["psnr"]["mean"] and s["ssim"]["best"] >= s["ssim"]["mean"]
@@ -80,10 +81,41 @@ def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpt
     assert psnr.shape == (2, 3, 5)
     assert np.isclose(psnr.mean(axis=2).max(axis=1).mean(), report["models"][0]["summary"]["psnr"]["best"])
 
+    # Drift measures and window means for every row; the baselines are scored on the same clips.
+    for m in report["models"]:
+        assert all(len(m["curves"][k]["mean"]) == 5 for k in ("color_hist", "sharpness"))
+        assert list(m["windows"]) == ["1-5"] and 0 <= m["windows"]["1-5"]["color_hist"] <= 1
+    from scd.data.store import VideoStore, frames_to_model
+    from scd.metrics import color_histogram_distance, psnr as psnr_fn
+
+    frames = frames_to_model(VideoStore(crafter).episode(0)[0][:8])  # context 0-2, target 3-7
+    last = frames[2:3].expand(5, -1, -1, -1)[None]
+    copy = report["models"][2]
+    assert np.allclose(copy["per_video"][0]["psnr"]["mean"], psnr_fn(last, frames[None, 3:8]).mean().item())
+    assert np.allclose(copy["curves"]["color_hist"]["mean"][0],
+                       np.mean([color_histogram_distance(frames_to_model(VideoStore(crafter).episode(e)[0][2:3])[None],
+                                                         frames_to_model(VideoStore(crafter).episode(e)[0][3:4])[None]).item()
+                                for e in (0, 1)]))
+    mean_row = report["models"][3]
+    assert mean_row["per_video"][0]["psnr"]["mean"] == pytest.approx(
+        psnr_fn(frames[:3].mean(0).expand(5, -1, -1, -1)[None], frames[None, 3:8]).mean().item(), rel=1e-5)
+
     md = (out / "metrics.md").read_text()
-    assert "PSNR best-of-3" in md and "by prediction horizon" in md and md.count("| scd |") == 4
+    assert "PSNR best-of-3" in md and "by prediction horizon" in md and md.count("| scd |") == 7
+    assert md.count("| copy-last-frame |") == 7 and "Window means" in md
     with Image.open(out / "metrics.png") as png:
         assert png.size[0] > 1000 and png.size[1] > 300
+    # Contact sheet: per video the rows real, scd, dit and the two baselines at horizons +1 +2 +4 +5, 2x scaled.
+    with Image.open(out / "contact_sheet.png") as png:
+        sheet = np.asarray(png.convert("RGB"))
+    assert sheet.shape == (16 + 2 * (16 + 6) + 10 * (128 + 2), 130 + 4 * (128 + 2), 3)
+    recorded = VideoStore(crafter).episode(0)[0]
+    top = 16 + 6 + 16
+    for k, h in enumerate((1, 2, 4, 5)):  # the real row shows recorded frame context + h - 1
+        tile = sheet[top : top + 128 : 2, 130 + k * 130 : 130 + k * 130 + 128 : 2]
+        assert np.array_equal(tile, recorded[3 + h - 1])
+    copy_row = top + 3 * 130  # the copy-last-frame row shows the last context frame at every horizon
+    assert np.array_equal(sheet[copy_row : copy_row + 128 : 2, 130 + 3 * 130 : 130 + 3 * 130 + 128 : 2], recorded[2])
 
 
 def test_rerun_skips_finished_videos_and_refuses_other_settings(crafter, ckpts, tmp_path, monkeypatch):
@@ -127,7 +159,8 @@ def test_fvd_compares_recorded_clips_with_every_trajectory_context_included(craf
     report = evaluate([ckpts["scd"], ckpts["dit"]], crafter, tmp_path / "eval", settings, progress=False)
     assert len(calls) == 4
     # Per episode: the recorded clip once (shared by both models), then each model's 2 trajectories.
-    assert [tuple(v.shape[:2]) for v in seen] == [(1, 9), (2, 9), (2, 9)] * 2
+    # ... and each baseline's single deterministic "trajectory".
+    assert [tuple(v.shape[:2]) for v in seen] == [(1, 9), (2, 9), (2, 9), (1, 9), (1, 9)] * 2
     real, fake = seen[0], seen[1]
     torch.testing.assert_close(fake[:, :4], real[:, :4].expand(2, -1, -1, -1, -1))  # the given context
     records = [json.loads((tmp_path / "eval" / "videos" / "scd" / f"episode_{e:04d}.json").read_text())

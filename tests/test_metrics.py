@@ -423,3 +423,29 @@ def test_weight_cache_roundtrip_and_corruption(monkeypatch, tmp_path):
         third = _weights.load_weights(_weights.LPIPS_ALEX)
     for k in direct:
         np.testing.assert_array_equal(direct[k], third[k])
+
+
+def test_color_histogram_distance_is_the_share_of_pixels_whose_colour_moved():
+    from scd.metrics import color_histogram_distance
+
+    black = -torch.ones(1, 1, 3, 16, 16)
+    half = black.clone()
+    half[..., :, 8:] = 1.0  # right half white
+    green = black.clone()
+    green[:, :, 1] = 0.2
+    assert color_histogram_distance(black, black).item() == 0.0
+    assert color_histogram_distance(half, black).item() == pytest.approx(0.5)
+    assert color_histogram_distance(green, black).item() == pytest.approx(1.0)
+    moved = torch.roll(half, 5, dims=-1)  # same colours elsewhere: no drift in colour
+    assert color_histogram_distance(moved, half).item() == 0.0
+
+
+def test_sharpness_is_zero_on_flat_frames_and_falls_with_blur():
+    from scd.metrics import sharpness
+
+    assert sharpness(torch.zeros(1, 1, 3, 8, 8)).item() == 0.0
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2.0 - 1  # (16, 16) in {-1, 1}
+    video = checker.expand(1, 1, 3, 16, 16)
+    assert sharpness(video).item() == pytest.approx(4.0)  # |4 * 1 - 0| or |0 - 4| on [0, 1] luminance
+    blurred = torch.nn.functional.avg_pool2d(video[0], 3, stride=1, padding=1)[None]
+    assert sharpness(blurred) < sharpness(video)

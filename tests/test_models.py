@@ -48,13 +48,13 @@ def uncached_rollout(model, context, actions, steps, seed):
             if isinstance(model, SCD) and model.encoder_reads_noisy_frame:
                 # c_i reads frames < i and the frame's starting noise at t = 1 (supp. E.1 at inference)
                 x_enc = torch.cat([frames, noise[:, None]], dim=1)
-                c = model.encode(seq, a, x_enc, torch.ones(b, i + 1))[:, i]
+                c = model.encode(seq, a, x_enc=x_enc, t_enc=torch.ones(b, i + 1))[:, i]
                 v = model.decode(x, t, c, a[:, i])
             elif isinstance(model, SCD):
                 c = model.encode(seq, a)[:, i]  # c_i depends only on frames < i
                 v = model.decode(x, t, c, a[:, i])
             else:
-                v = model.velocity(seq, t_seq, seq, a)[:, i]
+                v = model.velocity(seq, t_seq, model.training_context(seq, a), a)[:, i]
             x = x + (schedule[s + 1] - schedule[s]) * v
         frames = torch.cat([frames, x[:, None]], dim=1)
         out.append(x)
@@ -101,7 +101,7 @@ def test_changing_frame_j_never_changes_earlier_outputs(arch):
     def outputs(frames, x_t, actions):
         if isinstance(model, SCD):
             return model.encode(frames, actions)  # c_i = E(x_<i, a_<=i)
-        return model.velocity(x_t, t, frames, actions)
+        return model.velocity(x_t, t, model.training_context(frames, actions), actions)
 
     base = outputs(frames, x_t, actions)
     frames2, x_t2, actions2 = frames.clone(), x_t.clone(), actions.clone()
@@ -294,3 +294,129 @@ def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():
         streamer.step(model.null_action)
     with pytest.raises(ValueError, match="prefill needs at least one frame"):
         model.prefill(model.new_stream(1, 4), frames[:, :0], actions[:, :0])
+
+
+def noisy_history_rollout(model, context, actions, steps, seed):
+    """Algorithm 2 by full recomputation with history noise: every history frame (context and generated) is
+    corrupted to the model's history_noise flow time with the rollout's history stream, and read at that time."""
+    from scd.sampling import HISTORY_NOISE, _generator
+
+    frame_gen, history_gen = torch.Generator().manual_seed(seed), _generator(seed, HISTORY_NOISE)
+    tau = model.config.history_noise
+    schedule = flow_schedule(steps)
+    b, c0 = context.shape[:2]
+
+    def as_history(x):
+        return interpolate(x, torch.randn(x.shape, generator=history_gen), torch.full(x.shape[:-3], tau))
+
+    history = as_history(context) if c0 else context
+    out = []
+    for i in range(c0, actions.shape[1]):
+        x = torch.randn((b, *FRAME), generator=frame_gen)
+        a = actions[:, : i + 1]
+        for s in range(steps):
+            t = schedule[s].expand(b)
+            seq = torch.cat([history, x[:, None]], dim=1)
+            history_t = torch.full((b, i + 1), tau)
+            if isinstance(model, SCD):
+                v = model.decode(x, t, model.encode(seq, a, history_t)[:, i], a[:, i])
+            else:
+                t_seq = history_t.clone()
+                t_seq[:, i] = t
+                v = model.velocity(seq, t_seq, model.training_context(seq, a, history_t), a)[:, i]
+            x = x + (schedule[s + 1] - schedule[s]) * v
+        history = torch.cat([history, as_history(x[:, None])], dim=1)
+        out.append(x)
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("c0", [0, 2])
+def test_x_prediction_with_history_noise_streams_like_training(arch, c0):
+    model = tiny(arch, prediction="x", history_noise=0.2)
+    frames, actions = clip(f=5)
+    cached = generate(model, frames[:, :c0], actions, steps=3, seed=11)[:, 0]
+    reference = noisy_history_rollout(model, frames[:, :c0], actions, steps=3, seed=11)
+    torch.testing.assert_close(cached, reference, atol=3e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_history_noise_level_reaches_the_network(arch):
+    """The flow time of the history frames is conditioning: the same frames read at another level give other
+    outputs (training path and stream)."""
+    model = tiny(arch)
+    frames, actions = clip(f=4)
+    t = torch.rand(2, 4)
+    x_t = interpolate(frames, torch.randn_like(frames), t)
+    clean = model.velocity(x_t, t, model.training_context(frames, actions), actions)
+    noisy = model.velocity(x_t, t, model.training_context(frames, actions, torch.full((2, 4), 0.3)), actions)
+    torch.testing.assert_close(clean[:, 0], noisy[:, 0])  # frame 0 has no history
+    assert (clean[:, 1:] - noisy[:, 1:]).abs().max() > 1e-4
+    streamed = [generate(tiny(arch, history_noise=h), frames[:, :2], actions, steps=2, seed=0) for h in (0.0, 0.3)]
+    assert (streamed[0] - streamed[1]).abs().max() > 1e-4
+
+
+def test_clean_prediction_turns_the_clean_frame_into_the_true_velocity():
+    from scd.flow import CleanPrediction, VelocityPrediction
+
+    x, eps = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0.05, 0.3, 0.7, 1.0])
+    x_t = interpolate(x, eps, t)
+    torch.testing.assert_close(CleanPrediction().to_velocity(x, x_t, t), eps - x)
+    assert VelocityPrediction().to_velocity(eps - x, x_t, t) is not None
+    # Near t = 0 the division is clamped (finite), and an Euler step from t to 0 lands exactly on x_hat.
+    tiny_t = torch.full((4,), 1e-6)
+    v = CleanPrediction(t_min=0.05).to_velocity(x, interpolate(x, eps, tiny_t), tiny_t)
+    assert torch.isfinite(v).all() and v.abs().max() < 1e-3  # (x_t - x) / 0.05 with x_t ~ x
+    step = torch.full((4,), 0.2)
+    x_step = interpolate(x, eps, step)
+    landed = x_step - 0.2 * CleanPrediction().to_velocity(x, x_step, step)
+    torch.testing.assert_close(landed, x)
+
+
+def test_guidance_noise_has_its_own_stream_so_guided_runs_are_paired():
+    """A guided and an unguided rollout with one seed start every frame from the same noise."""
+    model = tiny("scd")
+    frames, actions = clip(f=5)
+    starts = {}
+    for name, guidance in (("plain", None), ("guided", Guidance(1.5, context_noise=0.3))):
+        seen = []
+        generate(model, frames[:, :2], actions, steps=2, seed=5, guidance=guidance,
+                 callback=lambda info: seen.append(info["x"].clone()) if info["step"] == 0 else None)
+        starts[name] = torch.stack(seen)
+    assert starts["plain"].shape[0] == 3
+    torch.testing.assert_close(starts["plain"], starts["guided"], atol=0, rtol=0)
+
+
+def test_seq_offset_places_the_context_one_frame_earlier_in_rope_time():
+    """seq_offset and seq_same differ only in the RoPE frame coordinate of the c_i tokens (one frame before the
+    noisy frame vs the same frame): with the same weights their decoders must disagree."""
+    offset = tiny("scd", fusion="seq_offset")
+    same = tiny("scd", fusion="seq_same")
+    same.load_state_dict(offset.state_dict())
+    frames, actions = clip(f=3)
+    c = offset.encode(frames, actions)
+    t = torch.full((2, 3), 0.5)
+    x_t = interpolate(frames, torch.randn_like(frames), t)
+    assert (offset.velocity(x_t, t, c, actions) - same.velocity(x_t, t, c, actions)).abs().max() > 1e-4
+    assert offset.decoder.context_frame == same.decoder.context_frame - 1  # RoPE is relative: the gap is 1 frame
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_history_time_of_frame_j_reaches_only_later_frames(arch):
+    """Frame j's history flow time is how frame j is read as the past: it changes outputs for frames > j only."""
+    model = tiny(arch)
+    frames, actions = clip(f=5)
+    t = torch.full((2, 5), 0.5)
+    x_t = interpolate(frames, torch.randn_like(frames), t)
+    history_t = torch.full((2, 5), 0.1)
+    j = 2
+    changed_t = history_t.clone()
+    changed_t[:, j] = 0.4
+
+    def outputs(h):
+        return model.velocity(x_t, t, model.training_context(frames, actions, h), actions)
+
+    base, changed = outputs(history_t), outputs(changed_t)
+    torch.testing.assert_close(changed[:, : j + 1], base[:, : j + 1], atol=1e-6, rtol=0)
+    assert (changed[:, j + 1] - base[:, j + 1]).abs().max() > 1e-4

@@ -176,7 +176,7 @@ def uncached_rollout(model, context, actions, surgery):
             seq = torch.cat([frames, x[:, None]], dim=1)
             t_seq = torch.zeros(b, i + 1)
             t_seq[:, i] = schedule[s]
-            v = model.velocity(seq, t_seq, seq, actions[:, : i + 1], surgery=surgery)[:, i]
+            v = model.velocity(seq, t_seq, model.training_context(seq, actions[:, : i + 1]), actions[:, : i + 1], surgery=surgery)[:, i]
             x = x + (schedule[s + 1] - schedule[s]) * v
         frames = torch.cat([frames, x[:, None]], dim=1)
         out.append(x)
@@ -206,11 +206,11 @@ def test_frame_diagonal_blocks_cut_the_past():
     changed = frames.clone()
     changed[:, :3] = -changed[:, :3]
     everything = Surgery(diagonal_last=4)  # no block reads another frame: the history cannot matter
-    v = model.velocity(x_t, t, frames, actions, surgery=everything)
-    torch.testing.assert_close(model.velocity(x_t, t, changed, actions, surgery=everything)[:, 3], v[:, 3])
+    v = model.velocity(x_t, t, model.training_context(frames, actions), actions, surgery=everything)
+    torch.testing.assert_close(model.velocity(x_t, t, model.training_context(changed, actions), actions, surgery=everything)[:, 3], v[:, 3])
     last_two = Surgery(diagonal_last=2)
-    assert not torch.allclose(model.velocity(x_t, t, changed, actions, surgery=last_two)[:, 3],
-                              model.velocity(x_t, t, frames, actions, surgery=last_two)[:, 3])
+    assert not torch.allclose(model.velocity(x_t, t, model.training_context(changed, actions), actions, surgery=last_two)[:, 3],
+                              model.velocity(x_t, t, model.training_context(frames, actions), actions, surgery=last_two)[:, 3])
 
 
 def test_surgeries_train_through_the_loss_and_the_trainer(tmp_path):

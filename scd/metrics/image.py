@@ -1,4 +1,4 @@
-"""Per-frame pixel metrics: PSNR and SSIM.
+"""Per-frame pixel metrics: PSNR and SSIM, and two drift measures (colour-histogram distance, sharpness).
 
 Both take videos in [-1, 1] of shape (B, T, 3, H, W), map them to [0, 1] and score every frame
 separately with data range 1, returning a (B, T) tensor, so that callers can aggregate over
@@ -12,7 +12,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ._checks import check_pair, check_video, clamp_unit_range
 
-__all__ = ["psnr", "ssim"]
+__all__ = ["psnr", "ssim", "color_histogram_distance", "sharpness"]
 
 SSIM_KERNEL = 11  # Gaussian window size (sigma 1.5), as in Wang et al. 2004 and torchmetrics' default
 
@@ -63,3 +63,45 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred.reshape(b * t, c, h, w), target.reshape(b * t, c, h, w), data_range=1.0, reduction="none"
     )
     return values.reshape(b, t)
+
+
+@torch.no_grad()
+def color_histogram_distance(pred: torch.Tensor, target: torch.Tensor, bins: int = 8) -> torch.Tensor:
+    """Total-variation distance between the joint RGB histograms of each frame pair: how far a frame's colours
+    (grass, water, sand, darkness, ...) have drifted from the real frame's, whatever their positions.
+
+    Args:
+        pred, target: videos (B, T, 3, H, W), float in [-1, 1].
+        bins: levels per channel (bins**3 colour cells).
+    Returns:
+        (B, T) in [0, 1]: 0 for the same colour distribution, 1 for disjoint colours.
+    """
+    pred, target = _to_unit(pred, target)
+
+    def histogram(x: torch.Tensor) -> torch.Tensor:  # (B, T, 3, H, W) in [0, 1] -> (B, T, bins**3) summing to 1
+        q = (x * bins).long().clamp(0, bins - 1)
+        cell = (q[:, :, 0] * bins + q[:, :, 1]) * bins + q[:, :, 2]  # (B, T, H, W)
+        flat = cell.flatten(2)
+        counts = torch.zeros(*flat.shape[:2], bins**3, dtype=x.dtype, device=x.device)
+        counts.scatter_add_(2, flat, torch.ones_like(flat, dtype=x.dtype))
+        return counts / flat.shape[2]
+
+    return 0.5 * (histogram(pred) - histogram(target)).abs().sum(dim=2)
+
+
+@torch.no_grad()
+def sharpness(video: torch.Tensor) -> torch.Tensor:
+    """Mean absolute Laplacian of each frame's luminance on [0, 1] (a blur measure: lower is blurrier; speckle
+    noise raises it). Compare a generated frame with its real one as a ratio: < 1 blurrier, > 1 noisier.
+
+    Args:
+        video: (B, T, 3, H, W), float in [-1, 1].
+    Returns:
+        (B, T) non-negative.
+    """
+    check_video(video, "video")
+    x = (clamp_unit_range(video, "video").to(torch.promote_types(video.dtype, torch.float32)) + 1) / 2
+    luma = 0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2]  # (B, T, H, W)
+    lap = (4 * luma[..., 1:-1, 1:-1] - luma[..., :-2, 1:-1] - luma[..., 2:, 1:-1]
+           - luma[..., 1:-1, :-2] - luma[..., 1:-1, 2:])
+    return lap.abs().mean(dim=(2, 3))

@@ -1,0 +1,58 @@
+"""Training objectives: what one step optimises, given a batch of clips. The trainer calls `objective(model,
+frames, actions) -> loss`; a new objective (distillation, another rollout scheme) is one more small class here.
+
+- `FlowMatching`: teacher forcing (Algorithm 1): every frame is denoised from the recorded history.
+- `RolloutTraining`: the history is the model's own few-step samples (the paper's rollout training, as in Self
+  Forcing), so the model learns to recover from its own errors (exposure bias); the targets stay the recorded
+  frames and no gradient flows through the sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .flow import FlowConfig, flow_matching_loss
+from .sampling import generate
+
+
+@dataclass(frozen=True)
+class FlowMatching:
+    flow: FlowConfig = FlowConfig()
+    surgery: object | None = None  # models.Surgery: train a Causal DiT under a skip schedule / diagonal blocks
+
+    def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return flow_matching_loss(model, frames, actions, self.flow, self.surgery)
+
+
+@dataclass(frozen=True)
+class RolloutTraining:
+    """History = `context` recorded frames followed by the model's own frames, each sampled with `steps` Euler
+    steps from the history before it (a streamed rollout driven by the recorded actions; no gradient). The loss
+    is the flow-matching loss of the recorded frames given that history.
+
+    Cost per training step: one streamed rollout of F - context frames (SCD: one encoder pass + `steps` decoder
+    passes per frame; Causal DiT: `steps` + 1 passes of the whole model per frame) on top of the usual step."""
+
+    flow: FlowConfig = FlowConfig()
+    steps: int = 2
+    context: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.context < 1:
+            raise ValueError(f"rollout training needs steps >= 1 and context >= 1, got {self.steps}, {self.context}")
+
+    def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        f = frames.shape[1]
+        if f <= self.context:
+            raise ValueError(f"rollout training with {self.context} context frames needs clips longer than that, "
+                             f"got {f} frames")
+        seed = int(torch.randint(2**62, ()))  # from the global stream: a resumed run draws the same rollouts
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            own = generate(model, frames[:, : self.context], actions, steps=self.steps, seed=seed, window=f)
+        model.train(was_training)
+        history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
+        return flow_matching_loss(model, frames, actions, self.flow, history=history)

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Mutation check: apply bugs that would matter to a copy of the package, one at a time, and report which ones
+the test suite does not catch ("survivors"). Run it before you stop and record the survivors.
+
+    python scripts/mutate.py              # every mutation, each against the test files it names
+    python scripts/mutate.py --list       # the mutations, without running anything
+    python scripts/mutate.py mask ema     # only mutations whose name contains one of these words
+
+Each mutation replaces one exact snippet (it must occur exactly once, so a refactor that moves the code makes
+the script fail loudly rather than test nothing) in a fresh copy of scd/ and runs pytest on that copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str  # relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # test files (or node ids) that should catch it
+
+
+MUTATIONS = [
+    Mutation("teacher-forcing mask sees its own clean target", "scd/nn.py",
+             "frame_pos[None, :] < frame_pos[:, None]", "frame_pos[None, :] <= frame_pos[:, None]",
+             ("tests/test_models.py",)),
+    Mutation("seq_offset RoPE offset equals seq_same", "scd/models.py",
+             'self.context_frame = 0.0 if self.fusion == "seq_offset" else 1.0', "self.context_frame = 1.0",
+             ("tests/test_models.py",)),
+    Mutation("EMA update replaced by a copy", "scd/train.py",
+             "e.lerp_(p, 1 - decay)", "e.copy_(p)", ("tests/test_train.py",)),
+    Mutation("KV-cache eviction keeps the wrong frames", "scd/nn.py",
+             "self.k[:, :, :, :keep] = self.k[:, :, :, drop : self.length].clone()",
+             "self.k[:, :, :, :keep] = self.k[:, :, :, :keep].clone()", ("tests/test_models.py",)),
+    Mutation("x-prediction velocity sign", "scd/flow.py",
+             "return (x_t - out.to(x_t.dtype)) / t", "return (out.to(x_t.dtype) - x_t) / t",
+             ("tests/test_models.py",)),
+    Mutation("history flow times shifted by one frame in training", "scd/models.py",
+             "t = torch.cat([torch.zeros(b, 1, device=frames.device), _history_t(frames, history_t)[:, :-1]], dim=1)",
+             "t = torch.cat([torch.zeros(b, 1, device=frames.device), _history_t(frames, history_t)[:, 1:]], dim=1)",
+             ("tests/test_models.py",)),
+    Mutation("teacher forcing ignores the history flow times", "scd/models.py",
+             "t_all = torch.cat([_history_t(frames, history_t)[:, :-1], t], dim=1)",
+             "t_all = torch.cat([torch.zeros_like(t[:, :-1]), t], dim=1)", ("tests/test_models.py",)),
+    Mutation("start slot read at the history flow time", "scd/models.py",
+             "t[:, :start] = 0.0  # the start token slot is clean", "pass", ("tests/test_models.py",)),
+    Mutation("finished frames committed without history noise", "scd/sampling.py",
+             "model.commit(stream, self._as_history(frame), a)", "model.commit(stream, frame, a)",
+             ("tests/test_models.py",)),
+    Mutation("guidance noise drawn from the frame-noise stream", "scd/sampling.py",
+             "guidance.context_noise, self.guidance_generator)", "guidance.context_noise, self.generator)",
+             ("tests/test_models.py",)),
+    Mutation("rollout training reads the recorded frames", "scd/objectives.py",
+             "own[:, 0].to(frames.dtype)", "frames[:, self.context :]", ("tests/test_train.py",)),
+    Mutation("cosine decay stops half way", "scd/train.py",
+             "math.cos(math.pi * progress)", "math.cos(math.pi * progress / 2)", ("tests/test_train.py",)),
+    Mutation("copy-last baseline copies the first context frame", "scd/baselines.py",
+             "context[-1:].expand", "context[:1].expand", ("tests/test_eval.py",)),
+    Mutation("colour-histogram distance without the one-half", "scd/metrics/image.py",
+             "return 0.5 * (histogram(pred) - histogram(target)).abs().sum(dim=2)",
+             "return (histogram(pred) - histogram(target)).abs().sum(dim=2)", ("tests/test_metrics.py",
+                                                                                 "tests/test_eval.py")),
+]
+
+
+def run(mutation: Mutation, python: str) -> tuple[bool, float]:
+    """Apply `mutation` to a fresh copy and run its tests; True if the tests fail (the mutation is caught)."""
+    with tempfile.TemporaryDirectory(prefix="scd-mutant-") as tmp:
+        copy = Path(tmp)
+        for part in ("scd", "tests", "pyproject.toml"):
+            src = ROOT / part
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, copy / part)
+        target = copy / mutation.file
+        text = target.read_text()
+        if text.count(mutation.old) != 1:
+            raise SystemExit(f"mutation {mutation.name!r}: the snippet occurs {text.count(mutation.old)} times in "
+                             f"{mutation.file} (expected once); update scripts/mutate.py")
+        target.write_text(text.replace(mutation.old, mutation.new))
+        env = {**os.environ, "PYTHONPATH": str(copy)}
+        start = time.perf_counter()
+        result = subprocess.run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+                                cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return result.returncode != 0, time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("only", nargs="*", help="run only mutations whose name contains one of these words")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or any(w in m.name for w in args.only)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}  ({m.file}; tests: {', '.join(m.tests)})")
+        return 0
+    survivors = []
+    for m in chosen:
+        caught, seconds = run(m, sys.executable)
+        print(f"{'caught  ' if caught else 'SURVIVED'} {seconds:6.1f} s  {m.name}", flush=True)
+        if not caught:
+            survivors.append(m.name)
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutations caught; survivors: {survivors or 'none'}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
