@@ -156,7 +156,7 @@ def cmd_train(args) -> int:
 
 
 def add_train_parser(sub) -> None:
-    from .config import ModelConfig
+    from .config import PREDICTIONS, ModelConfig
     from .flow import FlowConfig
     from .train import TrainConfig
 
@@ -190,7 +190,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"],
                    help="SCD context fusion (default: the preset's)")
     add_option(p, "--prediction", ModelConfig, "prediction",
-               "network output: the velocity (the paper) or the clean frame (x-prediction)", choices=["velocity", "x"])
+               "network output: the velocity (the paper), the clean frame (x-prediction) or the clean frame's change "
+               "from the last history frame (starts as copy-last-frame)", choices=list(PREDICTIONS))
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
     p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",

@@ -1,8 +1,9 @@
 """Flow-matching objective (the paper's Algorithm 1, with the training tricks of its supplementary material).
 
 x_t = (1 - t) x + t eps, t in [0, 1] (t = 1 is pure noise); the sampler integrates the velocity u = eps - x.
-What the network itself outputs is its prediction target (`VelocityPrediction`, the paper's, or `CleanPrediction`,
-x-prediction); the model turns it into a velocity, so the loss and the sampler never depend on that choice.
+What the network itself outputs is its prediction target (`VelocityPrediction`, the paper's, `CleanPrediction`,
+x-prediction, or `ChangePrediction`, the change from the last history frame); the model turns it into a velocity,
+so the loss and the sampler never depend on that choice.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ TIMESTEP_DISTRIBUTIONS = ("logit_normal", "uniform")
 class VelocityPrediction:
     """The network outputs the velocity u = eps - x directly (the paper's parameterisation)."""
 
-    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    needs_anchor = False
+
+    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, anchor=None) -> torch.Tensor:
         return out
 
 
@@ -31,15 +34,34 @@ class CleanPrediction:
     and an Euler step from t to 0 lands exactly on x_hat."""
 
     t_min: float = 0.05
+    needs_anchor = False
 
-    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """out, x_t: (..., C, H, W); t: (...) -> velocity (..., C, H, W)."""
+    def clean_frame(self, out: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        return out
+
+    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, anchor=None) -> torch.Tensor:
+        """out, x_t, anchor: (..., C, H, W); t: (...) -> velocity (..., C, H, W)."""
         t = t.reshape(*t.shape, 1, 1, 1).clamp(min=self.t_min)
-        return (x_t - out.to(x_t.dtype)) / t
+        return (x_t - self.clean_frame(out.to(x_t.dtype), anchor)) / t
+
+
+@dataclass(frozen=True)
+class ChangePrediction(CleanPrediction):
+    """x-prediction of the change from the anchor, the latest clean history frame x_{i-1}: x_hat = x_{i-1} + out.
+    A network that outputs 0 copies the last frame (its zero-initialised head does, at step 0), so training starts
+    from the copy-last-frame baseline and learns what moves. The anchor is the frame before noise augmentation;
+    a frame with no history before it (frame 0 of a training clip) has none and carries no loss."""
+
+    needs_anchor = True
+
+    def clean_frame(self, out: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        if anchor is None:
+            raise ValueError("change prediction needs the anchor frame x_{i-1} (B, C, H, W)")
+        return anchor.to(out.dtype) + out
 
 
 # What a network outputs (ModelConfig.prediction names one): each turns the output into a velocity.
-PREDICTIONS = {"velocity": VelocityPrediction(), "x": CleanPrediction()}
+PREDICTIONS = {"velocity": VelocityPrediction(), "x": CleanPrediction(), "change": ChangePrediction()}
 
 
 @dataclass(frozen=True)
@@ -131,7 +153,9 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     pass; Causal DiT: the history frames) is computed once and reused for K noisy draws. `surgery`
     (models.Surgery, Causal DiT only) trains under a skip-layer schedule and/or frame-diagonal last blocks."""
     actions = drop_actions(actions, cfg.action_dropout, model.null_action)
-    history, history_t = corrupt_history(frames if history is None else history, cfg.history_noise)
+    history = frames if history is None else history
+    anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)  # x_{i-1}, before corruption
+    history, history_t = corrupt_history(history, cfg.history_noise)
     if model.encoder_reads_noisy_frame:  # supp. E.1: the encoder sees the current frame at a high flow time
         t_enc = cfg.encoder_t_min + (1 - cfg.encoder_t_min) * torch.rand(frames.shape[:2], device=frames.device)
         x_enc = interpolate(frames, torch.randn_like(frames), t_enc)
@@ -141,8 +165,11 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     if cfg.context_noise > 0:
         ctx = model.corrupt_context(ctx, cfg.context_noise)
     if cfg.K > 1:  # the K draws share one context pass: stack them along the batch
-        frames, actions, ctx = _repeat_batch((frames, actions, ctx), cfg.K)
+        frames, actions, ctx, anchor = _repeat_batch((frames, actions, ctx, anchor), cfg.K)
     t = sample_timesteps(frames.shape[:2], cfg, device=frames.device)
     noise = torch.randn_like(frames)
-    v = model.velocity(interpolate(frames, noise, t), t, ctx, actions, surgery=surgery)
-    return (v.float() - (noise - frames)).pow(2).mean()
+    v = model.velocity(interpolate(frames, noise, t), t, ctx, actions, surgery=surgery, anchor=anchor)
+    error = (v.float() - (noise - frames)).pow(2)  # (B, F, C, H, W)
+    if model.prediction.needs_anchor:  # frame 0 has no x_{i-1} to change from
+        error = error[:, 1:]
+    return error.mean()

@@ -19,8 +19,9 @@ Surgeries (`Surgery`, Causal DiT only) are explicit options: `velocity(..., surg
 Shapes: frames (B, F, C, H, W) in the model's data space (pixels in [-1, 1] or latents); actions (B, F) int;
 flow time t (B, F) in [0, 1] with t = 1 pure noise. actions[:, i] is the action that produced frame i.
 History frames are read at their own flow time history_t (B, F) (0 = clean; noise augmentation, see
-FlowConfig.history_noise); in a stream every history frame is read at `stream.history_t`. The network's output is
-turned into a velocity by `config.prediction` (flow.PREDICTIONS), so callers always get velocities.
+FlowConfig.history_noise); in a stream every history frame is read at `stream.history_t` (prefill and commit take
+clean frames and corrupt them). The network's output is turned into a velocity by `config.prediction`
+(flow.PREDICTIONS), so callers always get velocities.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .flow import PREDICTIONS
+from .flow import PREDICTIONS, interpolate
 from .sampling import flow_schedule
 from .nn import (
     Conditioning,
@@ -112,7 +113,16 @@ class Stream:
     num_frames: int = 0  # frames observed or generated so far = index of the next frame
     last_frame: torch.Tensor | None = None  # SCD: latest history frame (B, C, H, W), input of the next encoder slot
     surgery: Surgery | None = None  # Causal DiT: fixed for the whole rollout, as the cached K/V depend on it
-    history_t: float = 0.0  # flow time at which history frames are read (the caller corrupts them to it)
+    history_t: float = 0.0  # flow time at which history frames are read (prefill and commit corrupt them to it)
+    history_generator: torch.Generator | None = None  # CPU noise for that corruption (None: the global stream)
+    anchor: torch.Tensor | None = None  # latest history frame before corruption (B, C, H, W) (change prediction)
+
+    def as_history(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, ..., C, H, W) corrupted to the stream's history flow time (unchanged when it is 0)."""
+        if self.history_t == 0:
+            return frames
+        noise = torch.randn(frames.shape, generator=self.history_generator).to(frames.device, frames.dtype)
+        return interpolate(frames, noise, torch.full(frames.shape[:-3], self.history_t, device=frames.device))
 
 
 class History(NamedTuple):
@@ -296,21 +306,24 @@ class CausalDiT(WorldModel):
         self.check_actions(actions, frames.shape[:2])
         return History(frames, _history_t(frames, history_t))
 
-    def velocity(self, x_t, t, history: History, actions, surgery: Surgery | None = None) -> torch.Tensor:
+    def velocity(self, x_t, t, history: History, actions, surgery: Surgery | None = None, anchor=None) -> torch.Tensor:
         """Teacher forcing in one pass over the sequence [history x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups).
 
-        Noisy frame i attends to history frames < i and to itself, exactly what the KV cache gives at inference."""
+        Noisy frame i attends to history frames < i and to itself, exactly what the KV cache gives at inference.
+        anchor (B, F, C, H, W): x_{i-1} before corruption, for change prediction."""
         self.check_frames(x_t, "x_t")
         f = x_t.shape[1]
         layout = teacher_forcing_layout(history.frames, x_t, t, actions, history.t)
         h, cond = self._transformer(*layout, surgery=surgery)
         out = self.patchify.unpatchify(self.head(h[:, f - 1 :], cond[:, f - 1 :]))  # the F noisy groups
-        return self.prediction.to_velocity(out, x_t, t)
+        return self.prediction.to_velocity(out, x_t, t, anchor)
 
     # -- streaming -------------------------------------------------------------------------------------------
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         """Run history frames (B, n, C, H, W) at t = stream.history_t and write their K/V to the cache."""
         self._check_stream_input(stream, frames, actions)
+        stream.anchor = frames[:, -1]
+        frames = stream.as_history(frames)
         b, n = frames.shape[:2]
         n_tokens = n * self.config.tokens_per_frame
         stream.cache.reserve(n_tokens)
@@ -333,7 +346,7 @@ class CausalDiT(WorldModel):
         is_clean = torch.zeros(1, dtype=torch.bool, device=x_t.device)
         h, cond = self._transformer(x_t[:, None], t[:, None], action[:, None], frame_pos, is_clean, stream.cache,
                                     stream.surgery)
-        return self.prediction.to_velocity(self.patchify.unpatchify(self.head(h, cond))[:, 0], x_t, t)
+        return self.prediction.to_velocity(self.patchify.unpatchify(self.head(h, cond))[:, 0], x_t, t, stream.anchor)
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
         """One extra pass writes the finished frame's K/V as history (read at t = stream.history_t, as trained)."""
@@ -461,22 +474,25 @@ class SCD(WorldModel):
         c = self.encoder(self.encoder.embed(self.patchify(seq)), t_all, a_all, frame_pos, is_clean, self.rope)
         return c[:, f - 1 :]
 
-    def decode(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Velocity of noisy frames given their contexts: x_t (..., C, H, W), t and actions (...), c (..., P, D)."""
+    def decode(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, actions: torch.Tensor,
+               anchor=None) -> torch.Tensor:
+        """Velocity of noisy frames given their contexts: x_t (..., C, H, W), t and actions (...), c (..., P, D);
+        anchor (..., C, H, W): x_{i-1} before corruption, for change prediction."""
         lead = x_t.shape[:-3]
         out = self.decoder(
             self.patchify(x_t).flatten(0, -3), t.reshape(-1), c.flatten(0, -3), actions.reshape(-1), self.rope
         )
-        return self.prediction.to_velocity(self.patchify.unpatchify(out.reshape(*lead, *out.shape[-2:])), x_t, t)
+        out = self.patchify.unpatchify(out.reshape(*lead, *out.shape[-2:]))
+        return self.prediction.to_velocity(out, x_t, t, anchor)
 
     # -- training --------------------------------------------------------------------------------------------
     def training_context(self, frames: torch.Tensor, actions: torch.Tensor, history_t=None, x_enc=None, t_enc=None):
         return self.encode(frames, actions, history_t, x_enc, t_enc)
 
-    def velocity(self, x_t, t, c, actions, surgery: Surgery | None = None) -> torch.Tensor:
+    def velocity(self, x_t, t, c, actions, surgery: Surgery | None = None, anchor=None) -> torch.Tensor:
         self.check_surgery(surgery)
         self.check_frames(x_t, "x_t")
-        return self.decode(x_t, t, c, actions)
+        return self.decode(x_t, t, c, actions, anchor)
 
     def corrupt_context(self, c: torch.Tensor, eta: float, generator: torch.Generator | None = None):
         """c + eta * zeta with zeta ~ N(0, I) (context noise: training augmentation and guidance)."""
@@ -521,6 +537,8 @@ class SCD(WorldModel):
         """Encode known frames (B, n, C, H, W). previous_frame: slots for frames j..j+n-1, the last frame waits
         for its action; noisy_current: all n frames go to the cache as clean history."""
         self._check_stream_input(stream, frames, actions)
+        stream.anchor = frames[:, -1]
+        frames = stream.as_history(frames)
         if self.encoder_reads_noisy_frame:
             self._cache_clean_frames(stream, frames, actions)
         else:
@@ -544,16 +562,18 @@ class SCD(WorldModel):
         return self._encoder_step(stream, empty, action[:, None], commit)[:, 0]
 
     def frame_velocity(self, stream: Stream, c, x_t: torch.Tensor, t: torch.Tensor, action: torch.Tensor):
-        """One decoder step: x_t (B, C, H, W), t (B,), c (B, P, D) -> velocity (B, C, H, W). No history here."""
-        return self.decode(x_t, t, c, action)
+        """One decoder step: x_t (B, C, H, W), t (B,), c (B, P, D) -> velocity (B, C, H, W). No history here
+        (change prediction adds the last frame, stream.anchor, to the decoder's output)."""
+        return self.decode(x_t, t, c, action, stream.anchor)
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
         """previous_frame: the finished frame becomes the input of the next encoder slot (encoded once the next
         action is known). noisy_current: a clean encoder pass caches it now."""
+        stream.anchor = frame
         if self.encoder_reads_noisy_frame:
-            self._cache_clean_frames(stream, frame[:, None], action[:, None])
+            self._cache_clean_frames(stream, stream.as_history(frame[:, None]), action[:, None])
         else:
-            stream.last_frame = frame
+            stream.last_frame = stream.as_history(frame)
         stream.num_frames += 1
 
 

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .flow import interpolate, shift_time
+from .flow import shift_time
 
 
 def flow_schedule(steps: int, shift: float = 1.0, device=None) -> torch.Tensor:
@@ -120,6 +120,9 @@ class Streamer:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         n = b * num_samples
         self.stream = model.new_stream(n, window, surgery)
+        if c0 == 0 and model.prediction.needs_anchor:
+            raise ValueError("change prediction needs at least one context frame (it renders the change from the "
+                             "last one)")
         if c0 > window:
             raise ValueError(f"context of {c0} frames exceeds the history window of {window} frames")
         self.model, self.guidance, self.callback = model, guidance, callback
@@ -128,7 +131,7 @@ class Streamer:
         self.schedule = flow_schedule(steps, shift, device=self.device)
         self.generator = _generator(seed)
         self.guidance_generator = _generator(seed, GUIDANCE_NOISE)
-        self.history_generator = _generator(seed, HISTORY_NOISE)
+        self.stream.history_generator = _generator(seed, HISTORY_NOISE)
         self.null = torch.full((n,), model.null_action, device=self.device, dtype=torch.long)
         if history_noise is not None:
             if not 0 <= history_noise < 1:
@@ -139,17 +142,9 @@ class Streamer:
             with torch.no_grad():
                 model.prefill(
                     self.stream,
-                    self._as_history(context_frames.to(self.device).repeat_interleave(num_samples, dim=0)),
+                    context_frames.to(self.device).repeat_interleave(num_samples, dim=0),
                     context_actions.to(self.device).repeat_interleave(num_samples, dim=0),
                 )
-
-    def _as_history(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (B, ..., C, H, W) corrupted to the stream's history flow time (unchanged when it is 0)."""
-        t = self.stream.history_t
-        if t == 0:
-            return frames
-        noise = torch.randn(frames.shape, generator=self.history_generator).to(frames.device, frames.dtype)
-        return interpolate(frames, noise, torch.full(frames.shape[:-3], t, device=frames.device))
 
     @torch.no_grad()
     def step(self, action: torch.Tensor | int) -> torch.Tensor:
@@ -182,7 +177,7 @@ class Streamer:
             index = self.frames_generated
             step_callback = lambda info: self.callback({"frame": index, **info})  # noqa: E731
         frame = euler_sample(velocity, noise, self.schedule, step_callback)
-        model.commit(stream, self._as_history(frame), a)
+        model.commit(stream, frame, a)
         self.frames_generated += 1
         return frame.view(self.batch, self.num_samples, *frame.shape[1:])
 

@@ -298,7 +298,8 @@ def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():
 
 def noisy_history_rollout(model, context, actions, steps, seed):
     """Algorithm 2 by full recomputation with history noise: every history frame (context and generated) is
-    corrupted to the model's history_noise flow time with the rollout's history stream, and read at that time."""
+    corrupted to the model's history_noise flow time with the rollout's history stream, and read at that time;
+    change prediction adds its output to the previous frame before corruption."""
     from scd.sampling import HISTORY_NOISE, _generator
 
     frame_gen, history_gen = torch.Generator().manual_seed(seed), _generator(seed, HISTORY_NOISE)
@@ -310,6 +311,7 @@ def noisy_history_rollout(model, context, actions, steps, seed):
         return interpolate(x, torch.randn(x.shape, generator=history_gen), torch.full(x.shape[:-3], tau))
 
     history = as_history(context) if c0 else context
+    anchor = context[:, -1] if c0 else None
     out = []
     for i in range(c0, actions.shape[1]):
         x = torch.randn((b, *FRAME), generator=frame_gen)
@@ -319,25 +321,40 @@ def noisy_history_rollout(model, context, actions, steps, seed):
             seq = torch.cat([history, x[:, None]], dim=1)
             history_t = torch.full((b, i + 1), tau)
             if isinstance(model, SCD):
-                v = model.decode(x, t, model.encode(seq, a, history_t)[:, i], a[:, i])
+                v = model.decode(x, t, model.encode(seq, a, history_t)[:, i], a[:, i], anchor)
             else:
                 t_seq = history_t.clone()
                 t_seq[:, i] = t
-                v = model.velocity(seq, t_seq, model.training_context(seq, a, history_t), a)[:, i]
+                anchors = None if anchor is None else anchor[:, None].expand_as(seq)  # only frame i's is read
+                v = model.velocity(seq, t_seq, model.training_context(seq, a, history_t), a, anchor=anchors)[:, i]
             x = x + (schedule[s + 1] - schedule[s]) * v
         history = torch.cat([history, as_history(x[:, None])], dim=1)
+        anchor = x
         out.append(x)
     return torch.stack(out, dim=1)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("c0", [0, 2])
-def test_x_prediction_with_history_noise_streams_like_training(arch, c0):
-    model = tiny(arch, prediction="x", history_noise=0.2)
+@pytest.mark.parametrize("prediction,c0", [("x", 0), ("x", 2), ("change", 2)])
+def test_x_prediction_with_history_noise_streams_like_training(arch, prediction, c0):
+    model = tiny(arch, prediction=prediction, history_noise=0.2)
     frames, actions = clip(f=5)
     cached = generate(model, frames[:, :c0], actions, steps=3, seed=11)[:, 0]
     reference = noisy_history_rollout(model, frames[:, :c0], actions, steps=3, seed=11)
     torch.testing.assert_close(cached, reference, atol=3e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_untrained_change_prediction_copies_the_last_frame(arch):
+    """The zero-initialised head outputs no change: every generated frame is the last context frame."""
+    depth = dict(depth=3) if arch == "causal_dit" else dict(encoder_depth=2, decoder_depth=2)
+    model = build_model(ModelConfig(arch, frame_shape=FRAME, patch_size=4, hidden=32, head_dim=16, num_actions=5,
+                                    prediction="change", history_noise=0.1, **depth)).eval()
+    frames, actions = clip(f=5)
+    out = generate(model, frames[:, :2], actions, steps=4, seed=3)[:, 0]
+    torch.testing.assert_close(out, frames[:, 1:2].expand_as(out), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="change prediction needs at least one context frame"):
+        generate(model, frames[:, :0], actions, steps=2)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

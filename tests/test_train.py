@@ -217,3 +217,22 @@ def test_ema_is_an_exponential_moving_average_of_the_weights(tmp_path):
         for e, b, p in zip(trainer.ema.parameters(), before, trainer.model.parameters()):
             torch.testing.assert_close(e, decay * b + (1 - decay) * p)
     assert any(not torch.equal(e, p) for e, p in zip(trainer.ema.parameters(), trainer.model.parameters()))
+
+
+@pytest.mark.parametrize("arch", ["causal_dit", "scd"])
+def test_change_prediction_starts_at_copy_last_and_frame_zero_carries_no_loss(arch):
+    """On a static clip (every frame equal) an untrained change-prediction model is already right for frames 1..F-1
+    (x_hat = x_{i-1} = x_i), so its loss is ~0; counting frame 0 (no x_{i-1}) would add |x|^2 / t^2 >> 1."""
+    from scd.flow import flow_matching_loss
+    from scd.models import build_model
+
+    depth = dict(depth=2) if arch == "causal_dit" else dict(encoder_depth=1, decoder_depth=1)
+    model = build_model(ModelConfig(arch, frame_shape=(3, 16, 16), patch_size=4, hidden=32, head_dim=16,
+                                    num_actions=5, prediction="change", **depth))
+    torch.manual_seed(0)
+    frames = torch.rand(2, 1, 3, 16, 16).mul(2).sub(1).expand(2, 4, 3, 16, 16)
+    actions = torch.randint(0, 5, (2, 4))
+    flow = FlowConfig(history_noise=0.3, K=2)
+    assert flow_matching_loss(model, frames, actions, flow).item() < 0.02
+    moving = frames + torch.linspace(0, 0.5, 4).view(1, 4, 1, 1, 1)  # brighter every frame: copy-last is wrong
+    assert flow_matching_loss(model, moving, actions, flow).item() > 0.1
