@@ -32,9 +32,12 @@ PREDICTIONS = ("velocity", "x", "change")
 
 def _json_value_fits(annotation: str, value) -> bool:
     """Does a JSON value fit a field annotated `annotation` (int, float, bool, str, a Literal of strings, a tuple of
-    ints)? Other annotations are left to __post_init__."""
+    ints or floats, optionally "| None")? Other annotations are left to __post_init__."""
+    if annotation.endswith(" | None"):
+        return value is None or _json_value_fits(annotation.removesuffix(" | None"), value)
     if annotation.startswith("tuple"):
-        return isinstance(value, (list, tuple)) and all(_json_value_fits("int", v) for v in value)
+        item = "float" if annotation.startswith("tuple[float") else "int"
+        return isinstance(value, (list, tuple)) and all(_json_value_fits(item, v) for v in value)
     if annotation.startswith("Literal") or annotation == "str":
         return isinstance(value, str)
     if annotation == "bool":
@@ -65,10 +68,15 @@ class ModelConfig:
     # Flow time at which history frames are read at inference (noise augmentation: trained with
     # FlowConfig.history_noise >= this); 0 = clean history.
     history_noise: float = 0.0
+    # Range of valid frame values (pixels: [-1, 1]); a generated frame is clamped to it before it becomes history,
+    # so a rollout never reads values no training frame had. None: unbounded (latents).
+    frame_range: tuple[float, float] | None = (-1.0, 1.0)
 
     def __post_init__(self) -> None:
         # Frozen dataclasses get lists from JSON; normalise to a tuple so configs compare equal.
         object.__setattr__(self, "frame_shape", tuple(int(v) for v in self.frame_shape))
+        if self.frame_range is not None:
+            object.__setattr__(self, "frame_range", tuple(float(v) for v in self.frame_range))
         problems = []
         if self.arch not in ARCHS:
             problems.append(f"arch must be one of {ARCHS}, got {self.arch!r}")
@@ -104,6 +112,9 @@ class ModelConfig:
             problems.append("causal_dit has no encoder; encoder_input applies to scd only")
         if self.prediction not in PREDICTIONS:
             problems.append(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.frame_range is not None and not (len(self.frame_range) == 2
+                                                 and self.frame_range[0] < self.frame_range[1]):
+            problems.append(f"frame_range must be (low, high) with low < high, or None, got {self.frame_range}")
         if not 0 <= self.history_noise < 1:
             problems.append(f"history_noise must be a flow time in [0, 1), got {self.history_noise}")
         if problems:

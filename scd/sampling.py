@@ -177,6 +177,8 @@ class Streamer:
             index = self.frames_generated
             step_callback = lambda info: self.callback({"frame": index, **info})  # noqa: E731
         frame = euler_sample(velocity, noise, self.schedule, step_callback)
+        if model.config.frame_range is not None:  # history never holds values no training frame had
+            frame = frame.clamp(*model.config.frame_range)
         model.commit(stream, frame, a)
         self.frames_generated += 1
         return frame.view(self.batch, self.num_samples, *frame.shape[1:])

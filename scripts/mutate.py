@@ -65,6 +65,8 @@ MUTATIONS = [
              "        error = error[:, 1:]", "        error = error", ("tests/test_train.py",)),
     Mutation("change prediction anchored on x_i instead of x_{i-1}", "scd/flow.py",
              "history[:, :-1]], dim=1)  # x_{i-1}", "history[:, 1:]], dim=1)  # x_{i-1}", ("tests/test_train.py",)),
+    Mutation("finished frames not clamped to the frame range", "scd/sampling.py",
+             "            frame = frame.clamp(*model.config.frame_range)", "            pass", ("tests/test_models.py",)),
     Mutation("change prediction anchored on the corrupted frame", "scd/models.py",
              "stream.anchor = frame\n", "stream.anchor = stream.as_history(frame)\n",
              ("tests/test_models.py",)),

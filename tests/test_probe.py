@@ -22,6 +22,7 @@ STEPS = 4
 
 def tiny(arch: str, depth: int = 4, **kw):
     blocks = dict(depth=depth) if arch == "causal_dit" else dict(encoder_depth=2, decoder_depth=2)
+    kw = dict(frame_range=None) | kw  # the test frames are Gaussian, not pixels in [-1, 1]
     cfg = ModelConfig(arch, frame_shape=FRAME, patch_size=8, hidden=32, head_dim=16, num_actions=5, **blocks, **kw)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
