@@ -471,8 +471,7 @@ def add_generate_parser(sub) -> None:
 def cmd_export(args) -> int:
     from .checkpoint import export_checkpoint
 
-    _check_out_dir(args.out)
-    path = export_checkpoint(args.checkpoint, args.out)
+    path = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"wrote {path} ({size / 1e6:.1f} MB: EMA weights and config)")
     return 0
@@ -482,6 +481,8 @@ def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help=COMMANDS["export"][0])
     p.add_argument("checkpoint", help="checkpoint or run directory")
     p.add_argument("--out", required=True, help="directory of the lean checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint at --out (never the source checkpoint)")
     p.set_defaults(func=cmd_export)
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import io
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +20,16 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     LATEST,
+    check_resumable,
     latest_checkpoint,
     load_model,
     load_trainer_state,
     load_weights,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from .config import ModelConfig
-from .fileio import atomic_write_text
+from .fileio import atomic_write, atomic_write_text
 from .flow import FlowConfig
 from .models import Surgery, WorldModel, build_model
 from .objectives import FlowMatching, RolloutTraining
@@ -103,6 +108,23 @@ class TrainConfig:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def read_log(path) -> list[dict]:
+    """The rows of a run's log.csv; a row cut short by a kill mid-write is left out."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if r.get("seconds") and None not in r and _is_int(r["step"])]
+
+
 def _checkpoint_name(step: int) -> str:
     return f"ckpt-{step:07d}"
 
@@ -149,18 +171,25 @@ class Trainer:
 
     def save(self) -> Path:
         meta = {"step": self.step, "train": self.cfg.to_dict(), "data": self.data_info, "arch": self.model.config.arch}
-        path = save_checkpoint(
-            self.out_dir / _checkpoint_name(self.step), self.model, ema=self.ema,
-            trainer_state=self.trainer_state(), meta=meta,
-        )
-        atomic_write_text(self.out_dir / LATEST, path.name)
+        try:
+            path = save_checkpoint(
+                self.out_dir / _checkpoint_name(self.step), self.model, ema=self.ema,
+                trainer_state=self.trainer_state(), meta=meta,
+            )
+            atomic_write_text(self.out_dir / LATEST, path.name)
+        except OSError as err:  # a full disk: the temporary files are gone; say what a rerun resumes from
+            intact = latest_checkpoint(self.out_dir)
+            kept = f"{intact} (step {intact.name.split('-')[-1].lstrip('0') or 0}) is intact" if intact else \
+                "no checkpoint of this run is intact"
+            raise OSError(f"checkpoint at step {self.step} not written ({err}); {kept}") from err
         old = sorted(self.out_dir.glob("ckpt-*"))[: -self.cfg.keep_checkpoints]
         for stale in old:
             if stale != path:
-                for f in stale.iterdir():
-                    f.unlink()
-                stale.rmdir()
-        self.plot_losses()
+                shutil.rmtree(stale)
+        try:
+            self.plot_losses()
+        except OSError:  # the plot is a convenience: a full disk must not stop training after a good checkpoint
+            pass
         return path
 
     def resume(self, path) -> None:
@@ -177,7 +206,6 @@ class Trainer:
         self.data_rng.set_state(state["data_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
-        self._truncate_log(self.step)
 
     # -- log --------------------------------------------------------------------------------------------------
     @property
@@ -185,18 +213,18 @@ class Trainer:
         return self.out_dir / "log.csv"
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log rows past `step` (written after the checkpoint we resume from)."""
+        """Drop log rows past `step` (written after the checkpoint we resume from, or before a kill that came
+        before the first checkpoint), by writing a new log and renaming it over the old one: a kill here leaves
+        the old log or the new one, never a truncated one."""
         rows = [r for r in self.read_log() if int(r["step"]) <= step]
-        with open(self.log_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, LOG_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.log_path, text.getvalue())
 
     def read_log(self) -> list[dict]:
-        if not self.log_path.exists():
-            return []
-        with open(self.log_path, newline="") as f:
-            return list(csv.DictReader(f))
+        return read_log(self.log_path)
 
     def plot_losses(self) -> None:
         rows = self.read_log()
@@ -215,7 +243,7 @@ class Trainer:
                title=f"{self.model.config.arch} training loss")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(self.out_dir / "loss.png", dpi=100)
+        atomic_write(self.out_dir / "loss.png", lambda f: fig.savefig(f, dpi=100, format="png"))
         plt.close(fig)
 
     # -- loop -------------------------------------------------------------------------------------------------
@@ -255,8 +283,8 @@ class Trainer:
         returns the losses of the steps run by this call."""
         began = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not self.log_path.exists():
-            self._truncate_log(0)
+        remove_stale_temporaries(self.out_dir)
+        self._truncate_log(self.step)  # rows past the step we start from were written by a run that did not finish
         losses = []
         if time_limit is None:
             bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
@@ -273,12 +301,13 @@ class Trainer:
                     lr = self.scheduler.get_last_lr()[0]
                     writer.writerow(dict(step=self.step, loss=f"{loss:.6f}", lr=f"{lr:.3e}",
                                          grad_norm=f"{grad_norm:.4f}", seconds=f"{time.perf_counter() - start:.4f}"))
-                    log.flush()
+                    log.flush()  # a kill loses at most the row being written (read_log skips it)
                     bar.set_postfix(step=self.step, loss=f"{loss:.4f}")
                 elapsed = time.perf_counter() - began
                 bar.update(1 if time_limit is None else min(elapsed, bar.total) - bar.n)
                 out_of_time = time_limit is not None and elapsed > time_limit
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
+                    os.fsync(log.fileno())  # the rows up to a checkpoint outlive a power cut with it
                     self.save()
                 if out_of_time:
                     break
@@ -302,7 +331,9 @@ def train(
     torch.manual_seed(cfg.seed)
     model = build_model(model_config)
     trainer = Trainer(model, dataset, out_dir, cfg, data_info)
-    previous = latest_checkpoint(out_dir) if resume and Path(out_dir).exists() else None
+    if Path(out_dir).exists():
+        remove_stale_temporaries(out_dir)
+    previous = check_resumable(out_dir) if resume and Path(out_dir).exists() else None
     if previous is not None:
         trainer.resume(previous)
     elif init_from is not None:
