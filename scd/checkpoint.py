@@ -5,8 +5,10 @@ A checkpoint is a directory:
     model.safetensors  raw weights
     ema.safetensors    EMA weights (what generation uses by default)
     trainer.pt         optimizer, LR schedule and RNG states (only what exact resumption needs)
-It is written under a temporary name and renamed into place, so a crash never leaves a half-written checkpoint.
-A run directory holds ckpt-<step> directories and a `latest` file naming the newest one.
+It is written under a temporary name and renamed into place, so a crash never leaves a half-written checkpoint;
+a failed write (a full disk) removes its temporary folder. A run directory holds ckpt-<step> directories and a
+`latest` file naming the newest one (for people: resumption takes the newest complete checkpoint, since a kill
+between the checkpoint's rename and the pointer's leaves the pointer one behind).
 """
 
 from __future__ import annotations
@@ -58,20 +60,24 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     files = {"model.safetensors": _state_dict(model)}
     if ema is not None:
         files["ema.safetensors"] = _state_dict(ema)
-    for name, tensors in files.items():
-        save_file(tensors, tmp / name)
-    if trainer_state is not None:
-        torch.save(trainer_state, tmp / "trainer.pt")
-    config = {"format": FORMAT, "model": model.config.to_dict(), **(meta or {})}
-    config["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        tmp.mkdir()
+        for name, tensors in files.items():
+            save_file(tensors, tmp / name)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / "trainer.pt")
+        config = {"format": FORMAT, "model": model.config.to_dict(), **(meta or {})}
+        config["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    except Exception as err:  # a full disk: OSError from safetensors, RuntimeError ("unexpected pos") from torch.save
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"writing checkpoint {path} failed ({_first_line(err)})") from err
     if path.exists():  # replace: move the old one aside first, so one complete copy exists at every moment
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -81,6 +87,56 @@ def save_checkpoint(
         os.replace(tmp, path)
     _fsync_dir(path.parent)
     return path
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Clean up after writers that were killed or failed: delete the temporary folders of unfinished checkpoints
+    and files (.<name>.tmp*), and put back a checkpoint that was moved aside for a replacement that never arrived
+    (.<name>.old-<pid> with no <name>). Returns what was removed."""
+    run_dir = Path(run_dir)
+    removed = []
+    for p in sorted(run_dir.glob(".*.old-*")):
+        target = run_dir / p.name[1 : p.name.rindex(".old-")]
+        if not target.exists() and (p / "config.json").exists():
+            os.replace(p, target)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    for p in sorted(run_dir.glob(".*.tmp*")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def check_output(out: str | os.PathLike, overwrite: bool, sources: list[str | os.PathLike] = (),
+                 option: str = "--out") -> Path:
+    """Refuse to write a checkpoint over an existing `out` unless `overwrite`, and never over (or around) one of
+    `sources`. With `overwrite`, only a checkpoint directory or an empty directory may be replaced."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file, not a directory")
+    target = out.resolve()
+    for source in sources:
+        try:
+            src = resolve_checkpoint(source).resolve()
+        except (FileNotFoundError, ValueError):
+            continue
+        if target == src or target in src.parents:
+            raise ValueError(f"{option} {out} would replace the source checkpoint {src}: write somewhere else")
+    if out.exists():
+        if not overwrite:
+            raise ValueError(f"{option} {out} exists: pass --overwrite to replace it")
+        if any(out.iterdir()) and not (out / "config.json").exists():
+            raise ValueError(f"{option} {out} is a non-empty directory but not a checkpoint: not replacing it")
+    return out
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -100,15 +156,25 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint named by run_dir/latest, else the highest ckpt-<step> directory; None if there is none."""
-    run_dir = Path(run_dir)
-    pointer = run_dir / LATEST
-    if pointer.exists():
-        named = run_dir / pointer.read_text().strip()
-        if (named / "config.json").exists():
-            return named
-    found = sorted(p for p in run_dir.glob("ckpt-*") if (p / "config.json").exists())
+    """The newest complete checkpoint (highest ckpt-<step> with a config.json) of a run directory; None if there is
+    none. The `latest` pointer is not trusted: a kill between renaming a checkpoint into place and updating the
+    pointer leaves it naming the one before."""
+    found = sorted(p for p in Path(run_dir).glob("ckpt-*") if (p / "config.json").exists())
     return found[-1] if found else None
+
+
+def check_resumable(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a run in `run_dir` resumes from (latest_checkpoint), after checking that no newer checkpoint
+    folder lost its config.json: resuming from an older one (or from scratch) would later overwrite it."""
+    run_dir = Path(run_dir)
+    chosen = latest_checkpoint(run_dir)
+    damaged = [p for p in sorted(run_dir.glob("ckpt-*")) if p.is_dir() and not (p / "config.json").exists()
+               and (chosen is None or p.name > chosen.name)]
+    if damaged:
+        raise ValueError(f"run directory {run_dir}: checkpoint {damaged[-1].name} has no config.json (damaged); move "
+                         f"it out of the run directory to resume from "
+                         f"{chosen.name if chosen else 'scratch'}, or train into a new --out")
+    return chosen
 
 
 def read_config(path: str | os.PathLike) -> dict:
@@ -128,8 +194,10 @@ def _verified(path: Path, name: str, config: dict) -> Path:
     file = path / name
     if not file.exists():
         raise FileNotFoundError(f"checkpoint {path} is missing {name}")
-    expected = config.get("files", {}).get(name)
-    if expected is not None and sha256_file(file) != expected:
+    expected = config.get("files", {}).get(name) if isinstance(config.get("files"), dict) else None
+    if expected is None:  # a config.json without the list would skip verification: refuse instead
+        raise ValueError(f"checkpoint {path}: config.json lists no sha256 for {name}, so it cannot be verified")
+    if sha256_file(file) != expected:
         raise ValueError(f"checkpoint file {file} is corrupt or truncated (sha256 does not match config.json)")
     return file
 
@@ -172,9 +240,12 @@ def load_trainer_state(path: str | os.PathLike) -> dict:
                          "plain data (refused: only those are loaded)") from None
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None) -> Path:
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None,
+                      overwrite: bool = False) -> Path:
     """A lean, shippable copy of a checkpoint: the EMA weights as the model's only weights, the config and
-    data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary)."""
+    data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary).
+    An existing `dst` is replaced only with `overwrite`, and never when it is (or holds) the source."""
+    check_output(dst, overwrite, [src])
     model = load_model(src)
     info = dict(model.checkpoint_info)
     meta = {k: v for k, v in info.items() if k not in ("format", "model", "path")}

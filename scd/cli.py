@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -142,16 +143,21 @@ def cmd_train(args) -> int:
                       lr_min=args.lr_min, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema,
                       bf16=args.bf16, ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
                       surgery=surgery_from_args(args), rollout_steps=args.rollout_steps,
-                      rollout_context=args.rollout_context)
+                      rollout_context=args.rollout_context, micro_batch=args.micro_batch)
+    main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
     store = data.store
     data_info = {"path": str(Path(args.data).resolve()), "source": store.meta.source,
                  "action_names": list(store.action_names), "fps": store.meta.fps, "clips": len(data)}
-    print(f"training {model_config.arch} ({args.init_from or args.preset}) on {len(data)} clips of "
-          f"{args.clip_len} frames from {args.data} -> {args.out}")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if main_process:
+        print(f"training {model_config.arch} ({args.init_from or args.preset}) on {len(data)} clips of "
+              f"{args.clip_len} frames from {args.data} -> {args.out} on {args.device}"
+              + (f" x {world} processes" if world > 1 else ""))
     start = time.perf_counter()
     trainer = train(model_config, data, args.out, cfg, resume=not args.no_resume, init_from=args.init_from,
-                    data_info=data_info, time_limit=args.time_limit)
-    print(f"done: step {trainer.step}, {time.perf_counter() - start:.0f} s; checkpoints and log.csv in {args.out}")
+                    data_info=data_info, time_limit=args.time_limit, device=args.device, workers=args.workers)
+    if main_process:
+        print(f"done: step {trainer.step}, {time.perf_counter() - start:.0f} s; checkpoints and log.csv in {args.out}")
     return 0
 
 
@@ -165,7 +171,14 @@ def add_train_parser(sub) -> None:
     p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
     add_option(p, "--steps", TrainConfig, "steps", "optimizer steps")
-    add_option(p, "--batch", TrainConfig, "batch", "clips per step")
+    add_option(p, "--batch", TrainConfig, "batch", "clips per step (the global batch: under torchrun each process "
+               "draws batch / processes of them)")
+    p.add_argument("--micro-batch", type=at_least(1), metavar="M",
+                   help="clips per forward pass (gradient accumulation; default: each process's whole share); runs "
+                        "with the same --batch and --micro-batch give the same losses on any number of processes")
+    add_device_option(p)
+    p.add_argument("--workers", type=at_least(0), default=2,
+                   help="data loader worker processes per training process (default: 2)")
     add_option(p, "--clip-len", TrainConfig, "clip_len", "frames per training clip")
     add_option(p, "--lr", TrainConfig, "lr", "AdamW learning rate", type=positive())
     add_option(p, "--warmup", TrainConfig, "warmup", "linear learning-rate warm-up steps")
@@ -471,8 +484,7 @@ def add_generate_parser(sub) -> None:
 def cmd_export(args) -> int:
     from .checkpoint import export_checkpoint
 
-    _check_out_dir(args.out)
-    path = export_checkpoint(args.checkpoint, args.out)
+    path = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"wrote {path} ({size / 1e6:.1f} MB: EMA weights and config)")
     return 0
@@ -482,6 +494,8 @@ def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help=COMMANDS["export"][0])
     p.add_argument("checkpoint", help="checkpoint or run directory")
     p.add_argument("--out", required=True, help="directory of the lean checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint at --out (never the source checkpoint)")
     p.set_defaults(func=cmd_export)
 
 

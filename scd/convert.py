@@ -66,12 +66,15 @@ def add_parser(subparsers) -> None:
                         "DiT did (supp. E.1); previous_frame: SCD's usual slot layout")
     p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"], default="seq_offset")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which source weights to copy")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing checkpoint at --out (never the source checkpoint)")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args) -> int:
-    from .checkpoint import load_model, save_checkpoint
+    from .checkpoint import check_output, load_model, save_checkpoint
 
+    check_output(args.out, args.overwrite, [args.checkpoint])
     dit = load_model(args.checkpoint, weights=args.weights)
     scd = convert_causal_dit(dit, args.encoder_depth, args.decoder_prefix, args.decoder_suffix, args.encoder_input,
                              args.fusion)

@@ -22,10 +22,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     readers see the old file or the new one, never a partial one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk or a failed writer: leave no temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -152,24 +152,22 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     `frames`; rollout training passes the model's own samples). The context (SCD: c_i for every frame, one encoder
     pass; Causal DiT: the history frames) is computed once and reused for K noisy draws. `surgery`
     (models.Surgery, Causal DiT only) trains under a skip-layer schedule and/or frame-diagonal last blocks."""
-    actions = drop_actions(actions, cfg.action_dropout, model.null_action)
+    net = getattr(model, "module", model)  # model may be a DistributedDataParallel wrapper: call it, ask the module
+    actions = drop_actions(actions, cfg.action_dropout, net.null_action)
     history = frames if history is None else history
     anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)  # x_{i-1}, before corruption
     history, history_t = corrupt_history(history, cfg.history_noise)
-    if model.encoder_reads_noisy_frame:  # supp. E.1: the encoder sees the current frame at a high flow time
+    x_enc = t_enc = None
+    if net.encoder_reads_noisy_frame:  # supp. E.1: the encoder sees the current frame at a high flow time
         t_enc = cfg.encoder_t_min + (1 - cfg.encoder_t_min) * torch.rand(frames.shape[:2], device=frames.device)
         x_enc = interpolate(frames, torch.randn_like(frames), t_enc)
-        ctx = model.training_context(history, actions, history_t, x_enc=x_enc, t_enc=t_enc)
-    else:
-        ctx = model.training_context(history, actions, history_t)
-    if cfg.context_noise > 0:
-        ctx = model.corrupt_context(ctx, cfg.context_noise)
-    if cfg.K > 1:  # the K draws share one context pass: stack them along the batch
-        frames, actions, ctx, anchor = _repeat_batch((frames, actions, ctx, anchor), cfg.K)
+    if cfg.K > 1:  # the K draws share one context pass: targets stacked along the batch, (K*B, F, C, H, W)
+        frames, anchor = _repeat_batch((frames, anchor), cfg.K)
     t = sample_timesteps(frames.shape[:2], cfg, device=frames.device)
     noise = torch.randn_like(frames)
-    v = model.velocity(interpolate(frames, noise, t), t, ctx, actions, surgery=surgery, anchor=anchor)
-    error = (v.float() - (noise - frames)).pow(2)  # (B, F, C, H, W)
-    if model.prediction.needs_anchor:  # frame 0 has no x_{i-1} to change from
+    v = model(interpolate(frames, noise, t), t, history, actions, history_t, K=cfg.K, context_noise=cfg.context_noise,
+              anchor=anchor, surgery=surgery, x_enc=x_enc, t_enc=t_enc)
+    error = (v.float() - (noise - frames)).pow(2)  # (K*B, F, C, H, W)
+    if net.prediction.needs_anchor:  # frame 0 has no x_{i-1} to change from
         error = error[:, 1:]
     return error.mean()

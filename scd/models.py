@@ -240,6 +240,25 @@ class WorldModel(nn.Module):
     def corrupt_context(self, ctx, eta: float, generator: torch.Generator | None = None):
         raise ValueError(f"context noise (eta) needs an SCD model; {type(self).__name__} has no context c_i")
 
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, history: torch.Tensor, actions: torch.Tensor,
+                history_t: torch.Tensor | None = None, *, K: int = 1, context_noise: float = 0.0,
+                anchor: torch.Tensor | None = None, surgery: Surgery | None = None,
+                x_enc: torch.Tensor | None = None, t_enc: torch.Tensor | None = None) -> torch.Tensor:
+        """The training path (what flow_matching_loss calls, so DDP and FSDP see one forward per step): velocities
+        of K noisy draws per clip that share one context pass (amortized multi-sample decoding).
+
+        history: (B, F, C, H, W) frames read as the past, at flow times history_t (B, F) (None: clean);
+        actions: (B, F); x_t: (K*B, F, C, H, W) noisy frames at t (K*B, F), the K draws stacked along the batch;
+        anchor: (K*B, F, C, H, W) x_{i-1} for change prediction; x_enc, t_enc: (B, F, ...) the current frames at a
+        high flow time for noisy_current SCD encoders. Returns velocities (K*B, F, C, H, W)."""
+        extra = {} if x_enc is None else dict(x_enc=x_enc, t_enc=t_enc)
+        ctx = self.training_context(history, actions, history_t, **extra)
+        if context_noise > 0:
+            ctx = self.corrupt_context(ctx, context_noise)
+        if K > 1:  # stack K copies of the context along the batch; (B, ...) -> (K*B, ...)
+            ctx, actions = torch.utils._pytree.tree_map(lambda x: x.repeat(K, *[1] * (x.ndim - 1)), (ctx, actions))
+        return self.velocity(x_t, t, ctx, actions, surgery=surgery, anchor=anchor)
+
 
 class CausalDiT(WorldModel):
     """L DiT blocks with frame-causal attention (bidirectional inside a frame) at every denoising step."""

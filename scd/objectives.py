@@ -1,5 +1,7 @@
 """Training objectives: what one step optimises, given a batch of clips. The trainer calls `objective(model,
-frames, actions) -> loss`; a new objective (distillation, another rollout scheme) is one more small class here.
+frames, actions) -> loss`, where model is the module or its DistributedDataParallel wrapper (call it: its forward,
+WorldModel.forward, is the training path); a new objective (distillation, another rollout scheme) is one more
+small class here.
 
 - `FlowMatching`: teacher forcing (Algorithm 1): every frame is denoised from the recorded history.
 - `RolloutTraining`: the history is the model's own few-step samples (the paper's rollout training, as in Self
@@ -48,11 +50,12 @@ class RolloutTraining:
         if f <= self.context:
             raise ValueError(f"rollout training with {self.context} context frames needs clips longer than that, "
                              f"got {f} frames")
-        seed = int(torch.randint(2**62, ()))  # from the global stream: a resumed run draws the same rollouts
-        was_training = model.training
-        model.eval()
+        seed = int(torch.randint(2**62, ()))  # from the step's seeded stream: a resumed run draws the same rollouts
+        net = getattr(model, "module", model)  # a DDP wrapper: sample with the module (no gradient to sync)
+        was_training = net.training
+        net.eval()
         with torch.no_grad():
-            own = generate(model, frames[:, : self.context], actions, steps=self.steps, seed=seed, window=f)
-        model.train(was_training)
+            own = generate(net, frames[:, : self.context], actions, steps=self.steps, seed=seed, window=f)
+        net.train(was_training)
         history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
         return flow_matching_loss(model, frames, actions, self.flow, history=history)

@@ -4,10 +4,16 @@ exact resumption."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import csv
 import dataclasses
+import hashlib
+import io
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +23,16 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     LATEST,
+    check_resumable,
     latest_checkpoint,
     load_model,
     load_trainer_state,
     load_weights,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from .config import ModelConfig
-from .fileio import atomic_write_text
+from .fileio import atomic_write, atomic_write_text
 from .flow import FlowConfig
 from .models import Surgery, WorldModel, build_model
 from .objectives import FlowMatching, RolloutTraining
@@ -55,6 +63,10 @@ class TrainConfig:
     # steps after `rollout_context` recorded frames; 0 = teacher forcing (objectives.FlowMatching).
     rollout_steps: int = 0
     rollout_context: int = 1
+    # Clips per forward pass (gradient accumulation; None: each process's whole share of `batch`). Each micro-batch
+    # draws its noise from a stream seeded by (seed, step, its index in the global batch), so runs with the same
+    # batch and micro_batch give the same losses on any number of processes.
+    micro_batch: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -79,6 +91,8 @@ class TrainConfig:
             problems.append(f"rollout_context ({self.rollout_context}) must be shorter than clip_len ({self.clip_len})")
         if self.rollout_steps and self.surgery is not None:
             problems.append("rollout training does not combine with a surgery")
+        if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch:
+            problems.append(f"micro_batch must be in [1, batch={self.batch}], got {self.micro_batch}")
         if not 0 <= self.ema_decay < 1:
             problems.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if problems:
@@ -103,15 +117,121 @@ class TrainConfig:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def read_log(path) -> list[dict]:
+    """The rows of a run's log.csv; a row cut short by a kill mid-write is left out."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if r.get("seconds") and None not in r and _is_int(r["step"])]
+
+
 def _checkpoint_name(step: int) -> str:
     return f"ckpt-{step:07d}"
 
 
+def stream_seed(seed: int, step: int, part: int | str) -> int:
+    """A 63-bit seed for one random stream of one step: `part` is "data" (the clip indices of the global batch) or
+    the index of a micro-batch in the global batch (its noise). Streams that are pure functions of (seed, step,
+    part) make a resumed run exact on any device and any number of processes, with no generator state saved."""
+    digest = hashlib.sha256(f"scd/{seed}/{step}/{part}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler of one process: for each step from `start`, the indices of this rank's share of the global
+    batch (clips drawn with replacement from a stream seeded by (seed, step)); rank r takes the r-th of `world`
+    equal slices, so the ranks' shares are disjoint and together are the 1-process batch."""
+
+    def __init__(self, num_clips: int, batch: int, seed: int, start: int, rank: int = 0, world: int = 1):
+        self.num_clips, self.batch, self.seed, self.start, self.rank, self.world = num_clips, batch, seed, start, rank, world
+
+    def __iter__(self):
+        share = self.batch // self.world
+        step = self.start
+        while True:
+            g = torch.Generator().manual_seed(stream_seed(self.seed, step, "data"))
+            idx = torch.randint(self.num_clips, (self.batch,), generator=g)
+            yield idx[self.rank * share : (self.rank + 1) * share].tolist()
+            step += 1
+
+
+class EMA(torch.nn.Module):
+    """Exponential moving average of a model's weights (what generation uses), with a warm-up of its decay so
+    short runs are not dominated by the initial weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Processes":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, requested: str | torch.device) -> torch.device:
+        """The device of this process: under torchrun, `cuda` means cuda:LOCAL_RANK."""
+        device = torch.device(requested)
+        if device.type == "cuda" and self.world > 1:
+            if device.index is not None:
+                raise ValueError(f"--device {requested} under torchrun: give --device cuda, each process takes "
+                                 "cuda:LOCAL_RANK")
+            device = torch.device("cuda", self.local_rank)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {requested}: CUDA is not available on this machine")
+            if (device.index or 0) >= torch.cuda.device_count():
+                raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
+
+
+def _barrier(procs: Processes) -> None:
+    if procs.world > 1:
+        torch.distributed.barrier()
+
+
 class Trainer:
-    """Trains `model` on a clip dataset whose items are (frames (F, C, H, W) in [-1, 1], actions (F,))."""
+    """Trains `model` on a clip dataset whose items are (frames (F, C, H, W) in [-1, 1], actions (F,)).
+
+    Built from parts, each replaceable from Python: the model; the objective (`objective(model, frames, actions)
+    -> loss`, default cfg.objective()); the optimiser (default AdamW over the model's parameters, built after the
+    model is on `device`); the schedule (a LambdaLR of cfg.lr_factor); the EMA (EMA); the data loader
+    (`loader(start_step)` -> an iterator of this rank's (frames, actions) per step; default a DataLoader with
+    `workers` worker processes over StepBatches). Under torchrun (WORLD_SIZE > 1 and an initialised process
+    group) the model is wrapped in DistributedDataParallel, each rank draws its share of the global batch and rank
+    0 alone writes the log and the checkpoints."""
 
     def __init__(self, model: WorldModel, dataset, out_dir, cfg: TrainConfig, data_info: dict | None = None,
-                 objective=None):
+                 objective=None, *, device: str | torch.device = "cpu", optimizer=None, scheduler=None,
+                 ema: EMA | None = None, loader=None, workers: int = 0, procs: Processes | None = None):
         if len(dataset) == 0:
             raise ValueError("the training dataset has no clips")
         frames, actions = dataset[0]
@@ -125,59 +245,89 @@ class Trainer:
             raise ValueError(
                 f"the dataset has {data_actions} actions but the model knows {model.config.num_actions}"
             )
-        self.model, self.dataset, self.cfg = model, dataset, cfg
+        self.procs = procs or Processes.from_env()
+        if self.procs.world > 1 and not torch.distributed.is_initialized():
+            raise ValueError("WORLD_SIZE > 1 but no process group: use scd.train() or "
+                             "torch.distributed.init_process_group() first")
+        share = cfg.batch // self.procs.world
+        if cfg.batch % self.procs.world or share % self.micro_batch_of(cfg, share):
+            raise ValueError(f"--batch {cfg.batch} does not split into equal shares of --micro-batch "
+                             f"{cfg.micro_batch} clips over {self.procs.world} processes")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.device = self.procs.device(device)
+        self.model = model.to(self.device)  # the module: checkpoints, EMA and the objective's own calls use it
+        self.net = self.model  # what the objective calls: the model, or its DistributedDataParallel wrapper
+        if self.procs.world > 1:
+            # find_unused_parameters: some parameters (a noisy_current encoder's start token) take no part in a step
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        self.dataset, self.cfg = dataset, cfg
         self.objective = objective or cfg.objective()  # objective(model, frames, actions) -> loss
         self.out_dir = Path(out_dir)
         self.data_info = data_info or {}
-        self.ema = copy.deepcopy(model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        self.ema = ema or EMA(self.model, cfg.ema_decay)
+        self.optimizer = optimizer or torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_factor)
-        self.data_rng = torch.Generator().manual_seed(cfg.seed)
+        self.scheduler = scheduler or torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_factor)
+        self.loader = loader or self.data_loader
+        self.workers = workers
         self.step = 0
+
+    @staticmethod
+    def micro_batch_of(cfg: TrainConfig, share: int) -> int:
+        return cfg.micro_batch or max(share, 1)
+
+    def data_loader(self, start: int):
+        """This rank's (frames (b, F, C, H, W), actions (b, F)) for every step from `start`, b = batch / world."""
+        sampler = StepBatches(len(self.dataset), self.cfg.batch, self.cfg.seed, start, self.procs.rank,
+                              self.procs.world)
+        return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.workers,
+                                                pin_memory=self.device.type == "cuda"))
 
     # -- state ------------------------------------------------------------------------------------------------
     def trainer_state(self) -> dict:
-        return {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "data_rng": self.data_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
+        # no generator states: every random stream is seeded from (seed, step, part) (stream_seed)
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def save(self) -> Path:
         meta = {"step": self.step, "train": self.cfg.to_dict(), "data": self.data_info, "arch": self.model.config.arch}
-        path = save_checkpoint(
-            self.out_dir / _checkpoint_name(self.step), self.model, ema=self.ema,
-            trainer_state=self.trainer_state(), meta=meta,
-        )
-        atomic_write_text(self.out_dir / LATEST, path.name)
+        try:
+            path = save_checkpoint(
+                self.out_dir / _checkpoint_name(self.step), self.model, ema=self.ema.module,
+                trainer_state=self.trainer_state(), meta=meta,
+            )
+            atomic_write_text(self.out_dir / LATEST, path.name)
+        except OSError as err:  # a full disk: the temporary files are gone; say what a rerun resumes from
+            intact = latest_checkpoint(self.out_dir)
+            kept = f"{intact} (step {intact.name.split('-')[-1].lstrip('0') or 0}) is intact" if intact else \
+                "no checkpoint of this run is intact"
+            raise OSError(f"checkpoint at step {self.step} not written ({err}); {kept}") from err
         old = sorted(self.out_dir.glob("ckpt-*"))[: -self.cfg.keep_checkpoints]
         for stale in old:
             if stale != path:
-                for f in stale.iterdir():
-                    f.unlink()
-                stale.rmdir()
-        self.plot_losses()
+                shutil.rmtree(stale)
+        try:
+            self.plot_losses()
+        except OSError:  # the plot is a convenience: a full disk must not stop training after a good checkpoint
+            pass
         return path
 
     def resume(self, path) -> None:
-        """Continue exactly where the checkpoint stopped: weights, EMA, optimizer, schedule, RNG states."""
+        """Continue exactly where the checkpoint stopped: weights, EMA, optimizer, schedule (the random streams
+        follow from the step). The checkpoint may come from a run on any device and any number of processes."""
         config, weights = load_weights(path, "model.safetensors")
         saved = ModelConfig.from_dict(config["model"])
         if saved != self.model.config:
             raise ValueError(f"cannot resume {config['path']}: its model config {saved} differs from {self.model.config}")
         self.model.load_state_dict(weights)
-        self.ema.load_state_dict(load_weights(path, "ema.safetensors")[1])
+        self.ema.module.load_state_dict(load_weights(path, "ema.safetensors")[1])
         state = load_trainer_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.data_rng.set_state(state["data_rng"])
-        torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
-        self._truncate_log(self.step)
 
     # -- log --------------------------------------------------------------------------------------------------
     @property
@@ -185,18 +335,18 @@ class Trainer:
         return self.out_dir / "log.csv"
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log rows past `step` (written after the checkpoint we resume from)."""
+        """Drop log rows past `step` (written after the checkpoint we resume from, or before a kill that came
+        before the first checkpoint), by writing a new log and renaming it over the old one: a kill here leaves
+        the old log or the new one, never a truncated one."""
         rows = [r for r in self.read_log() if int(r["step"]) <= step]
-        with open(self.log_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, LOG_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.log_path, text.getvalue())
 
     def read_log(self) -> list[dict]:
-        if not self.log_path.exists():
-            return []
-        with open(self.log_path, newline="") as f:
-            return list(csv.DictReader(f))
+        return read_log(self.log_path)
 
     def plot_losses(self) -> None:
         rows = self.read_log()
@@ -215,73 +365,99 @@ class Trainer:
                title=f"{self.model.config.arch} training loss")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(self.out_dir / "loss.png", dpi=100)
+        atomic_write(self.out_dir / "loss.png", lambda f: fig.savefig(f, dpi=100, format="png"))
         plt.close(fig)
 
     # -- loop -------------------------------------------------------------------------------------------------
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(self.dataset), (self.cfg.batch,), generator=self.data_rng)
-        frames, actions = zip(*(self.dataset[int(i)] for i in idx))
-        actions = torch.stack(actions)
+    def _batch(self, batches) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, actions = next(batches)
         if actions.max() >= self.model.config.num_actions:  # the null action id is not a valid recorded action
             raise ValueError(f"unknown action id {actions.max().item()} in the dataset: the model knows "
                              f"{self.model.config.num_actions} actions")
-        device = self.model.device
-        return torch.stack(frames).to(device), actions.to(device)
+        return frames.to(self.device, non_blocking=True), actions.to(self.device, non_blocking=True)
 
-    def train_step(self) -> tuple[float, float]:
-        frames, actions = self.next_batch()
-        self.model.train()
-        with torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            loss = self.objective(self.model, frames, actions)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {self.step + 1}; lower the learning rate")
+    def train_step(self, batches=None) -> tuple[float, float]:
+        """One optimiser step on the global batch; returns (loss averaged over the global batch, grad norm).
+        `batches`: an iterator from self.loader (default: a fresh one at the current step)."""
+        frames, actions = self._batch(self.loader(self.step) if batches is None else batches)
+        self.net.train()
+        micro = self.micro_batch_of(self.cfg, frames.shape[0])
+        parts = frames.shape[0] // micro
+        first = self.procs.rank * parts  # index of this rank's first micro-batch in the global batch
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=self.device)
+        for j in range(parts):
+            # Gradient sync (DDP) on the last micro-batch only; each draws its noise from its own seeded stream.
+            sync = j == parts - 1 or self.procs.world == 1
+            with contextlib.nullcontext() if sync else self.net.no_sync(), \
+                    torch.random.fork_rng(devices=[self.device.index] if self.device.type == "cuda" else []):
+                torch.manual_seed(stream_seed(self.cfg.seed, self.step, first + j))
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+                    loss = self.objective(self.net, frames[j * micro : (j + 1) * micro],
+                                          actions[j * micro : (j + 1) * micro])
+                (loss / parts).backward()  # DDP then averages over ranks: the gradient of the global mean
+            total += loss.detach() / parts
+        if self.procs.world > 1:
+            torch.distributed.all_reduce(total)
+            total /= self.procs.world
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {total.item()} at step {self.step + 1}; lower the learning rate")
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        # EMA with a warm-up of its decay, so short runs are not dominated by the initial weights.
-        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p, 1 - decay)
-        return loss.item(), float(grad_norm)
+        self.ema.update(self.model, self.step)
+        return total.item(), float(grad_norm)
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if it is true on any (a time limit must stop all processes at the same step)."""
+        if self.procs.world == 1:
+            return flag
+        value = torch.tensor(float(flag), device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
 
     def run(self, progress: bool = True, time_limit: float | None = None) -> list[float]:
         """Train until cfg.steps (or until `time_limit` seconds have passed, then checkpoint and stop);
         returns the losses of the steps run by this call."""
         began = time.perf_counter()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not self.log_path.exists():
-            self._truncate_log(0)
+        main = self.procs.main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.out_dir)
+            self._truncate_log(self.step)  # rows past the step we start from come from a run that did not finish
+        progress = progress and main
         losses = []
         if time_limit is None:
             bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
         else:  # a time budget ends the run: show progress (and time left) against it, not against cfg.steps
             bar = tqdm(total=round(time_limit), disable=not progress, desc="train", unit="s",
                        bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]")
-        with open(self.log_path, "a", newline="") as log:
-            writer = csv.DictWriter(log, LOG_FIELDS)
+        batches = self.loader(self.step)
+        with open(self.log_path, "a", newline="") if main else contextlib.nullcontext() as log:
+            writer = csv.DictWriter(log, LOG_FIELDS) if main else None
             while self.step < self.cfg.steps:
                 start = time.perf_counter()
-                loss, grad_norm = self.train_step()
+                loss, grad_norm = self.train_step(batches)
                 losses.append(loss)
-                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                if main and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
                     lr = self.scheduler.get_last_lr()[0]
                     writer.writerow(dict(step=self.step, loss=f"{loss:.6f}", lr=f"{lr:.3e}",
                                          grad_norm=f"{grad_norm:.4f}", seconds=f"{time.perf_counter() - start:.4f}"))
-                    log.flush()
+                    log.flush()  # a kill loses at most the row being written (read_log skips it)
                     bar.set_postfix(step=self.step, loss=f"{loss:.4f}")
                 elapsed = time.perf_counter() - began
                 bar.update(1 if time_limit is None else min(elapsed, bar.total) - bar.n)
-                out_of_time = time_limit is not None and elapsed > time_limit
+                out_of_time = time_limit is not None and self._agree(elapsed > time_limit)
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
-                    self.save()
+                    if main:
+                        os.fsync(log.fileno())  # the rows up to a checkpoint outlive a power cut with it
+                        self.save()
+                    _barrier(self.procs)
                 if out_of_time:
                     break
+        del batches  # stops the loader's worker processes
         bar.close()
         return losses
 
@@ -297,19 +473,35 @@ def train(
     data_info: dict | None = None,
     progress: bool = True,
     time_limit: float | None = None,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
 ) -> Trainer:
-    """Build (or resume) a model and train it. `init_from`: a checkpoint whose weights start a new run."""
-    torch.manual_seed(cfg.seed)
+    """Build (or resume) a model and train it on `device`. `init_from`: a checkpoint whose weights start a new run.
+    Under torchrun (WORLD_SIZE > 1) it joins the process group (gloo on a CPU, nccl on CUDA) and trains
+    data-parallel; `workers`: data loader worker processes per rank."""
+    procs = Processes.from_env()
+    if procs.world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(procs.device(device))
+        torch.distributed.init_process_group(backend)
+        # kept for later train() calls of this process (joining a group again after destroying it can hang)
+        atexit.register(torch.distributed.destroy_process_group)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(model_config)
-    trainer = Trainer(model, dataset, out_dir, cfg, data_info)
-    previous = latest_checkpoint(out_dir) if resume and Path(out_dir).exists() else None
+    trainer = Trainer(model, dataset, out_dir, cfg, data_info, device=device, workers=workers, procs=procs)
+    if procs.main and Path(out_dir).exists():
+        remove_stale_temporaries(out_dir)  # before any rank looks for a checkpoint: it may put one back
+    _barrier(procs)
+    previous = check_resumable(out_dir) if resume and Path(out_dir).exists() else None
     if previous is not None:
         trainer.resume(previous)
     elif init_from is not None:
         source = load_model(init_from)
         if source.config != model_config:
-            raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from {model_config}")
-        model.load_state_dict(source.state_dict())
-        trainer.ema.load_state_dict(source.state_dict())
+            raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from "
+                             f"{model_config}")
+        trainer.model.load_state_dict(source.state_dict())
+        trainer.ema.module.load_state_dict(source.state_dict())
     trainer.run(progress, time_limit)
     return trainer
