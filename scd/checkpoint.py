@@ -43,24 +43,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def _state_dict(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = model if isinstance(model, dict) else model.state_dict()
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
 def save_checkpoint(
     path: str | os.PathLike,
     model: WorldModel,
     *,
-    ema: WorldModel | None = None,
+    ema: WorldModel | dict[str, torch.Tensor] | None = None,
     trainer_state: dict | None = None,
     meta: dict | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint directory at `path` atomically (an existing one is replaced). Returns the path."""
+    """Write a checkpoint directory at `path` atomically (an existing one is replaced). Returns the path.
+    `weights`, `ema` as a dict: full state dicts gathered from a model that holds only a shard (FSDP2); `model`
+    then only gives the config."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    files = {"model.safetensors": _state_dict(model)}
+    files = {"model.safetensors": _state_dict(model if weights is None else weights)}
     if ema is not None:
         files["ema.safetensors"] = _state_dict(ema)
     try:

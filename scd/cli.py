@@ -152,10 +152,11 @@ def cmd_train(args) -> int:
     if main_process:
         print(f"training {model_config.arch} ({args.init_from or args.preset}) on {len(data)} clips of "
               f"{args.clip_len} frames from {args.data} -> {args.out} on {args.device}"
-              + (f" x {world} processes" if world > 1 else ""))
+              + (f" x {world} processes ({args.parallel})" if world > 1 else ""))
     start = time.perf_counter()
     trainer = train(model_config, data, args.out, cfg, resume=not args.no_resume, init_from=args.init_from,
-                    data_info=data_info, time_limit=args.time_limit, device=args.device, workers=args.workers)
+                    data_info=data_info, time_limit=args.time_limit, device=args.device, workers=args.workers,
+                    parallel=args.parallel)
     if main_process:
         print(f"done: step {trainer.step}, {time.perf_counter() - start:.0f} s; checkpoints and log.csv in {args.out}")
     return 0
@@ -177,6 +178,10 @@ def add_train_parser(sub) -> None:
                    help="clips per forward pass (gradient accumulation; default: each process's whole share); runs "
                         "with the same --batch and --micro-batch give the same losses on any number of processes")
     add_device_option(p)
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun: ddp (DistributedDataParallel, a whole model per process) or fsdp (FSDP2: "
+                        "model, optimiser state and EMA sharded over the processes, for the big presets); "
+                        "checkpoints are the same either way (default: ddp)")
     p.add_argument("--workers", type=at_least(0), default=2,
                    help="data loader worker processes per training process (default: 2)")
     add_option(p, "--clip-len", TrainConfig, "clip_len", "frames per training clip")

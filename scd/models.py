@@ -237,6 +237,12 @@ class WorldModel(nn.Module):
             raise ValueError(f"stream has batch {stream.batch}, got frames with batch {frames.shape[0]}")
         self.check_actions(actions, frames.shape[:2])
 
+    def run(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs) as one pass of this model (sampling inside a training step: rollout training).
+        Under FSDP2 (parallel.FullyShardedDataParallel registers this as a forward method) it gathers the model's
+        own sharded weights first, as forward does; the blocks gather theirs when they run. Plain call otherwise."""
+        return fn(*args, **kwargs)
+
     def corrupt_context(self, ctx, eta: float, generator: torch.Generator | None = None):
         raise ValueError(f"context noise (eta) needs an SCD model; {type(self).__name__} has no context c_i")
 

@@ -1,7 +1,8 @@
 """Training objectives: what one step optimises, given a batch of clips. The trainer calls `objective(model,
-frames, actions) -> loss`, where model is the module or its DistributedDataParallel wrapper (call it: its forward,
-WorldModel.forward, is the training path); a new objective (distillation, another rollout scheme) is one more
-small class here.
+frames, actions) -> loss`, where model is the module, its DistributedDataParallel wrapper or the module sharded
+by FSDP2 (call it: its forward, WorldModel.forward, is the training path; any other use of the weights, such as
+sampling, goes through WorldModel.run, which gathers sharded weights); a new objective (distillation, another
+rollout scheme) is one more small class here.
 
 - `FlowMatching`: teacher forcing (Algorithm 1): every frame is denoised from the recorded history.
 - `RolloutTraining`: the history is the model's own few-step samples (the paper's rollout training, as in Self
@@ -54,8 +55,8 @@ class RolloutTraining:
         net = getattr(model, "module", model)  # a DDP wrapper: sample with the module (no gradient to sync)
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            own = generate(net, frames[:, : self.context], actions, steps=self.steps, seed=seed, window=f)
+        with torch.no_grad():  # net.run: under FSDP2 the sharded weights are gathered for the sampling
+            own = net.run(generate, net, frames[:, : self.context], actions, steps=self.steps, seed=seed, window=f)
         net.train(was_training)
         history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
         return flow_matching_loss(model, frames, actions, self.flow, history=history)

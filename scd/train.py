@@ -36,6 +36,7 @@ from .fileio import atomic_write, atomic_write_text
 from .flow import FlowConfig
 from .models import Surgery, WorldModel, build_model
 from .objectives import FlowMatching, RolloutTraining
+from .parallel import SingleProcess, strategy
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
 
@@ -176,7 +177,7 @@ class EMA(torch.nn.Module):
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for e, p in zip(self.module.parameters(), model.parameters()):
+        for e, p in zip(self.module.parameters(), model.parameters()):  # under FSDP: matching shards (DTensors)
             e.lerp_(p, 1 - decay)
 
 
@@ -226,12 +227,14 @@ class Trainer:
     model is on `device`); the schedule (a LambdaLR of cfg.lr_factor); the EMA (EMA); the data loader
     (`loader(start_step)` -> an iterator of this rank's (frames, actions) per step; default a DataLoader with
     `workers` worker processes over StepBatches). Under torchrun (WORLD_SIZE > 1 and an initialised process
-    group) the model is wrapped in DistributedDataParallel, each rank draws its share of the global batch and rank
-    0 alone writes the log and the checkpoints."""
+    group) `parallel` (parallel.py: "ddp" DistributedDataParallel, "fsdp" FSDP2, or a strategy object) spreads
+    the model over the ranks, each rank draws its share of the global batch and rank 0 alone writes the log and
+    the checkpoints (full state dicts, whatever the strategy)."""
 
     def __init__(self, model: WorldModel, dataset, out_dir, cfg: TrainConfig, data_info: dict | None = None,
                  objective=None, *, device: str | torch.device = "cpu", optimizer=None, scheduler=None,
-                 ema: EMA | None = None, loader=None, workers: int = 0, procs: Processes | None = None):
+                 ema: EMA | None = None, loader=None, workers: int = 0, procs: Processes | None = None,
+                 parallel: str | SingleProcess = "ddp"):
         if len(dataset) == 0:
             raise ValueError("the training dataset has no clips")
         frames, actions = dataset[0]
@@ -256,18 +259,18 @@ class Trainer:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.device = self.procs.device(device)
+        self.parallel = strategy(parallel, self.procs.world)
         self.model = model.to(self.device)  # the module: checkpoints, EMA and the objective's own calls use it
-        self.net = self.model  # what the objective calls: the model, or its DistributedDataParallel wrapper
-        if self.procs.world > 1:
-            # find_unused_parameters: some parameters (a noisy_current encoder's start token) take no part in a step
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+        # the EMA copies the whole model before a strategy may shard it, then takes the model's layout
+        self.ema = ema or EMA(self.model, cfg.ema_decay)
+        self.ema.module.to(self.device)
+        self.parallel.shard_copy(self.ema.module)
+        # what the objective calls: the model, its DistributedDataParallel wrapper, or the model sharded in place
+        self.net = self.parallel.wrap(self.model, self.device)
         self.dataset, self.cfg = dataset, cfg
         self.objective = objective or cfg.objective()  # objective(model, frames, actions) -> loss
         self.out_dir = Path(out_dir)
         self.data_info = data_info or {}
-        self.ema = ema or EMA(self.model, cfg.ema_decay)
         self.optimizer = optimizer or torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
@@ -289,15 +292,25 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------------------------
     def trainer_state(self) -> dict:
+        """Optimiser (full, torch's layout), schedule and step, on the main process; every process calls it."""
         # no generator states: every random stream is seeded from (seed, step, part) (stream_seed)
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        optimizer = self.parallel.optimizer_state(self.model, self.optimizer, self.procs.main)
+        return {"step": self.step, "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Checkpoint the current step. Every process calls it (a sharded model is gathered); rank 0 writes and
+        returns the path, the others return None."""
+        main = self.procs.main
+        weights = self.parallel.model_state(self.model, main)
+        ema = self.parallel.model_state(self.ema.module, main)
+        trainer_state = self.trainer_state()
+        if not main:
+            return None
         meta = {"step": self.step, "train": self.cfg.to_dict(), "data": self.data_info, "arch": self.model.config.arch}
         try:
             path = save_checkpoint(
-                self.out_dir / _checkpoint_name(self.step), self.model, ema=self.ema.module,
-                trainer_state=self.trainer_state(), meta=meta,
+                self.out_dir / _checkpoint_name(self.step), self.model, ema=ema, weights=weights,
+                trainer_state=trainer_state, meta=meta,
             )
             atomic_write_text(self.out_dir / LATEST, path.name)
         except OSError as err:  # a full disk: the temporary files are gone; say what a rerun resumes from
@@ -322,10 +335,10 @@ class Trainer:
         saved = ModelConfig.from_dict(config["model"])
         if saved != self.model.config:
             raise ValueError(f"cannot resume {config['path']}: its model config {saved} differs from {self.model.config}")
-        self.model.load_state_dict(weights)
-        self.ema.module.load_state_dict(load_weights(path, "ema.safetensors")[1])
+        self.parallel.load_model_state(self.model, weights)
+        self.parallel.load_model_state(self.ema.module, load_weights(path, "ema.safetensors")[1])
         state = load_trainer_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
 
@@ -387,15 +400,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for j in range(parts):
-            # Gradient sync (DDP) on the last micro-batch only; each draws its noise from its own seeded stream.
-            sync = j == parts - 1 or self.procs.world == 1
-            with contextlib.nullcontext() if sync else self.net.no_sync(), \
+            # Gradient sync (DDP, FSDP) on the last micro-batch only; each draws its noise from its own stream.
+            sync = j == parts - 1
+            with contextlib.nullcontext() if sync else self.parallel.no_sync(self.net), \
                     torch.random.fork_rng(devices=[self.device.index] if self.device.type == "cuda" else []):
                 torch.manual_seed(stream_seed(self.cfg.seed, self.step, first + j))
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
                     loss = self.objective(self.net, frames[j * micro : (j + 1) * micro],
                                           actions[j * micro : (j + 1) * micro])
-                (loss / parts).backward()  # DDP then averages over ranks: the gradient of the global mean
+                (loss / parts).backward()  # DDP / FSDP then average over ranks: the gradient of the global mean
             total += loss.detach() / parts
         if self.procs.world > 1:
             torch.distributed.all_reduce(total)
@@ -404,6 +417,8 @@ class Trainer:
             raise FloatingPointError(f"loss became {total.item()} at step {self.step + 1}; lower the learning rate")
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor (the norm over all shards)
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -453,7 +468,7 @@ class Trainer:
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
                     if main:
                         os.fsync(log.fileno())  # the rows up to a checkpoint outlive a power cut with it
-                        self.save()
+                    self.save()  # on every rank: FSDP gathers the shards
                     _barrier(self.procs)
                 if out_of_time:
                     break
@@ -475,11 +490,14 @@ def train(
     time_limit: float | None = None,
     device: str | torch.device = "cpu",
     workers: int = 0,
+    parallel: str | SingleProcess = "ddp",
 ) -> Trainer:
     """Build (or resume) a model and train it on `device`. `init_from`: a checkpoint whose weights start a new run.
     Under torchrun (WORLD_SIZE > 1) it joins the process group (gloo on a CPU, nccl on CUDA) and trains
-    data-parallel; `workers`: data loader worker processes per rank."""
+    data-parallel with `parallel` ("ddp", or "fsdp" to shard model, optimiser state and EMA over the ranks);
+    `workers`: data loader worker processes per rank."""
     procs = Processes.from_env()
+    strategy(parallel, procs.world)  # an unknown name fails before the process group starts
     if procs.world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         if backend == "nccl":
@@ -489,7 +507,8 @@ def train(
         atexit.register(torch.distributed.destroy_process_group)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(model_config)
-    trainer = Trainer(model, dataset, out_dir, cfg, data_info, device=device, workers=workers, procs=procs)
+    trainer = Trainer(model, dataset, out_dir, cfg, data_info, device=device, workers=workers, procs=procs,
+                      parallel=parallel)
     if procs.main and Path(out_dir).exists():
         remove_stale_temporaries(out_dir)  # before any rank looks for a checkpoint: it may put one back
     _barrier(procs)
@@ -501,7 +520,7 @@ def train(
         if source.config != model_config:
             raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from "
                              f"{model_config}")
-        trainer.model.load_state_dict(source.state_dict())
-        trainer.ema.module.load_state_dict(source.state_dict())
+        trainer.parallel.load_model_state(trainer.model, source.state_dict())
+        trainer.parallel.load_model_state(trainer.ema.module, source.state_dict())
     trainer.run(progress, time_limit)
     return trainer

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scd
-from scd.checkpoint import load_model, read_config
+from scd.checkpoint import load_model, load_trainer_state, load_weights, read_config
 from scd.cli import build_parser
 from scd.models import build_model
 from scd.train import EMA, StepBatches, TrainConfig, Trainer, read_log, stream_seed, train
@@ -148,3 +148,81 @@ def test_torchrun_two_processes_equal_one_and_checkpoints_move_between_process_c
     for (name, a), b in zip(load_model(tmp_path / "two").state_dict().items(), one.ema.module.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
     assert not any(p.name.startswith(".") for p in (tmp_path / "two").iterdir())
+
+
+FSDP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_distributed import config, ROLLOUT
+from test_train import MovingSquares, tiny_config
+from scd.train import train
+# FSDP2 over 2 processes: a fresh run to step 2, a resume of a 1-process run at step 2 to step 4, and rollout
+# training (sampling with the sharded model under no_grad) of a Causal DiT
+train(tiny_config("scd"), MovingSquares(), {two!r}, config(2), progress=False, parallel="fsdp")
+train(tiny_config("scd"), MovingSquares(), {resumed!r}, config(4), progress=False, parallel="fsdp")
+train(tiny_config("causal_dit"), MovingSquares(), {rollout!r}, config(2, **ROLLOUT), progress=False, parallel="fsdp")
+"""
+
+ROLLOUT = dict(rollout_steps=1, rollout_context=2, flow=FLOW)
+
+
+def torchrun(script: Path, timeout: float = 180) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(scd.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        _, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)  # torchrun and its workers
+        _, err = job.communicate()
+    assert job.returncode == 0, err[-3000:]
+
+
+def test_fsdp_on_two_processes_equals_one_process_and_its_checkpoints_move_between_strategies(tmp_path):
+    """FSDP2 (fully_shard) on gloo: the same losses as 1 process with the same global batch; its checkpoint (full
+    state dicts gathered on rank 0) resumes exactly under 1 process and loads with load_model; a 1-process
+    checkpoint resumes exactly under FSDP; rollout training samples with the sharded model."""
+    one = train(tiny_config("scd"), MovingSquares(), tmp_path / "one", config(4), progress=False)
+    train(tiny_config("scd"), MovingSquares(), tmp_path / "resumed", config(2), progress=False)
+    train(tiny_config("causal_dit"), MovingSquares(), tmp_path / "rollout-one", config(2, **ROLLOUT), progress=False)
+    script = tmp_path / "job.py"
+    script.write_text(FSDP_SCRIPT.format(tests=str(TESTS), two=str(tmp_path / "two"), resumed=str(tmp_path / "resumed"),
+                                         rollout=str(tmp_path / "rollout")))
+    torchrun(script)
+    full = losses(tmp_path / "one")
+    torch.testing.assert_close(losses(tmp_path / "two"), full[:2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses(tmp_path / "resumed"), full, rtol=1e-5, atol=1e-6)
+    rollout = losses(tmp_path / "rollout-one")
+    assert rollout != losses(tmp_path / "one")[:2]  # the rollout objective ran, not teacher forcing
+    torch.testing.assert_close(losses(tmp_path / "rollout"), rollout, rtol=1e-5, atol=1e-6)
+    # the FSDP checkpoint is the usual single-file one: same tensors, names and shapes as a 1-process checkpoint
+    fsdp_ckpt, one_ckpt = tmp_path / "two" / "ckpt-0000002", tmp_path / "one" / "ckpt-0000002"
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_weights(fsdp_ckpt, name)[1], load_weights(one_ckpt, name)[1]
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=f"{name} {key}")
+    a, b = load_trainer_state(fsdp_ckpt)["optimizer"], load_trainer_state(one_ckpt)["optimizer"]
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for i in b["state"]:
+        for key in b["state"][i]:
+            torch.testing.assert_close(a["state"][i][key], b["state"][i][key], rtol=1e-4, atol=1e-7)
+    # resumed under 1 process: the rest of the 1-process run
+    two = train(tiny_config("scd"), MovingSquares(), tmp_path / "two", config(4), progress=False)
+    torch.testing.assert_close(losses(tmp_path / "two"), full, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(load_model(tmp_path / "two").state_dict().items(), one.ema.module.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    assert two.step == 4 and not any(p.name.startswith(".") for p in (tmp_path / "two").iterdir())
+
+
+def test_parallel_strategy_is_checked():
+    from scd.parallel import DataParallel, FullyShardedDataParallel, SingleProcess, strategy
+
+    assert type(strategy("fsdp", 2)) is FullyShardedDataParallel and type(strategy("ddp", 2)) is DataParallel
+    assert type(strategy("fsdp", 1)) is SingleProcess  # one process has nothing to split
+    with pytest.raises(ValueError, match="unknown parallel strategy 'zero3'"):
+        strategy("zero3", 2)
+    args = build_parser("train").parse_args(["train", "--data", "d", "--out", "o", "--parallel", "fsdp"])
+    assert args.parallel == "fsdp"
