@@ -17,16 +17,25 @@ TIMESTEP_DISTRIBUTIONS = ("logit_normal", "uniform")
 
 
 class VelocityPrediction:
-    """The network outputs the velocity u = eps - x directly (the paper's parameterisation)."""
+    """The network outputs the velocity u = eps - x directly (the paper's parameterisation). The flow runs on the
+    frames themselves (`to_flow` / `to_frame` are the identity)."""
 
     needs_anchor = False
 
-    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, anchor=None) -> torch.Tensor:
+    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return out
+
+    def to_flow(self, frames: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        """The variable the flow generates, from frames (..., C, H, W) and their anchors x_{i-1}."""
+        return frames
+
+    def to_frame(self, sample: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        """The frame (..., C, H, W) from a generated sample of the flow variable."""
+        return sample
 
 
 @dataclass(frozen=True)
-class CleanPrediction:
+class CleanPrediction(VelocityPrediction):
     """x-prediction ("Back to Basics: Let Denoising Generative Models Denoise", 2025): the network outputs the clean
     frame x_hat, which lies on the data manifold even when a patch has more values than the width (8x8x3 = 192
     here). Since x_t - x = t u, the velocity is u_hat = (x_t - x_hat) / t, with t clamped to >= t_min so that the
@@ -34,33 +43,37 @@ class CleanPrediction:
     and an Euler step from t to 0 lands exactly on x_hat."""
 
     t_min: float = 0.05
-    needs_anchor = False
 
-    def clean_frame(self, out: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
-        return out
-
-    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, anchor=None) -> torch.Tensor:
-        """out, x_t, anchor: (..., C, H, W); t: (...) -> velocity (..., C, H, W)."""
+    def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """out, x_t: (..., C, H, W); t: (...) -> velocity (..., C, H, W)."""
         t = t.reshape(*t.shape, 1, 1, 1).clamp(min=self.t_min)
-        return (x_t - self.clean_frame(out.to(x_t.dtype), anchor)) / t
+        return (x_t - out.to(x_t.dtype)) / t
 
 
 @dataclass(frozen=True)
 class ChangePrediction(CleanPrediction):
-    """x-prediction of the change from the anchor, the latest clean history frame x_{i-1}: x_hat = x_{i-1} + out.
-    A network that outputs 0 copies the last frame (its zero-initialised head does, at step 0), so training starts
-    from the copy-last-frame baseline and learns what moves. The anchor is the frame before noise augmentation;
-    a frame with no history before it (frame 0 of a training clip) has none and carries no loss."""
+    """The flow generates the change d = x_i - x_{i-1} from the anchor, the latest history frame before noise
+    augmentation, and the network x-predicts d from the noisy change d_t; the frame is x_{i-1} + d. Static regions
+    are d = 0 and a nearly clean d_t is nearly d, so the network's job is easy at both ends of the flow, and the
+    zero-initialised head (d_hat = 0) makes an untrained model copy the last frame: training starts from the
+    copy-last-frame baseline and learns what moves. Frame 0 of a training clip has no x_{i-1} and carries no loss."""
 
     needs_anchor = True
 
-    def clean_frame(self, out: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
-        if anchor is None:
-            raise ValueError("change prediction needs the anchor frame x_{i-1} (B, C, H, W)")
-        return anchor.to(out.dtype) + out
+    def to_flow(self, frames: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        return frames - _required(anchor)
+
+    def to_frame(self, sample: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+        return _required(anchor).to(sample.dtype) + sample
 
 
-# What a network outputs (ModelConfig.prediction names one): each turns the output into a velocity.
+def _required(anchor: torch.Tensor | None) -> torch.Tensor:
+    if anchor is None:
+        raise ValueError("change prediction needs the anchor frame x_{i-1}: give at least one context frame")
+    return anchor
+
+
+# What a network outputs and what the flow runs on (ModelConfig.prediction names one).
 PREDICTIONS = {"velocity": VelocityPrediction(), "x": CleanPrediction(), "change": ChangePrediction()}
 
 
@@ -155,19 +168,21 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     net = getattr(model, "module", model)  # model may be a DistributedDataParallel wrapper: call it, ask the module
     actions = drop_actions(actions, cfg.action_dropout, net.null_action)
     history = frames if history is None else history
-    anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)  # x_{i-1}, before corruption
+    # the flow variable: the frames, or (change prediction) their change from x_{i-1} before corruption
+    anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)
+    x = net.prediction.to_flow(frames, anchor)  # (B, F, C, H, W)
     history, history_t = corrupt_history(history, cfg.history_noise)
     x_enc = t_enc = None
     if net.encoder_reads_noisy_frame:  # supp. E.1: the encoder sees the current frame at a high flow time
         t_enc = cfg.encoder_t_min + (1 - cfg.encoder_t_min) * torch.rand(frames.shape[:2], device=frames.device)
-        x_enc = interpolate(frames, torch.randn_like(frames), t_enc)
+        x_enc = interpolate(x, torch.randn_like(x), t_enc)
     if cfg.K > 1:  # the K draws share one context pass: targets stacked along the batch, (K*B, F, C, H, W)
-        frames, anchor = _repeat_batch((frames, anchor), cfg.K)
-    t = sample_timesteps(frames.shape[:2], cfg, device=frames.device)
-    noise = torch.randn_like(frames)
-    v = model(interpolate(frames, noise, t), t, history, actions, history_t, K=cfg.K, context_noise=cfg.context_noise,
-              anchor=anchor, surgery=surgery, x_enc=x_enc, t_enc=t_enc)
-    error = (v.float() - (noise - frames)).pow(2)  # (K*B, F, C, H, W)
+        x = _repeat_batch(x, cfg.K)
+    t = sample_timesteps(x.shape[:2], cfg, device=x.device)
+    noise = torch.randn_like(x)
+    v = model(interpolate(x, noise, t), t, history, actions, history_t, K=cfg.K, context_noise=cfg.context_noise,
+              surgery=surgery, x_enc=x_enc, t_enc=t_enc)
+    error = (v.float() - (noise - x)).pow(2)  # (K*B, F, C, H, W)
     if net.prediction.needs_anchor:  # frame 0 has no x_{i-1} to change from
         error = error[:, 1:]
     return error.mean()

@@ -21,7 +21,8 @@ flow time t (B, F) in [0, 1] with t = 1 pure noise. actions[:, i] is the action 
 History frames are read at their own flow time history_t (B, F) (0 = clean; noise augmentation, see
 FlowConfig.history_noise); in a stream every history frame is read at `stream.history_t` (prefill and commit take
 clean frames and corrupt them). The network's output is turned into a velocity by `config.prediction`
-(flow.PREDICTIONS), so callers always get velocities.
+(flow.PREDICTIONS), so callers always get velocities. x_t is the flow variable: the noisy frame, or with change
+prediction the noisy change from the anchor x_{i-1} (`prediction.to_flow` / `to_frame` convert).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class Stream:
     surgery: Surgery | None = None  # Causal DiT: fixed for the whole rollout, as the cached K/V depend on it
     history_t: float = 0.0  # flow time at which history frames are read (prefill and commit corrupt them to it)
     history_generator: torch.Generator | None = None  # CPU noise for that corruption (None: the global stream)
-    anchor: torch.Tensor | None = None  # latest history frame before corruption (B, C, H, W) (change prediction)
+    anchor: torch.Tensor | None = None  # latest history frame before corruption (B, C, H, W): change prediction's x_{i-1}
 
     def as_history(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, ..., C, H, W) corrupted to the stream's history flow time (unchanged when it is 0)."""
@@ -248,14 +249,14 @@ class WorldModel(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, history: torch.Tensor, actions: torch.Tensor,
                 history_t: torch.Tensor | None = None, *, K: int = 1, context_noise: float = 0.0,
-                anchor: torch.Tensor | None = None, surgery: Surgery | None = None,
+                surgery: Surgery | None = None,
                 x_enc: torch.Tensor | None = None, t_enc: torch.Tensor | None = None) -> torch.Tensor:
         """The training path (what flow_matching_loss calls, so DDP and FSDP see one forward per step): velocities
         of K noisy draws per clip that share one context pass (amortized multi-sample decoding).
 
         history: (B, F, C, H, W) frames read as the past, at flow times history_t (B, F) (None: clean);
         actions: (B, F); x_t: (K*B, F, C, H, W) noisy frames at t (K*B, F), the K draws stacked along the batch;
-        anchor: (K*B, F, C, H, W) x_{i-1} for change prediction; x_enc, t_enc: (B, F, ...) the current frames at a
+        x_enc, t_enc: (B, F, ...) the current frames at a
         high flow time for noisy_current SCD encoders. Returns velocities (K*B, F, C, H, W)."""
         extra = {} if x_enc is None else dict(x_enc=x_enc, t_enc=t_enc)
         ctx = self.training_context(history, actions, history_t, **extra)
@@ -263,7 +264,7 @@ class WorldModel(nn.Module):
             ctx = self.corrupt_context(ctx, context_noise)
         if K > 1:  # stack K copies of the context along the batch; (B, ...) -> (K*B, ...)
             ctx, actions = torch.utils._pytree.tree_map(lambda x: x.repeat(K, *[1] * (x.ndim - 1)), (ctx, actions))
-        return self.velocity(x_t, t, ctx, actions, surgery=surgery, anchor=anchor)
+        return self.velocity(x_t, t, ctx, actions, surgery=surgery)
 
 
 class CausalDiT(WorldModel):
@@ -331,17 +332,16 @@ class CausalDiT(WorldModel):
         self.check_actions(actions, frames.shape[:2])
         return History(frames, _history_t(frames, history_t))
 
-    def velocity(self, x_t, t, history: History, actions, surgery: Surgery | None = None, anchor=None) -> torch.Tensor:
+    def velocity(self, x_t, t, history: History, actions, surgery: Surgery | None = None) -> torch.Tensor:
         """Teacher forcing in one pass over the sequence [history x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups).
 
-        Noisy frame i attends to history frames < i and to itself, exactly what the KV cache gives at inference.
-        anchor (B, F, C, H, W): x_{i-1} before corruption, for change prediction."""
+        Noisy frame i attends to history frames < i and to itself, exactly what the KV cache gives at inference."""
         self.check_frames(x_t, "x_t")
         f = x_t.shape[1]
         layout = teacher_forcing_layout(history.frames, x_t, t, actions, history.t)
         h, cond = self._transformer(*layout, surgery=surgery)
         out = self.patchify.unpatchify(self.head(h[:, f - 1 :], cond[:, f - 1 :]))  # the F noisy groups
-        return self.prediction.to_velocity(out, x_t, t, anchor)
+        return self.prediction.to_velocity(out, x_t, t)
 
     # -- streaming -------------------------------------------------------------------------------------------
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
@@ -371,7 +371,7 @@ class CausalDiT(WorldModel):
         is_clean = torch.zeros(1, dtype=torch.bool, device=x_t.device)
         h, cond = self._transformer(x_t[:, None], t[:, None], action[:, None], frame_pos, is_clean, stream.cache,
                                     stream.surgery)
-        return self.prediction.to_velocity(self.patchify.unpatchify(self.head(h, cond))[:, 0], x_t, t, stream.anchor)
+        return self.prediction.to_velocity(self.patchify.unpatchify(self.head(h, cond))[:, 0], x_t, t)
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
         """One extra pass writes the finished frame's K/V as history (read at t = stream.history_t, as trained)."""
@@ -499,25 +499,23 @@ class SCD(WorldModel):
         c = self.encoder(self.encoder.embed(self.patchify(seq)), t_all, a_all, frame_pos, is_clean, self.rope)
         return c[:, f - 1 :]
 
-    def decode(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, actions: torch.Tensor,
-               anchor=None) -> torch.Tensor:
-        """Velocity of noisy frames given their contexts: x_t (..., C, H, W), t and actions (...), c (..., P, D);
-        anchor (..., C, H, W): x_{i-1} before corruption, for change prediction."""
+    def decode(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Velocity of noisy frames given their contexts: x_t (..., C, H, W), t and actions (...), c (..., P, D)."""
         lead = x_t.shape[:-3]
         out = self.decoder(
             self.patchify(x_t).flatten(0, -3), t.reshape(-1), c.flatten(0, -3), actions.reshape(-1), self.rope
         )
         out = self.patchify.unpatchify(out.reshape(*lead, *out.shape[-2:]))
-        return self.prediction.to_velocity(out, x_t, t, anchor)
+        return self.prediction.to_velocity(out, x_t, t)
 
     # -- training --------------------------------------------------------------------------------------------
     def training_context(self, frames: torch.Tensor, actions: torch.Tensor, history_t=None, x_enc=None, t_enc=None):
         return self.encode(frames, actions, history_t, x_enc, t_enc)
 
-    def velocity(self, x_t, t, c, actions, surgery: Surgery | None = None, anchor=None) -> torch.Tensor:
+    def velocity(self, x_t, t, c, actions, surgery: Surgery | None = None) -> torch.Tensor:
         self.check_surgery(surgery)
         self.check_frames(x_t, "x_t")
-        return self.decode(x_t, t, c, actions, anchor)
+        return self.decode(x_t, t, c, actions)
 
     def corrupt_context(self, c: torch.Tensor, eta: float, generator: torch.Generator | None = None):
         """c + eta * zeta with zeta ~ N(0, I) (context noise: training augmentation and guidance)."""
@@ -587,9 +585,8 @@ class SCD(WorldModel):
         return self._encoder_step(stream, empty, action[:, None], commit)[:, 0]
 
     def frame_velocity(self, stream: Stream, c, x_t: torch.Tensor, t: torch.Tensor, action: torch.Tensor):
-        """One decoder step: x_t (B, C, H, W), t (B,), c (B, P, D) -> velocity (B, C, H, W). No history here
-        (change prediction adds the last frame, stream.anchor, to the decoder's output)."""
-        return self.decode(x_t, t, c, action, stream.anchor)
+        """One decoder step: x_t (B, C, H, W), t (B,), c (B, P, D) -> velocity (B, C, H, W). No history here."""
+        return self.decode(x_t, t, c, action)
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
         """previous_frame: the finished frame becomes the input of the next encoder slot (encoded once the next

@@ -176,7 +176,7 @@ class Streamer:
         if self.callback is not None:
             index = self.frames_generated
             step_callback = lambda info: self.callback({"frame": index, **info})  # noqa: E731
-        frame = euler_sample(velocity, noise, self.schedule, step_callback)
+        frame = model.prediction.to_frame(euler_sample(velocity, noise, self.schedule, step_callback), stream.anchor)
         if model.config.frame_range is not None:  # history never holds values no training frame had
             frame = frame.clamp(*model.config.frame_range)
         model.commit(stream, frame, a)

@@ -300,7 +300,7 @@ def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():
 def noisy_history_rollout(model, context, actions, steps, seed):
     """Algorithm 2 by full recomputation with history noise: every history frame (context and generated) is
     corrupted to the model's history_noise flow time with the rollout's history stream, and read at that time;
-    change prediction adds its output to the previous frame before corruption."""
+    change prediction generates the change from the previous frame before corruption."""
     from scd.sampling import HISTORY_NOISE, _generator
 
     frame_gen, history_gen = torch.Generator().manual_seed(seed), _generator(seed, HISTORY_NOISE)
@@ -312,7 +312,7 @@ def noisy_history_rollout(model, context, actions, steps, seed):
         return interpolate(x, torch.randn(x.shape, generator=history_gen), torch.full(x.shape[:-3], tau))
 
     history = as_history(context) if c0 else context
-    anchor = context[:, -1] if c0 else None
+    anchor = context[:, -1] if c0 and model.config.prediction == "change" else None
     out = []
     for i in range(c0, actions.shape[1]):
         x = torch.randn((b, *FRAME), generator=frame_gen)
@@ -322,16 +322,16 @@ def noisy_history_rollout(model, context, actions, steps, seed):
             seq = torch.cat([history, x[:, None]], dim=1)
             history_t = torch.full((b, i + 1), tau)
             if isinstance(model, SCD):
-                v = model.decode(x, t, model.encode(seq, a, history_t)[:, i], a[:, i], anchor)
+                v = model.decode(x, t, model.encode(seq, a, history_t)[:, i], a[:, i])
             else:
                 t_seq = history_t.clone()
                 t_seq[:, i] = t
-                anchors = None if anchor is None else anchor[:, None].expand_as(seq)  # only frame i's is read
-                v = model.velocity(seq, t_seq, model.training_context(seq, a, history_t), a, anchor=anchors)[:, i]
+                v = model.velocity(seq, t_seq, model.training_context(seq, a, history_t), a)[:, i]
             x = x + (schedule[s + 1] - schedule[s]) * v
-        history = torch.cat([history, as_history(x[:, None])], dim=1)
-        anchor = x
-        out.append(x)
+        frame = x if anchor is None else anchor + x  # change prediction: x is the change from x_{i-1}
+        history = torch.cat([history, as_history(frame[:, None])], dim=1)
+        anchor = frame if model.config.prediction == "change" else None
+        out.append(frame)
     return torch.stack(out, dim=1)
 
 
