@@ -125,17 +125,7 @@ def test_torchrun_two_processes_equal_one_and_checkpoints_move_between_process_c
     script = tmp_path / "job.py"
     script.write_text(TORCHRUN_SCRIPT.format(tests=str(TESTS), two=str(tmp_path / "two"),
                                              resumed=str(tmp_path / "resumed")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(scd.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                            str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
-    try:
-        _, err = job.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(job.pid, signal.SIGKILL)  # torchrun and its workers
-        _, err = job.communicate()
-    assert job.returncode == 0, err[-3000:]
+    torchrun(script)
     full = losses(tmp_path / "one")
     # 2 processes, global batch 4 = 2 x 2 clips: the 1-process losses (the gradient's sum order may differ)
     torch.testing.assert_close(losses(tmp_path / "two"), full[:2], rtol=1e-5, atol=1e-6)
