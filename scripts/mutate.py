@@ -47,8 +47,7 @@ MUTATIONS = [
              "self.k[:, :, :, :keep] = self.k[:, :, :, drop : self.length].clone()",
              "self.k[:, :, :, :keep] = self.k[:, :, :, :keep].clone()", ("tests/test_models.py",)),
     Mutation("x-prediction velocity sign", "scd/flow.py",
-             "return (x_t - self.clean_frame(out.to(x_t.dtype), anchor)) / t",
-             "return (self.clean_frame(out.to(x_t.dtype), anchor) - x_t) / t",
+             "return (x_t - out.to(x_t.dtype)) / t", "return (out.to(x_t.dtype) - x_t) / t",
              ("tests/test_models.py",)),
     Mutation("history flow times shifted by one frame in training", "scd/models.py",
              "t = torch.cat([torch.zeros(b, 1, device=frames.device), _history_t(frames, history_t)[:, :-1]], dim=1)",
@@ -120,6 +119,10 @@ def main() -> int:
         for m in chosen:
             print(f"{m.name}  ({m.file}; tests: {', '.join(m.tests)})")
         return 0
+    stale = [m for m in chosen if (ROOT / m.file).read_text().count(m.old) != 1]
+    if stale:  # check every snippet before spending minutes on the others
+        raise SystemExit("snippets not found exactly once (update scripts/mutate.py): "
+                         + "; ".join(f"{m.name!r} in {m.file}" for m in stale))
     survivors = []
     for m in chosen:
         caught, seconds = run(m, sys.executable)
