@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .cli_options import (Parser, add_device_option, add_option, add_surgery_arguments, at_least, finite, positive,
-                          surgery_from_args)
+from .cli_options import (Parser, add_device_option, add_option, add_sampler_options, add_surgery_arguments,
+                          at_least, finite, positive, surgery_from_args)
 
 # command -> (one-line help for `scd --help`, "module:function" that adds its full parser), in `scd --help` order
 COMMANDS = {
@@ -466,10 +466,8 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--frames", type=at_least(1), default=32, help="frames to generate (default: 32)")
     p.add_argument("--actions", default="recorded",
                    help="'recorded', or ids/names like '1,1,2' (repeated to fill --frames; default: recorded)")
-    add_option(p, "--steps", Streamer, "steps", "denoising steps S", type=at_least(1))
-    add_option(p, "--shift", Streamer, "shift", "schedule shift k", type=positive())
+    add_sampler_options(p)
     add_option(p, "--samples", Streamer, "num_samples", "trajectories", type=at_least(1))
-    add_option(p, "--seed", Streamer, "seed", "noise seed", type=at_least(0))
     p.add_argument("--window", type=at_least(1), help="past frames the next frame sees (default: the checkpoint's "
                                                       "training clip length - 1, the most any training frame saw)")
     p.add_argument("--cfg-scale", type=finite, default=1.0, help="guidance scale (default: 1 = off)")

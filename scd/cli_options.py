@@ -103,6 +103,15 @@ def device(text: str) -> str:
     return text
 
 
+def add_sampler_options(parser) -> None:
+    """--steps, --shift and --seed of a rollout, with the Streamer's defaults (generate, probe, quality)."""
+    from .sampling import Streamer
+
+    add_option(parser, "--steps", Streamer, "steps", "denoising steps S", type=at_least(1))
+    add_option(parser, "--shift", Streamer, "shift", "schedule shift k", type=positive())
+    add_option(parser, "--seed", Streamer, "seed", "noise seed", type=at_least(0))
+
+
 def add_device_option(parser) -> None:
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
 

@@ -152,7 +152,7 @@ def corrupt_history(frames: torch.Tensor, max_t: float) -> tuple[torch.Tensor, t
     return interpolate(frames, torch.randn_like(frames), tau), tau
 
 
-def _repeat_batch(tree, k: int):
+def repeat_batch(tree, k: int):
     """Stack k copies of every tensor in `tree` (a tensor or a tuple of them) along the batch dim."""
     return torch.utils._pytree.tree_map(lambda x: x.repeat(k, *[1] * (x.ndim - 1)), tree)
 
@@ -169,7 +169,9 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     actions = drop_actions(actions, cfg.action_dropout, net.null_action)
     history = frames if history is None else history
     # the flow variable: the frames, or (change prediction) their change from x_{i-1} before corruption
-    anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)
+    anchor = None
+    if net.prediction.needs_anchor:
+        anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)
     x = net.prediction.to_flow(frames, anchor)  # (B, F, C, H, W)
     history, history_t = corrupt_history(history, cfg.history_noise)
     x_enc = t_enc = None
@@ -177,7 +179,7 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
         t_enc = cfg.encoder_t_min + (1 - cfg.encoder_t_min) * torch.rand(frames.shape[:2], device=frames.device)
         x_enc = interpolate(x, torch.randn_like(x), t_enc)
     if cfg.K > 1:  # the K draws share one context pass: targets stacked along the batch, (K*B, F, C, H, W)
-        x = _repeat_batch(x, cfg.K)
+        x = repeat_batch(x, cfg.K)
     t = sample_timesteps(x.shape[:2], cfg, device=x.device)
     noise = torch.randn_like(x)
     v = model(interpolate(x, noise, t), t, history, actions, history_t, K=cfg.K, context_noise=cfg.context_noise,

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .flow import PREDICTIONS, interpolate
+from .flow import PREDICTIONS, interpolate, repeat_batch
 from .sampling import flow_schedule
 from .nn import (
     Conditioning,
@@ -116,7 +116,8 @@ class Stream:
     surgery: Surgery | None = None  # Causal DiT: fixed for the whole rollout, as the cached K/V depend on it
     history_t: float = 0.0  # flow time at which history frames are read (prefill and commit corrupt them to it)
     history_generator: torch.Generator | None = None  # CPU noise for that corruption (None: the global stream)
-    anchor: torch.Tensor | None = None  # latest history frame before corruption (B, C, H, W): change prediction's x_{i-1}
+    # latest history frame before corruption (B, C, H, W): change prediction's x_{i-1}
+    anchor: torch.Tensor | None = None
 
     def as_history(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, ..., C, H, W) corrupted to the stream's history flow time (unchanged when it is 0)."""
@@ -124,6 +125,13 @@ class Stream:
             return frames
         noise = torch.randn(frames.shape, generator=self.history_generator).to(frames.device, frames.dtype)
         return interpolate(frames, noise, torch.full(frames.shape[:-3], self.history_t, device=frames.device))
+
+    def receive(self, frames: torch.Tensor) -> torch.Tensor:
+        """Clean frames (B, n, C, H, W) entering the history: the last one becomes the anchor (change prediction's
+        x_{i-1}); returns them as the model reads them, corrupted to the history flow time."""
+        history = self.as_history(frames)
+        self.anchor = frames[:, -1]  # before corruption
+        return history
 
 
 class History(NamedTuple):
@@ -256,14 +264,14 @@ class WorldModel(nn.Module):
 
         history: (B, F, C, H, W) frames read as the past, at flow times history_t (B, F) (None: clean);
         actions: (B, F); x_t: (K*B, F, C, H, W) noisy frames at t (K*B, F), the K draws stacked along the batch;
-        x_enc, t_enc: (B, F, ...) the current frames at a
-        high flow time for noisy_current SCD encoders. Returns velocities (K*B, F, C, H, W)."""
+        x_enc, t_enc: (B, F, ...) the current frames at a high flow time for noisy_current SCD encoders.
+        Returns velocities (K*B, F, C, H, W)."""
         extra = {} if x_enc is None else dict(x_enc=x_enc, t_enc=t_enc)
         ctx = self.training_context(history, actions, history_t, **extra)
         if context_noise > 0:
             ctx = self.corrupt_context(ctx, context_noise)
         if K > 1:  # stack K copies of the context along the batch; (B, ...) -> (K*B, ...)
-            ctx, actions = torch.utils._pytree.tree_map(lambda x: x.repeat(K, *[1] * (x.ndim - 1)), (ctx, actions))
+            ctx, actions = repeat_batch((ctx, actions), K)
         return self.velocity(x_t, t, ctx, actions, surgery=surgery)
 
 
@@ -347,8 +355,7 @@ class CausalDiT(WorldModel):
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         """Run history frames (B, n, C, H, W) at t = stream.history_t and write their K/V to the cache."""
         self._check_stream_input(stream, frames, actions)
-        stream.anchor = frames[:, -1]
-        frames = stream.as_history(frames)
+        frames = stream.receive(frames)
         b, n = frames.shape[:2]
         n_tokens = n * self.config.tokens_per_frame
         stream.cache.reserve(n_tokens)
@@ -549,7 +556,7 @@ class SCD(WorldModel):
         t[:, :start] = 0.0  # the start token slot is clean
         return self._stream_encoder(stream, slots, t, actions, commit)
 
-    def _cache_clean_frames(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
+    def _cache_history_frames(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         """noisy_current: history frames (B, n, C, H, W) at t = stream.history_t write their K/V, like the Causal
         DiT's commit pass."""
         slots = self.encoder.embed(self.patchify(frames))
@@ -558,12 +565,11 @@ class SCD(WorldModel):
 
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
         """Encode known frames (B, n, C, H, W). previous_frame: slots for frames j..j+n-1, the last frame waits
-        for its action; noisy_current: all n frames go to the cache as clean history."""
+        for its action; noisy_current: all n frames go to the cache as history."""
         self._check_stream_input(stream, frames, actions)
-        stream.anchor = frames[:, -1]
-        frames = stream.as_history(frames)
+        frames = stream.receive(frames)
         if self.encoder_reads_noisy_frame:
-            self._cache_clean_frames(stream, frames, actions)
+            self._cache_history_frames(stream, frames, actions)
         else:
             self._encoder_step(stream, frames[:, :-1], actions, commit=True)
             stream.last_frame = frames[:, -1]
@@ -590,12 +596,12 @@ class SCD(WorldModel):
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
         """previous_frame: the finished frame becomes the input of the next encoder slot (encoded once the next
-        action is known). noisy_current: a clean encoder pass caches it now."""
-        stream.anchor = frame
+        action is known). noisy_current: an encoder pass at the history flow time caches it now."""
+        history = stream.receive(frame[:, None])
         if self.encoder_reads_noisy_frame:
-            self._cache_clean_frames(stream, stream.as_history(frame[:, None]), action[:, None])
+            self._cache_history_frames(stream, history, action[:, None])
         else:
-            stream.last_frame = stream.as_history(frame)
+            stream.last_frame = history[:, 0]
         stream.num_frames += 1
 
 

@@ -478,7 +478,7 @@ def _training_flow(model) -> FlowConfig:
 
 
 def add_parser(subparsers) -> None:
-    from .cli_options import add_surgery_arguments, at_least, positive
+    from .cli_options import add_sampler_options, add_surgery_arguments, at_least
 
     p = subparsers.add_parser("probe", help="step similarity, PCA, attention mass and leave-one-out of a model")
     p.add_argument("--checkpoint", required=True, help="checkpoint or run directory (Causal DiT or SCD)")
@@ -488,9 +488,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--clips", type=at_least(1), default=4, help="rollouts (one clip per episode; default: 4)")
     p.add_argument("--context", type=at_least(1), default=4, help="real frames given (default: 4)")
     p.add_argument("--frames", type=at_least(1), default=8, help="generated frames per rollout (default: 8)")
-    p.add_argument("--steps", type=at_least(1), default=20, help="denoising steps S (default: 20)")
-    p.add_argument("--shift", type=positive(), default=1.0, help="schedule shift k (default: 1.0)")
-    p.add_argument("--seed", type=at_least(0), default=0, help="noise seed (default: 0)")
+    add_sampler_options(p)
     p.add_argument("--pca-frame", type=at_least(0), default=0,
                    help="generated frame (of clip 0) shown in the PCA figure (default: 0)")
     p.add_argument("--loss-clips", type=at_least(1), default=16,

@@ -108,7 +108,7 @@ def seconds_per_frame(model, frames, actions, context: int, steps: int = 20, shi
 
 # -- scd quality ---------------------------------------------------------------------------------------------
 def add_parser(subparsers) -> None:
-    from .cli_options import add_surgery_arguments, at_least, positive
+    from .cli_options import add_sampler_options, add_surgery_arguments, at_least
 
     p = subparsers.add_parser("quality", help="rollout PSNR/SSIM/LPIPS vs ground truth on a few held-out clips "
                                               "(optionally under a surgery) and s/frame")
@@ -119,9 +119,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--start", type=at_least(0), default=0, help="first frame of each clip in its episode (default: 0)")
     p.add_argument("--context", type=at_least(1), default=4, help="real frames given (default: 4)")
     p.add_argument("--frames", type=at_least(1), default=8, help="frames generated and scored (default: 8)")
-    p.add_argument("--steps", type=at_least(1), default=20, help="denoising steps S (default: 20)")
-    p.add_argument("--shift", type=positive(), default=1.0, help="schedule shift k (default: 1.0)")
-    p.add_argument("--seed", type=at_least(0), default=0, help="noise seed (default: 0)")
+    add_sampler_options(p)
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--no-speed", action="store_true", help="skip the batch-1 timing")
     p.add_argument("--json", help="also write the numbers to this file")
