@@ -128,14 +128,19 @@ def cmd_train(args) -> int:
 
     _check_out_dir(args.out)
     data = ClipDataset(args.data, args.clip_len)
-    if args.init_from:
+    inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
+    if args.init_from:  # the checkpoint's network; the prediction and history noise only when given here
         model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])
+        if args.prediction is not None:
+            model_config = model_config.replace(prediction=args.prediction)
+        if args.history_noise_inference is not None:
+            model_config = model_config.replace(history_noise=inference_noise)
     else:
         model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
-        inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
-        model_config = model_config.replace(prediction=args.prediction, history_noise=inference_noise)
+        model_config = model_config.replace(prediction=args.prediction or ModelConfig.prediction,
+                                            history_noise=inference_noise)
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
                       action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
                       history_noise=args.history_noise)
@@ -209,11 +214,14 @@ def add_train_parser(sub) -> None:
                    help="SCD context fusion (default: the preset's)")
     add_option(p, "--prediction", ModelConfig, "prediction",
                "network output: the velocity (the paper), the clean frame (x-prediction) or the clean frame's change "
-               "from the last history frame (starts as copy-last-frame)", choices=list(PREDICTIONS))
+               "from the last history frame before or after history noise (starts as copy-last-frame); with "
+               "--init-from, the checkpoint's unless given", choices=list(PREDICTIONS))
+    p.set_defaults(prediction=None)  # None: the preset's default, or the --init-from checkpoint's
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
     p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",
-                   help="fixed flow time of history frames at inference (default: MAX / 2)")
+                   help="fixed flow time of history frames at inference (default: MAX / 2; with --init-from, the "
+                        "checkpoint's unless given)")
     add_option(p, "--rollout-steps", TrainConfig, "rollout_steps",
                "rollout training: history = the model's own S-step samples (0 = teacher forcing)", metavar="S",
                type=at_least(0))

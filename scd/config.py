@@ -25,9 +25,10 @@ FUSIONS = ("seq_offset", "seq_same", "channel")
 #                   corrupted to a high flow time (training: t ~ U(t_min, 1); inference: pure noise, t = 1);
 #                   c_i is read at the noisy frame's tokens. This is what blocks copied from a Causal DiT saw.
 ENCODER_INPUTS = ("previous_frame", "noisy_current")
-# What the network outputs (flow.PREDICTIONS): "velocity" u = eps - x (the paper), "x" the clean frame or "change"
-# the clean frame's change from the last history frame. Names only: config stays importable without torch.
-PREDICTIONS = ("velocity", "x", "change")
+# What the network outputs (flow.PREDICTIONS): "velocity" u = eps - x (the paper), "x" the clean frame, "change"
+# the clean frame's change from the last history frame before history noise, "change-noisy" from it as read (with
+# the noise). Names only: config stays importable without torch.
+PREDICTIONS = ("velocity", "x", "change", "change-noisy")
 
 
 def _json_value_fits(annotation: str, value) -> bool:
@@ -64,7 +65,7 @@ class ModelConfig:
     fusion: Literal["seq_offset", "seq_same", "channel"] = "seq_offset"
     rope_theta: float = 10000.0
     encoder_input: Literal["previous_frame", "noisy_current"] = "previous_frame"  # scd only
-    prediction: Literal["velocity", "x", "change"] = "velocity"
+    prediction: Literal["velocity", "x", "change", "change-noisy"] = "velocity"
     # Flow time at which history frames are read at inference (noise augmentation: trained with
     # FlowConfig.history_noise >= this); 0 = clean history.
     history_noise: float = 0.0

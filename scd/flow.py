@@ -21,6 +21,7 @@ class VelocityPrediction:
     frames themselves (`to_flow` / `to_frame` are the identity)."""
 
     needs_anchor = False
+    anchor_is_read = False  # change prediction: is x_{i-1} the history frame as read (noisy) or before corruption?
 
     def to_velocity(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return out
@@ -67,6 +68,16 @@ class ChangePrediction(CleanPrediction):
         return _required(anchor).to(sample.dtype) + sample
 
 
+@dataclass(frozen=True)
+class NoisyChangePrediction(ChangePrediction):
+    """Change prediction from the last history frame as the model reads it, after history noise augmentation:
+    d = x_i - x~_{i-1}, so the network also learns to remove the noise of its anchor. With clean anchors an error
+    in a generated frame is copied into every later frame (errors add up); here a corrupted anchor is what
+    training shows, and the change cleans it (errors decay). Same as ChangePrediction without history noise."""
+
+    anchor_is_read = True
+
+
 def _required(anchor: torch.Tensor | None) -> torch.Tensor:
     if anchor is None:
         raise ValueError("change prediction needs the anchor frame x_{i-1}: give at least one context frame")
@@ -74,7 +85,8 @@ def _required(anchor: torch.Tensor | None) -> torch.Tensor:
 
 
 # What a network outputs and what the flow runs on (ModelConfig.prediction names one).
-PREDICTIONS = {"velocity": VelocityPrediction(), "x": CleanPrediction(), "change": ChangePrediction()}
+PREDICTIONS = {"velocity": VelocityPrediction(), "x": CleanPrediction(), "change": ChangePrediction(),
+               "change-noisy": NoisyChangePrediction()}
 
 
 @dataclass(frozen=True)
@@ -168,12 +180,14 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     net = getattr(model, "module", model)  # model may be a DistributedDataParallel wrapper: call it, ask the module
     actions = drop_actions(actions, cfg.action_dropout, net.null_action)
     history = frames if history is None else history
-    # the flow variable: the frames, or (change prediction) their change from x_{i-1} before corruption
+    clean_history = history
+    history, history_t = corrupt_history(history, cfg.history_noise)
+    # the flow variable: the frames, or (change prediction) their change from x_{i-1}, before or after corruption
     anchor = None
     if net.prediction.needs_anchor:
-        anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)
+        past = history if net.prediction.anchor_is_read else clean_history
+        anchor = torch.cat([torch.zeros_like(past[:, :1]), past[:, :-1]], dim=1)
     x = net.prediction.to_flow(frames, anchor)  # (B, F, C, H, W)
-    history, history_t = corrupt_history(history, cfg.history_noise)
     x_enc = t_enc = None
     if net.encoder_reads_noisy_frame:  # supp. E.1: the encoder sees the current frame at a high flow time
         t_enc = cfg.encoder_t_min + (1 - cfg.encoder_t_min) * torch.rand(frames.shape[:2], device=frames.device)

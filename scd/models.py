@@ -116,8 +116,9 @@ class Stream:
     surgery: Surgery | None = None  # Causal DiT: fixed for the whole rollout, as the cached K/V depend on it
     history_t: float = 0.0  # flow time at which history frames are read (prefill and commit corrupt them to it)
     history_generator: torch.Generator | None = None  # CPU noise for that corruption (None: the global stream)
-    # latest history frame before corruption (B, C, H, W): change prediction's x_{i-1}
+    # latest history frame (B, C, H, W): change prediction's x_{i-1}, as read (anchor_is_read) or before corruption
     anchor: torch.Tensor | None = None
+    anchor_is_read: bool = False
 
     def as_history(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, ..., C, H, W) corrupted to the stream's history flow time (unchanged when it is 0)."""
@@ -130,7 +131,7 @@ class Stream:
         """Clean frames (B, n, C, H, W) entering the history: the last one becomes the anchor (change prediction's
         x_{i-1}); returns them as the model reads them, corrupted to the history flow time."""
         history = self.as_history(frames)
-        self.anchor = frames[:, -1]  # before corruption
+        self.anchor = (history if self.anchor_is_read else frames)[:, -1]
         return history
 
 
@@ -232,7 +233,8 @@ class WorldModel(nn.Module):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1 (past frames the next frame sees), got {window!r}")
         return Stream(KVCache(self.cache_layers, self.cache_frames(window), self.config.tokens_per_frame), batch,
-                      surgery=surgery, history_t=self.config.history_noise)
+                      surgery=surgery, history_t=self.config.history_noise,
+                      anchor_is_read=self.prediction.anchor_is_read)
 
     def cache_frames(self, window: int) -> int:
         """KV cache slots for a window: the `window` past frames plus the frame being generated."""

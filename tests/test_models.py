@@ -300,7 +300,8 @@ def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():
 def noisy_history_rollout(model, context, actions, steps, seed):
     """Algorithm 2 by full recomputation with history noise: every history frame (context and generated) is
     corrupted to the model's history_noise flow time with the rollout's history stream, and read at that time;
-    change prediction generates the change from the previous frame before corruption."""
+    change prediction generates the change from the previous frame before corruption ("change") or as read
+    ("change-noisy")."""
     from scd.sampling import HISTORY_NOISE, _generator
 
     frame_gen, history_gen = torch.Generator().manual_seed(seed), _generator(seed, HISTORY_NOISE)
@@ -311,8 +312,9 @@ def noisy_history_rollout(model, context, actions, steps, seed):
     def as_history(x):
         return interpolate(x, torch.randn(x.shape, generator=history_gen), torch.full(x.shape[:-3], tau))
 
+    change, from_read = model.prediction.needs_anchor, model.prediction.anchor_is_read
     history = as_history(context) if c0 else context
-    anchor = context[:, -1] if c0 and model.config.prediction == "change" else None
+    anchor = (history if from_read else context)[:, -1] if c0 and change else None
     out = []
     for i in range(c0, actions.shape[1]):
         x = torch.randn((b, *FRAME), generator=frame_gen)
@@ -329,14 +331,15 @@ def noisy_history_rollout(model, context, actions, steps, seed):
                 v = model.velocity(seq, t_seq, model.training_context(seq, a, history_t), a)[:, i]
             x = x + (schedule[s + 1] - schedule[s]) * v
         frame = x if anchor is None else anchor + x  # change prediction: x is the change from x_{i-1}
-        history = torch.cat([history, as_history(frame[:, None])], dim=1)
-        anchor = frame if model.config.prediction == "change" else None
+        read = as_history(frame[:, None])
+        history = torch.cat([history, read], dim=1)
+        anchor = (read[:, 0] if from_read else frame) if change else None
         out.append(frame)
     return torch.stack(out, dim=1)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("prediction,c0", [("x", 0), ("x", 2), ("change", 2)])
+@pytest.mark.parametrize("prediction,c0", [("x", 0), ("x", 2), ("change", 2), ("change-noisy", 2)])
 def test_x_prediction_with_history_noise_streams_like_training(arch, prediction, c0):
     model = tiny(arch, prediction=prediction, history_noise=0.2)
     frames, actions = clip(f=5)
