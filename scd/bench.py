@@ -20,11 +20,12 @@ What is measured, per context length C (both models use the real streaming path,
   set after building the model and its inputs, for one streaming run in a fresh subprocess per model
   (weights excluded; activations, KV cache, allocator and library workspaces included).
 
-Expected cost per frame, derived analytically (`frame_flops`): block passes per frame (ModelConfig) and the
-FLOPs of every matmul (QKV, projection, MLP, adaLN, embedding, head, time MLP) plus attention over the keys each
-query sees: the Causal DiT's noisy frame attends its history and itself at each of the S steps and once more in
-the pass that caches the finished frame; SCD's encoder slot attends the history once, and its decoder attends
-the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights: fine for speed.
+Expected cost per frame, as each model answers it: block passes per frame (`block_passes`) and the FLOPs of
+every matmul (QKV, projection, MLP, adaLN, embedding, head, time MLP) plus attention over the keys each query
+sees (`frame_flops`): the Causal DiT's noisy frame attends its history and itself at each of the S steps and
+once more in the pass that caches the finished frame; SCD's encoder slot attends the history once, and its
+decoder attends the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights: fine
+for speed.
 
 The report records the machine's load average: on a shared CPU, more torch threads than idle cores make every
 parallel op wait for descheduled threads, which slows both models and pulls the measured ratio towards the
@@ -33,7 +34,6 @@ block-pass ratio (the cost then follows the number of ops, not their FLOPs).
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import statistics
@@ -48,53 +48,9 @@ import torch
 
 from .config import PRESETS, ModelConfig
 from .models import WorldModel, build_model
-from .nn import Conditioning
 from .sampling import Streamer
 
 FORMAT = "scd-bench-v1"
-_TIME_FREQ_DIM = inspect.signature(Conditioning).parameters["freq_dim"].default  # sinusoid size of the t MLP
-
-
-# -- analytical cost -----------------------------------------------------------------------------------------
-def linear_flops(rows: int, d_in: int, d_out: int) -> int:
-    """FLOPs (2 per multiply-add) of a Linear on `rows` vectors: 2 * rows * d_in * d_out (bias not counted)."""
-    return 2 * rows * d_in * d_out
-
-
-def block_flops(batch: int, tokens: int, keys: int, hidden: int, mlp_ratio: float) -> int:
-    """One DiTBlock over one group of `tokens` query tokens per batch element, each attending `keys` keys.
-
-    adaLN (6D per group) + QKV + attention (Q K^T and A V: 4 * tokens * keys * D) + output projection + MLP."""
-    n, d, inner = batch * tokens, hidden, int(hidden * mlp_ratio)
-    return (linear_flops(batch, d, 6 * d) + linear_flops(n, d, 3 * d) + 4 * n * keys * d + linear_flops(n, d, d)
-            + linear_flops(n, d, inner) + linear_flops(n, inner, d))
-
-
-def frame_flops(config: ModelConfig, steps: int, history: int, batch: int = 1) -> dict[str, int]:
-    """Analytical FLOPs to stream one frame whose history holds `history` frames (its index in the rollout).
-
-    Returns {"context": the once-per-frame passes (SCD: the encoder slot producing c_i, and for
-    encoder_input="noisy_current" also the clean pass caching the finished frame; Causal DiT: the clean pass
-    writing the finished frame's K/V), "denoise": the S denoising steps, "total"}. Counts matmuls and
-    attention only (what torch.utils.flop_counter counts); norms, RoPE and element-wise ops are left out."""
-    p, d, pd = config.tokens_per_frame, config.hidden, config.patch_dim
-    b, keys = batch, (history + 1) * p  # the history in the KV cache + the frame itself
-    cond = linear_flops(b, _TIME_FREQ_DIM, d) + linear_flops(b, d, d)
-    embed = linear_flops(b * p, pd, d)
-    head = linear_flops(b, d, 2 * d) + linear_flops(b * p, d, pd)
-    if config.arch == "causal_dit":
-        trunk = cond + embed + config.depth * block_flops(b, p, keys, d, config.mlp_ratio)
-        context, step = trunk, trunk + head
-    else:
-        context = embed + cond + config.encoder_depth * block_flops(b, p, keys, d, config.mlp_ratio)
-        if config.encoder_input == "noisy_current":  # a pure-noise pass reads frame i, a clean pass caches it
-            context *= 2
-        if config.fusion == "channel":
-            fuse, tokens = linear_flops(b * p, 2 * d, d), p
-        else:
-            fuse, tokens = 0, 2 * p  # [c_i ; x_i]
-        step = cond + embed + fuse + config.decoder_depth * block_flops(b, tokens, tokens, d, config.mlp_ratio) + head
-    return {"context": context, "denoise": steps * step, "total": context + steps * step}
 
 
 # -- models --------------------------------------------------------------------------------------------------
@@ -250,7 +206,7 @@ def bench(
             {"label": m.label, "source": m.source, "arch": m.model.config.arch,
              "params": sum(p.numel() for p in m.model.parameters()),
              "weights": "random (preset initialisation)" if m.source in PRESETS else "checkpoint",
-             "block_passes_per_frame": m.model.config.block_passes_per_frame(steps)}
+             "block_passes_per_frame": m.model.block_passes(steps)}
             for m in models
         ],
         "runs": [],
@@ -294,8 +250,7 @@ def bench(
         run = {"context": c, "histories": [histories[0], histories[-1]], "models": {}}
         spec = dict(context=c, frames=frames, batch=batch, steps=steps, seed=seed, bf16=bf16)
         for m in models:
-            cfg = m.model.config
-            flops = statistics.mean(frame_flops(cfg, steps, h, batch)["total"] for h in histories)
+            flops = statistics.mean(m.model.frame_flops(steps, h, batch)["total"] for h in histories)
             spf = statistics.median(per_frame[m.label])
             entry = {
                 "first_frame_s": statistics.median(first[m.label]),
@@ -303,7 +258,7 @@ def bench(
                 "fps": batch / spf,
                 "flops_per_frame": flops,
                 "achieved_gflops": flops / spf / 1e9,
-                "block_passes_per_frame": cfg.block_passes_per_frame(steps),
+                "block_passes_per_frame": m.model.block_passes(steps),
                 "kv_cache_bytes": kv_bytes[m.label],
                 "kv_cache_frames": m.model.cache_frames(_window(c, frames)),
                 "first_frame_times": first[m.label],

@@ -41,30 +41,6 @@ COMMANDS = {
 
 
 # -- scd info ------------------------------------------------------------------------------------------------
-def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def describe_model(model, steps: int) -> dict:
-    cfg = model.config
-    info = {
-        "arch": cfg.arch,
-        "params": _count(model),
-        "hidden": cfg.hidden,
-        "heads": cfg.heads,
-        "tokens_per_frame": cfg.tokens_per_frame,
-        "frame_shape": list(cfg.frame_shape),
-        "steps": steps,
-        "block_passes_per_frame": cfg.block_passes_per_frame(steps),
-    }
-    if cfg.arch == "scd":
-        info.update(blocks=f"{cfg.encoder_depth}+{cfg.decoder_depth}", encoder_params=_count(model.encoder),
-                    decoder_params=_count(model.decoder), encoder_input=cfg.encoder_input)
-    else:
-        info.update(blocks=str(cfg.depth))
-    return info
-
-
 def cmd_info(args) -> int:
     import torch
 
@@ -73,7 +49,7 @@ def cmd_info(args) -> int:
     from .models import build_model
 
     names = list(PRESETS) if args.target.lower() == "all" else [args.target]
-    rows = []
+    rows, models = [], []
     for name in names:
         if name.lower() in PRESETS:
             with torch.device("meta"):  # counts parameters without allocating the big presets
@@ -84,23 +60,18 @@ def cmd_info(args) -> int:
         else:
             raise ValueError(f"unknown preset or checkpoint {name!r}: presets are {', '.join(PRESETS)} (any case); "
                              f"shipped models {', '.join(SHIPPED_MODELS)}; or give a checkpoint directory")
-        rows.append({"name": name, **describe_model(model, args.steps)})
+        rows.append({"name": name, **model.describe(args.steps)})
+        models.append(model)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{'model':<12} {'arch':<10} {'blocks':>6} {'hidden':>6} {'params':>9} {'tokens/F':>8} "
           f"{'BP/frame (S=' + str(args.steps) + ')':>18}")
-    for r in rows:
-        bp = r["block_passes_per_frame"]
-        formula = (f"{r['blocks'].split('+')[0]} + {args.steps}x{r['blocks'].split('+')[1]}" if r["arch"] == "scd"
-                   else f"{r['blocks']}x{args.steps} + {r['blocks']}")
-        if r.get("encoder_input") == "noisy_current":  # a clean caching pass + the pure-noise pass per frame
-            formula = "2x" + formula
+    for r, model in zip(rows, models):
         print(f"{r['name']:<12} {r['arch']:<10} {r['blocks']:>6} {r['hidden']:>6} {r['params'] / 1e6:>8.1f}M "
-              f"{r['tokens_per_frame']:>8} {bp:>8} = {formula}")
-    if any(r["arch"] == "causal_dit" for r in rows):
-        print("Causal DiT: L x S denoising passes (the paper's count) + L for the clean pass that caches the "
-              "finished frame.")
+              f"{r['tokens_per_frame']:>8} {r['block_passes_per_frame']:>8} = {model.block_pass_formula(args.steps)}")
+    for note in dict.fromkeys(m.cost_note for m in models if m.cost_note):  # each once, in order
+        print(note)
     return 0
 
 
@@ -385,6 +356,7 @@ def cmd_generate(args) -> int:
     from .config import SHIPPED_MODELS
     from .data.store import frames_to_model, frames_to_uint8
     from .sampling import Guidance, rollout
+    from .surgery import operated
     from .video import CONTEXT_COLOUR, GENERATED_COLOUR, side_by_side, with_captions, write_video
 
     if Path(args.out).suffix not in (".mp4", ".gif"):
@@ -418,9 +390,9 @@ def cmd_generate(args) -> int:
 
     generated, times = [], []
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
-                     surgery=surgery_from_args(args, args.steps, args.shift),
                      num_samples=args.samples, seed=args.seed, window=window)
-    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16), \
+    with operated(model, surgery_from_args(args, args.steps, args.shift)), \
+            torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16), \
             tqdm(total=args.frames, desc=f"generate {model.config.arch}", unit="frame") as bar:
         start = time.perf_counter()
         for frame in stream:  # (1, samples, C, H, W)

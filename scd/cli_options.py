@@ -118,7 +118,7 @@ def add_device_option(parser) -> None:
 
 # -- surgeries (options of train, generate and the evaluation commands) ---------------------------------------
 def add_surgery_arguments(p: argparse.ArgumentParser, training: bool) -> None:
-    """The paper's surgeries on a Causal DiT (models.Surgery) as options."""
+    """The paper's surgeries on a Causal DiT (surgery.Surgery) as options."""
     g = p.add_argument_group("surgeries (Causal DiT)")
     g.add_argument("--skip-after-step", type=at_least(0), metavar="K",
                    help="skip-layer schedule: the first K denoising steps run every block, later steps only "
@@ -136,8 +136,8 @@ def add_surgery_arguments(p: argparse.ArgumentParser, training: bool) -> None:
 
 
 def surgery_from_args(args, steps: int | None = None, shift: float | None = None):
-    """models.Surgery from the options of `add_surgery_arguments`, or None when none is asked for."""
-    from .models import Surgery
+    """surgery.Surgery from the options of `add_surgery_arguments`, or None when none is asked for."""
+    from .surgery import Surgery
 
     steps = args.skip_steps if steps is None else steps
     shift = args.skip_shift if shift is None else shift

@@ -32,44 +32,8 @@ import torch
 from torch import nn
 
 from .flow import FlowConfig, flow_matching_loss
-from .models import SCD, CausalDiT
 from .nn import Attention, apply_rope
 from .sampling import generate
-
-
-# -- where to probe ------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ProbePoints:
-    """The modules of a model's denoising stack: `cond` starts every pass, `head` ends every velocity pass."""
-
-    cond: nn.Module
-    blocks: nn.ModuleList
-    head: nn.Module
-    tokens: int  # the current noisy frame's tokens: the last `tokens` of every block's output
-    has_context_keys: bool  # False for an SCD with channel fusion: c_i is mixed into the tokens, not attended to
-    labels: list[str]  # names of the blocks, as `all_blocks` gives them
-
-
-def probe_points(model) -> ProbePoints:
-    """The blocks that run at every denoising step: a Causal DiT's blocks, or an SCD's decoder blocks."""
-    p = model.config.tokens_per_frame
-    if isinstance(model, CausalDiT):
-        return ProbePoints(model.cond, model.blocks, model.head, p, True, [f"{i}" for i in range(len(model.blocks))])
-    if isinstance(model, SCD):
-        d = model.decoder
-        labels = [f"dec{i}" for i in range(len(d.blocks))]
-        return ProbePoints(d.cond, d.blocks, d.head, p, model.config.fusion != "channel", labels)
-    raise ValueError(f"cannot probe {type(model).__name__}: expected a CausalDiT or an SCD")
-
-
-def all_blocks(model) -> list[tuple[str, nn.Module]]:
-    """(label, block) for every block of the model, in order (SCD: encoder then decoder)."""
-    if isinstance(model, CausalDiT):
-        return [(f"{i}", b) for i, b in enumerate(model.blocks)]
-    if isinstance(model, SCD):
-        return [(f"enc{i}", b) for i, b in enumerate(model.encoder.blocks)] + [
-            (f"dec{i}", b) for i, b in enumerate(model.decoder.blocks)]
-    raise ValueError(f"cannot probe {type(model).__name__}: expected a CausalDiT or an SCD")
 
 
 # -- attention mass ------------------------------------------------------------------------------------------
@@ -109,9 +73,10 @@ class RolloutProbe:
 
     def __init__(self, model, pca_frame: int = 0, attention: bool = True):
         self.model = model
-        self.points = probe_points(model)
+        self.points = model.denoising_stack()
+        self.tokens = model.config.tokens_per_frame  # the current frame's: the last of every block's output
         self.pca_frame = pca_frame
-        self.attention = attention and self.points.has_context_keys
+        self.attention = attention and self.points.attends_context
         self._handles: list = []
         self._pending: dict = {}  # what the current pass recorded
         self._sealed: dict = {}  # what the last velocity pass recorded
@@ -148,7 +113,7 @@ class RolloutProbe:
 
     def _feature_hook(self, i: int):
         def hook(module, args, output):
-            self._pending[("feature", i)] = output[:, -1, -self.points.tokens :].detach().float().clone()
+            self._pending[("feature", i)] = output[:, -1, -self.tokens :].detach().float().clone()
         return hook
 
     def _attention_hook(self, i: int):
@@ -160,7 +125,7 @@ class RolloutProbe:
             a = bound.arguments
             with torch.no_grad():
                 mass, uniform = context_attention_mass(module, a["x"], a["rope"], a["mask"], a["cache"], a["layer"],
-                                                       tokens=self.points.tokens)
+                                                       tokens=self.tokens)
             self._pending[("mass", i)] = (mass.float().cpu(), uniform)
         return hook
 
@@ -302,12 +267,12 @@ def fixed_loss(model, frames, actions, flow: FlowConfig, seed: int = 0, draws: i
 
 def leave_one_out(model, loss_clips, rollout_clips, context: int, steps: int = 20, shift: float = 1.0,
                   seed: int = 0, flow: FlowConfig | None = None, loss_draws: int = 2, progress=None) -> dict:
-    """For every block (all_blocks), the change of the fixed-seed loss and of the rollout quality when that block
+    """For every block (model.labelled_blocks), the change of the fixed-seed loss and of the rollout quality when that block
     is skipped. loss_clips, rollout_clips: (frames (N, F, C, H, W), actions (N, F)). Returns per-block lists."""
     from .quality import rollout_quality
 
     flow = flow or FlowConfig(action_dropout=0.0)
-    blocks = all_blocks(model)
+    blocks = model.labelled_blocks()
 
     def measure():
         loss = fixed_loss(model, *loss_clips, flow, seed, loss_draws)
@@ -460,12 +425,12 @@ def plot_leave_one_out(loo: dict, path: Path, title: str) -> None:
 # -- the whole probe -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def probe_rollout(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0, seed: int = 0,
-                  surgery=None, pca_frame: int = 0):
+                  pca_frame: int = 0):
     """One rollout with a RolloutProbe attached: (probe result dict, PCA features, generated video (N, H, ...))."""
     device = model.device
     with RolloutProbe(model, pca_frame=pca_frame) as probe:
         video = generate(model, frames[:, :context].to(device), actions.to(device), steps=steps, shift=shift,
-                         seed=seed, callback=probe.callback, surgery=surgery)[:, 0]
+                         seed=seed, callback=probe.callback)[:, 0]
     return probe.result(), probe.pca_features, video
 
 
@@ -517,6 +482,7 @@ def loss_clips(data, count: int, clip_len: int, episodes=None):
 def cmd_probe(args) -> int:
     from .checkpoint import load_model
     from .cli_options import surgery_from_args
+    from .surgery import operated
     from .data.store import frames_to_uint8
     from .quality import heldout_clips, parse_episodes
 
@@ -525,17 +491,19 @@ def cmd_probe(args) -> int:
                          f"0..{args.frames - 1}")
     model = load_model(args.checkpoint, weights=args.weights)
     surgery = surgery_from_args(args, args.steps, args.shift)
-    model.check_surgery(surgery)
+    if surgery is not None:
+        surgery.check(model)
     episodes = parse_episodes(args.episodes)
     frames, actions = heldout_clips(args.data, args.clips, args.context + args.frames, episodes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    kind = "Causal DiT" if isinstance(model, CausalDiT) else "SCD decoder"
+    kind = model.denoising_stack().name
     title = f"{kind} ({Path(args.checkpoint).name})"
 
-    sim, pca, video = probe_rollout(model, frames, actions, args.context, args.steps, args.shift, args.seed,
-                                    surgery, args.pca_frame)
-    labels = probe_points(model).labels
+    with operated(model, surgery):
+        sim, pca, video = probe_rollout(model, frames, actions, args.context, args.steps, args.shift, args.seed,
+                                        args.pca_frame)
+    labels = model.denoising_stack().labels
     result = {"checkpoint": str(args.checkpoint), "arch": model.config.arch, "probed": kind, "blocks": labels,
               "data": str(args.data), "clips": args.clips, "context": args.context, "seed": args.seed,
               "surgery": None if surgery is None else dataclasses.asdict(surgery), **sim}

@@ -75,27 +75,24 @@ def score(pred: torch.Tensor, target: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def rollout_quality(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0, seed: int = 0,
-                    surgery=None) -> dict:
+def rollout_quality(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0, seed: int = 0) -> dict:
     """Roll out clips frames (N, F, C, H, W) with actions (N, F) from their first `context` frames; score the
     F - context generated frames against the recorded ones (see `score`)."""
     if not 0 < context < frames.shape[1]:
         raise ValueError(f"context must leave frames to generate: 0 < context < {frames.shape[1]}, got {context}")
     device = model.device
-    pred = generate(model, frames[:, :context].to(device), actions.to(device), steps=steps, shift=shift, seed=seed,
-                    surgery=surgery)[:, 0]
+    pred = generate(model, frames[:, :context].to(device), actions.to(device), steps=steps, shift=shift, seed=seed)[:, 0]
     return score(pred.cpu(), frames[:, context:])
 
 
 @torch.no_grad()
-def seconds_per_frame(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0,
-                      surgery=None) -> dict:
+def seconds_per_frame(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0) -> dict:
     """Wall-clock seconds per generated frame at batch 1 (the first clip): the first frame (context prefill
     included) and the mean of the frames after it."""
     device = model.device
     times = []
     stream = rollout(model, frames[:1, :context].to(device), actions[:1].to(device), steps=steps, shift=shift,
-                     seed=0, surgery=surgery)
+                     seed=0)
     start = time.perf_counter()
     for _ in stream:
         if device.type == "cuda":
@@ -130,18 +127,21 @@ def add_parser(subparsers) -> None:
 def cmd_quality(args) -> int:
     from .checkpoint import load_model
     from .cli_options import surgery_from_args
+    from .surgery import operated
 
     model = load_model(args.checkpoint, weights=args.weights)
     surgery = surgery_from_args(args, args.steps, args.shift)
-    model.check_surgery(surgery)
+    if surgery is not None:
+        surgery.check(model)
     frames, actions = heldout_clips(args.data, args.clips, args.context + args.frames, parse_episodes(args.episodes),
                                     args.start)
     result = {"checkpoint": str(args.checkpoint), "arch": model.config.arch, "data": str(args.data),
               "clips": args.clips, "context": args.context, "frames": args.frames, "steps": args.steps,
               "seed": args.seed, "surgery": None if surgery is None else dataclasses.asdict(surgery)}
-    result.update(rollout_quality(model, frames, actions, args.context, args.steps, args.shift, args.seed, surgery))
-    if not args.no_speed:
-        result.update(seconds_per_frame(model, frames, actions, args.context, args.steps, args.shift, surgery))
+    with operated(model, surgery):
+        result.update(rollout_quality(model, frames, actions, args.context, args.steps, args.shift, args.seed))
+        if not args.no_speed:
+            result.update(seconds_per_frame(model, frames, actions, args.context, args.steps, args.shift))
     speed = "" if args.no_speed else f", {result['seconds_per_frame']:.3f} s/frame at batch 1"
     print(f"{model.config.arch} {args.checkpoint}: PSNR {result['psnr']:.2f}  SSIM {result['ssim']:.4f}  "
           f"LPIPS {result['lpips']:.4f} over {args.clips} clips x {args.frames} frames{speed}")

@@ -34,9 +34,10 @@ from .checkpoint import (
 from .config import ModelConfig
 from .fileio import atomic_write, atomic_write_text
 from .flow import FlowConfig
-from .models import Surgery, WorldModel, build_model
+from .models import WorldModel, build_model
 from .objectives import FlowMatching, RolloutTraining
 from .parallel import SingleProcess, strategy
+from .surgery import Surgery
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
 
@@ -242,7 +243,8 @@ class Trainer:
             raise ValueError(f"dataset clips have {frames.shape[0]} frames, the training config says {cfg.clip_len}")
         model.check_frames(frames[None], "dataset frames")
         model.check_actions(actions[None], (1, cfg.clip_len))
-        model.check_surgery(cfg.surgery)
+        if cfg.surgery is not None:
+            cfg.surgery.check(model)
         data_actions = getattr(dataset, "num_actions", None)
         if data_actions is not None and data_actions > model.config.num_actions:
             raise ValueError(

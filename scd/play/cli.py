@@ -83,15 +83,13 @@ def load_models(args, context) -> dict:
 
 
 def print_benchmark(engine, results: dict, threads: int) -> None:
-    from ..cli import describe_model
-
     print(f"scd play --benchmark: {next(iter(results.values()))['frames']} frames per model, S={engine.steps} "
           f"denoising steps, window {engine.window}, context {engine.context_frames}, {threads} torch thread(s), "
           f"bf16 {'on' if engine.bf16 else 'off'}, {engine.models[next(iter(results))].device}")
     print(f"{'model':<11} {'blocks':>6} {'params':>7} {'BP/frame':>8} {'frames/s':>8} "
           f"{'latency ms: mean':>16} {'p50':>6} {'p90':>6} {'max':>6}")
     for name, r in results.items():
-        info = describe_model(engine.models[name], engine.steps)
+        info = engine.models[name].describe(engine.steps)
         print(f"{MODEL_LABELS[name]:<11} {info['blocks']:>6} {info['params'] / 1e6:>6.1f}M "
               f"{info['block_passes_per_frame']:>8} {r['fps']:>8.1f} {r['mean_ms']:>16.1f} {r['p50_ms']:>6.1f} "
               f"{r['p90_ms']:>6.1f} {r['max_ms']:>6.1f}")
