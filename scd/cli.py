@@ -207,7 +207,7 @@ def cmd_demo(args) -> int:
     import numpy as np
     import torch
 
-    from .checkpoint import load_model
+    from .checkpoint import load_checkpoint, load_model
     from .config import SHIPPED_MODELS, ModelConfig
     from .data.record import record
     from .data.store import ClipDataset, VideoStore, frames_to_model, frames_to_uint8
@@ -228,8 +228,7 @@ def cmd_demo(args) -> int:
     held_out = list(range(store.num_episodes - args.held_out, store.num_episodes))
     if args.held_out >= store.num_episodes:
         raise ValueError(f"--held-out {args.held_out} leaves no episode of {store.num_episodes} to train on")
-    shipped = load_model(SHIPPED_MODELS["crafter-scd"])
-    info = shipped.checkpoint_info
+    shipped, info = load_checkpoint(SHIPPED_MODELS["crafter-scd"])
     clip_len = info["train"]["clip_len"]
     clips = ClipDataset(store, clip_len, episodes=range(store.num_episodes - args.held_out))
     run = out / "run"
@@ -352,7 +351,7 @@ def cmd_generate(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_model
+    from .checkpoint import load_checkpoint
     from .config import SHIPPED_MODELS
     from .data.store import frames_to_model, frames_to_uint8
     from .sampling import Guidance, rollout
@@ -361,8 +360,7 @@ def cmd_generate(args) -> int:
 
     if Path(args.out).suffix not in (".mp4", ".gif"):
         raise ValueError(f"unsupported video format {Path(args.out).suffix!r} of --out {args.out}: use .mp4 or .gif")
-    model = load_model(args.checkpoint or SHIPPED_MODELS["crafter-scd"], device=args.device)
-    info = getattr(model, "checkpoint_info", {})
+    model, info = load_checkpoint(args.checkpoint or SHIPPED_MODELS["crafter-scd"], device=args.device)
     window = _default_window(args.window, info)
     if window is not None and args.context > window:
         raise ValueError(f"--context {args.context} exceeds the history window of {window} frames (the next frame "

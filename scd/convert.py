@@ -72,14 +72,13 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoint import check_output, load_model, save_checkpoint
+    from .checkpoint import check_output, load_checkpoint, save_checkpoint
 
     check_output(args.out, args.overwrite, [args.checkpoint])
-    dit = load_model(args.checkpoint, weights=args.weights)
+    dit, info = load_checkpoint(args.checkpoint, weights=args.weights)
     scd = convert_causal_dit(dit, args.encoder_depth, args.decoder_prefix, args.decoder_suffix, args.encoder_input,
                              args.fusion)
-    info = getattr(dit, "checkpoint_info", {})
-    conversion = {"source": info.get("path", str(args.checkpoint)), "source_depth": dit.config.depth,
+    conversion = {"source": info["path"], "source_depth": dit.config.depth,
                   "encoder_blocks": list(range(args.encoder_depth)),
                   "decoder_blocks": list(range(args.decoder_prefix))
                   + list(range(dit.config.depth - args.decoder_suffix, dit.config.depth)),

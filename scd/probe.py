@@ -434,9 +434,9 @@ def probe_rollout(model, frames, actions, context: int, steps: int = 20, shift: 
     return probe.result(), probe.pca_features, video
 
 
-def _training_flow(model) -> FlowConfig:
-    """The checkpoint's training timesteps (and encoder noise), without action dropout or context noise."""
-    saved = getattr(model, "checkpoint_info", {}).get("train", {}).get("flow", {})
+def training_flow(info: dict) -> FlowConfig:
+    """The training timesteps (and encoder noise) of a checkpoint's info, without action dropout or context noise."""
+    saved = info.get("train", {}).get("flow", {})
     known = {f.name for f in dataclasses.fields(FlowConfig)}
     kept = {k: v for k, v in saved.items() if k in known and k not in ("action_dropout", "context_noise", "K")}
     return FlowConfig(**kept, action_dropout=0.0)
@@ -480,7 +480,7 @@ def loss_clips(data, count: int, clip_len: int, episodes=None):
 
 
 def cmd_probe(args) -> int:
-    from .checkpoint import load_model
+    from .checkpoint import load_checkpoint
     from .cli_options import surgery_from_args
     from .surgery import operated
     from .data.store import frames_to_uint8
@@ -489,7 +489,7 @@ def cmd_probe(args) -> int:
     if args.pca_frame >= args.frames:
         raise ValueError(f"--pca-frame {args.pca_frame} is not a generated frame: --frames {args.frames} makes "
                          f"0..{args.frames - 1}")
-    model = load_model(args.checkpoint, weights=args.weights)
+    model, info = load_checkpoint(args.checkpoint, weights=args.weights)
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)
@@ -519,9 +519,9 @@ def cmd_probe(args) -> int:
         print(f"{label:>6} {sim['mean_offdiag_cosine'][i]:>10.4f} {sim['mean_offdiag_mse'][i]:>10.4f} {mass:>11.4f}")
 
     if not args.no_leave_one_out:
-        clip_len = args.loss_clip_len or getattr(model, "checkpoint_info", {}).get("train", {}).get("clip_len", 8)
+        clip_len = args.loss_clip_len or info.get("train", {}).get("clip_len", 8)
         loo = leave_one_out(model, loss_clips(args.data, args.loss_clips, clip_len, episodes), (frames, actions),
-                            args.context, args.steps, args.shift, args.seed, _training_flow(model), args.loss_draws)
+                            args.context, args.steps, args.shift, args.seed, training_flow(info), args.loss_draws)
         result["leave_one_out"] = loo
         plot_leave_one_out(loo, out / "leave_one_out.png", title)
         base = loo["base"]

@@ -79,7 +79,7 @@ def assets(tmp_path_factory):
 
 def make_engine(assets, **kw):
     models = {"scd": load_model(assets["scd"]), "dit": load_model(assets["dit"])}
-    kw = {"steps": 2, "context_frames": 3, "window": 4, **kw}
+    kw = {"action_names": CRAFTER_ACTIONS, "steps": 2, "context_frames": 3, "window": 4, **kw}
     return Engine(models, load_context_npz(assets["context"]), **kw)
 
 

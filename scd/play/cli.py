@@ -49,11 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_play)
 
 
-def load_models(args, context) -> dict:
-    """name -> model, from --scd/--dit, the shipped checkpoints, or --untrained presets."""
+def load_models(args, context) -> tuple[dict, list[str] | None]:
+    """name -> model, from --scd/--dit, the shipped checkpoints, or --untrained presets; and the action names the
+    checkpoints' data description gives (None when it gives none)."""
     import torch
 
-    from ..checkpoint import load_model
+    from ..checkpoint import load_checkpoint
     from ..config import get_preset
     from ..models import build_model
 
@@ -65,7 +66,7 @@ def load_models(args, context) -> dict:
         h, w, c = context.frames.shape[2:]
         torch.manual_seed(0)
         return {name: build_model(get_preset(preset).replace(frame_shape=(c, h, w), num_actions=num_actions))
-                .to(args.device).eval() for name, preset in UNTRAINED_PRESETS.items()}
+                .to(args.device).eval() for name, preset in UNTRAINED_PRESETS.items()}, None
     paths = {name: path for name, path in (("scd", args.scd), ("dit", args.dit)) if path}
     if not paths:
         missing = [str(p) for p in DEFAULT_CHECKPOINTS.values() if not (p / "config.json").is_file()]
@@ -73,13 +74,14 @@ def load_models(args, context) -> dict:
             raise FileNotFoundError(f"the shipped checkpoints are missing ({', '.join(missing)}; not part of this "
                                     "install yet): pass --scd CKPT and/or --dit CKPT, or --untrained to try the speed")
         paths = dict(DEFAULT_CHECKPOINTS)
-    models = {}
+    models, action_names = {}, None
     for name, path in paths.items():
-        model = load_model(path, device=args.device)
+        model, info = load_checkpoint(path, device=args.device)
         if model.config.arch != ARCHS[name]:
             raise ValueError(f"--{name} {path} is a {model.config.arch} checkpoint, expected {ARCHS[name]}")
         models[name] = model
-    return models
+        action_names = action_names or info.get("data", {}).get("action_names")
+    return models, action_names
 
 
 def print_benchmark(engine, results: dict, threads: int) -> None:
@@ -111,8 +113,8 @@ def cmd_play(args) -> int:
     try:
         torch.set_num_threads(args.threads)
         context = load_context(args.data, args.context)
-        models = load_models(args, context)
-        engine = Engine(models, context, steps=args.steps, context_frames=args.context, window=args.window,
+        models, action_names = load_models(args, context)
+        engine = Engine(models, context, action_names=action_names, steps=args.steps, context_frames=args.context, window=args.window,
                         seed=args.seed, bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16)
         if args.benchmark is not None:
             print_benchmark(engine, benchmark(engine, args.benchmark), args.threads)

@@ -72,11 +72,13 @@ class Engine:
     """Streams frames from one of several world models (named "scd" / "dit"), switching on request.
 
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
-    starts from the last `context_frames` frames of one episode. steps: denoising steps S per frame; window:
-    past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU."""
+    starts from the last `context_frames` frames of one episode. action_names: the game's (e.g. from the
+    checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame;
+    window: past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU."""
 
-    def __init__(self, models: dict, context: ContextSet, *, steps: int = 4, context_frames: int = 4,
-                 window: int = 7, seed: int = 0, bf16: bool = False, on_event: Callable | None = None):
+    def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int = 4,
+                 context_frames: int = 4, window: int = 7, seed: int = 0, bf16: bool = False,
+                 on_event: Callable | None = None):
         if not models:
             raise ValueError("no model to play: give at least one checkpoint")
         unknown = set(models) - set(MODEL_LABELS)
@@ -106,7 +108,7 @@ class Engine:
         self.on_event = on_event or (lambda event: None)
         if bf16:  # torch notes once that RMSNorm's float32 weight meets bf16 input; expected under autocast
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        self.action_names = self._action_names(first.num_actions)
+        self.action_names = self._action_names(action_names, first.num_actions)
         self.num_actions = first.num_actions
 
         # Shared with other threads (guarded by _lock): the held action, queued presses, the recording.
@@ -129,13 +131,10 @@ class Engine:
         self._done_times: deque[float] = deque(maxlen=FPS_WINDOW)
         self.streamer: Streamer | None = None
 
-    def _action_names(self, num_actions: int) -> tuple[str, ...]:
-        """From the checkpoints' data description, else the context source, else action_<id>."""
-        for model in self.models.values():
-            data = getattr(model, "checkpoint_info", {}).get("data") or {}
-            names = data.get("action_names")
-            if names and len(names) == num_actions:
-                return tuple(names)
+    def _action_names(self, names, num_actions: int) -> tuple[str, ...]:
+        """The given names, else the context source's, else action_<id> (names of another game are passed over)."""
+        if names and len(names) == num_actions:
+            return tuple(names)
         if self.context.action_names and len(self.context.action_names) == num_actions:
             return self.context.action_names
         return tuple(f"action_{i}" for i in range(num_actions))
