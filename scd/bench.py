@@ -39,7 +39,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch
 from .config import PRESETS, ModelConfig
 from .models import WorldModel, build_model
 from .sampling import Streamer
+from .timing import sync, timed
 
 FORMAT = "scd-bench-v1"
 
@@ -75,11 +75,6 @@ def load_bench_model(source: str, device: str = "cpu", seed: int = 0) -> BenchMo
     return BenchModel(Path(source).name, source, load_model(source, device=device))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _inputs(config: ModelConfig, context: int, frames: int, batch: int, seed: int, device):
     """Random context frames (B, C, ...) in [-1, 1] and actions (B, C + 1 + frames)."""
     g = torch.Generator().manual_seed(seed)
@@ -92,11 +87,18 @@ def _window(context: int, frames: int) -> int:
     return context + frames + 2  # room for every frame of one run: no eviction while timing
 
 
-def _stream_run(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
-    """Prefill + 1 + frames frames, the run that memory is measured on. Returns the Streamer."""
+def _first_frame(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
+    """A Streamer that has prefilled the context and made the first frame (what first-frame latency times)."""
     c = ctx.shape[1]
     streamer = Streamer(model, ctx, actions[:, :c], steps=steps, seed=seed, window=_window(c, frames))
-    for i in range(c, actions.shape[1]):
+    streamer.step(actions[:, c])
+    return streamer
+
+
+def _stream_run(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
+    """Prefill + 1 + frames frames, the run that memory is measured on. Returns the Streamer."""
+    streamer = _first_frame(model, ctx, actions, steps, frames, seed)
+    for i in range(ctx.shape[1] + 1, actions.shape[1]):
         streamer.step(actions[:, i])
     return streamer
 
@@ -127,12 +129,12 @@ def memory_probe(spec: dict) -> dict:
 def _peak_memory(bm: BenchModel, device: torch.device, spec: dict) -> dict:
     if device.type == "cuda":
         ctx, actions = _inputs(bm.model.config, spec["context"], spec["frames"], spec["batch"], spec["seed"], device)
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec["bf16"]):
             _stream_run(bm.model, ctx, actions, spec["steps"], spec["frames"], spec["seed"])
-        _sync(device)
+        sync(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base,
                 "measure": "torch.cuda.max_memory_allocated growth over one streaming run"}
     if not os.path.exists("/proc/self/clear_refs"):
@@ -223,23 +225,16 @@ def bench(
                 order = models if r % 2 == 0 else models[::-1]
                 streamers = {}
                 for m in order:
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    s = Streamer(m.model, ctx, actions[:, :c], steps=steps, seed=seed, window=_window(c, frames))
-                    s.step(actions[:, c])
-                    _sync(dev)
+                    streamers[m.label], seconds = timed(lambda: _first_frame(m.model, ctx, actions, steps, frames,
+                                                                             seed), dev)
                     if r >= warmup:
-                        first[m.label].append(time.perf_counter() - t0)
-                    streamers[m.label] = s
+                        first[m.label].append(seconds)
                     bar.update()
                 for j in range(frames):
                     for m in order:
-                        _sync(dev)
-                        t0 = time.perf_counter()
-                        streamers[m.label].step(actions[:, c + 1 + j])
-                        _sync(dev)
+                        _, seconds = timed(lambda: streamers[m.label].step(actions[:, c + 1 + j]), dev)
                         if r >= warmup:
-                            per_frame[m.label].append(time.perf_counter() - t0)
+                            per_frame[m.label].append(seconds)
                         bar.update()
                 for label, s in streamers.items():
                     if s.stream.cache.evicted_frames:
@@ -332,42 +327,3 @@ def format_table(report: dict) -> str:
     if measure:
         lines.append(f"peak MB: {measure}.")
     return "\n".join(lines)
-
-
-def add_parser(subparsers) -> None:
-    from .cli_options import add_device_option
-
-    p = subparsers.add_parser("bench", help="streaming speed and memory: SCD vs a Causal DiT of matched size")
-    p.add_argument("--scd", default="scd-s", help="SCD preset (default scd-s, ~10M parameters)")
-    p.add_argument("--dit", default="dit-s", help="Causal DiT preset (default dit-s, ~10M parameters)")
-    p.add_argument("--checkpoint", action="append", default=[],
-                   help="bench a trained checkpoint instead of the preset of its architecture (repeatable)")
-    p.add_argument("--context", type=int, nargs="+", default=[16], help="context lengths, e.g. 16 128")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps S (both models)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--frames", type=int, default=8, help="timed frames per repeat after the first frame")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed repeats before measuring")
-    add_device_option(p)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
-    p.set_defaults(func=cmd_bench)
-
-
-def cmd_bench(args) -> int:
-    sources = {"scd": args.scd, "causal_dit": args.dit}
-    for path in args.checkpoint:
-        from .checkpoint import read_config
-
-        arch = read_config(path)["model"]["arch"]
-        if sources[arch] in args.checkpoint:
-            raise ValueError(f"two checkpoints of arch {arch!r} given; bench compares one scd with one causal_dit")
-        sources[arch] = path
-    models = [load_bench_model(src, args.device, args.seed) for src in sources.values()]
-    report = bench(models, args.context, steps=args.steps, batch=args.batch, frames=args.frames,
-                   repeats=args.repeats, warmup=args.warmup, device=args.device, bf16=args.bf16,
-                   memory=not args.no_memory, seed=args.seed)
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0

@@ -242,6 +242,13 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torc
     return load_checkpoint(path, weights, device)[0]
 
 
+def trained_window(info: dict) -> int | None:
+    """The most past frames a training frame of a checkpoint saw (its clip length - 1): the rollout window that
+    stays within what it learnt. None when the info does not say (a checkpoint from outside `scd train`)."""
+    clip_len = info.get("train", {}).get("clip_len")
+    return max(clip_len - 1, 1) if clip_len else None
+
+
 def load_trainer_state(path: str | os.PathLike) -> dict:
     config = read_config(path)
     file = _verified(Path(config["path"]), "trainer.pt", config)

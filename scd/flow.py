@@ -8,7 +8,7 @@ so the loss and the sampler never depend on that choice.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
@@ -114,6 +114,12 @@ class FlowConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FlowConfig":
+        """The options a checkpoint saved (TrainConfig.flow), without the keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def shift_time(t: torch.Tensor, k: float) -> torch.Tensor:

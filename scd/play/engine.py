@@ -29,11 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import load_checkpoint
+from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS
+from ..config import get_preset
 from ..data.context import ContextSet
-from ..data.store import frames_to_model, frames_to_uint8
+from ..data.store import clip_to_model, frames_to_uint8
+from ..models import build_model
 from ..sampling import Streamer
+from ..timing import timed
 
 MODEL_LABELS = {"scd": "SCD", "dit": "Causal DiT"}
+ARCHS = {"scd": "scd", "dit": "causal_dit"}  # the architecture each name plays
+UNTRAINED_PRESETS = {"scd": "scd-xs", "dit": "dit-xs"}
 RECORD_LIMIT = 9000  # frames kept for the session video (~10 min at 15 fps, 110 MB at 64x64)
 ACTION_QUEUE = 8  # presses waiting for a frame; older ones are dropped when the player mashes keys
 COMMAND_QUEUE = 8  # model switches / resets / pauses waiting for the worker
@@ -52,6 +59,36 @@ def fast_bf16(device: str | torch.device) -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_models(checkpoints: dict, context: ContextSet, untrained: bool = False,
+                device: str | torch.device = "cpu") -> tuple[dict, list[str] | None]:
+    """The models to play: name ("scd", "dit") -> model, from `checkpoints` (name -> checkpoint; none given: the
+    shipped ones) or, `untrained`, random-weight presets of the context's frame shape; and the action names the
+    checkpoints' data description gives (None if it gives none)."""
+    if untrained:
+        if checkpoints:
+            raise ValueError("--untrained builds random-weight scd-xs and dit-xs; do not combine it with --scd/--dit")
+        names = context.action_names
+        num_actions = len(names) if names else int(context.actions.max()) + 1
+        h, w, c = context.frames.shape[2:]
+        torch.manual_seed(0)
+        return {name: build_model(get_preset(preset).replace(frame_shape=(c, h, w), num_actions=num_actions))
+                .to(device).eval() for name, preset in UNTRAINED_PRESETS.items()}, None
+    if not checkpoints:
+        missing = [str(p) for p in DEFAULT_CHECKPOINTS.values() if not (p / "config.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"the shipped checkpoints are missing ({', '.join(missing)}; not part of this "
+                                    "install yet): pass --scd CKPT and/or --dit CKPT, or --untrained to try the speed")
+        checkpoints = dict(DEFAULT_CHECKPOINTS)
+    models, action_names = {}, None
+    for name, path in checkpoints.items():
+        model, info = load_checkpoint(path, device=device)
+        if model.config.arch != ARCHS[name]:
+            raise ValueError(f"--{name} {path} is a {model.config.arch} checkpoint, expected {ARCHS[name]}")
+        models[name] = model
+        action_names = action_names or info.get("data", {}).get("action_names")
+    return models, action_names
 
 
 # -- the engine ----------------------------------------------------------------------------------------------
@@ -220,10 +257,10 @@ class Engine:
                 self._presses.clear()
             self.frames_generated = 0
         model = self.models[self.model_name]
+        frames, actions = clip_to_model(frames, actions)
         with torch.inference_mode(), self._autocast():
-            self.streamer = Streamer(model, frames_to_model(frames)[None].to(model.device),
-                                     torch.from_numpy(actions)[None].to(model.device), steps=self.steps,
-                                     seed=self.seed, window=self.window)
+            self.streamer = Streamer(model, frames[None].to(model.device), actions[None].to(model.device),
+                                     steps=self.steps, seed=self.seed, window=self.window)
         self._done_times.clear()
 
     def _next_action(self) -> int:
@@ -235,18 +272,16 @@ class Engine:
         if self.streamer is None:
             self.reset()
         action = self._next_action()
-        start = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            pixels = frames_to_uint8(self.streamer.step(action)[0, 0])
-        done = time.perf_counter()
-        self._done_times.append(done)
+            pixels, latency = timed(lambda: frames_to_uint8(self.streamer.step(action)[0, 0]))
+        self._done_times.append(time.perf_counter())
         times = self._done_times
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         with self._lock:
             self._recording.append((pixels, action))
         self.action_log.append(action)
         self.frames_generated += 1
-        return Frame(self.frames_generated, self.model_name, self.episode, action, pixels, done - start, fps)
+        return Frame(self.frames_generated, self.model_name, self.episode, action, pixels, latency, fps)
 
     def _apply(self, kind: str, value) -> None:
         if kind == "model":
@@ -316,11 +351,13 @@ def benchmark(engine: Engine, frames: int, chunk: int = 25, warmup: int = 5) -> 
         n = min(chunk, frames - done)
         for name in names:
             engine.reset(episode=0, model=name)
-            start = time.perf_counter()
-            for i in range(n):
-                engine.set_action(actions[done + i])
-                latencies[name].append(engine.render_next().latency)
-            walls[name] += time.perf_counter() - start
+
+            def chunk_of_frames():
+                for i in range(n):
+                    engine.set_action(actions[done + i])
+                    latencies[name].append(engine.render_next().latency)
+
+            walls[name] += timed(chunk_of_frames)[1]
         done += n
     results = {}
     for name in names:
