@@ -181,7 +181,7 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     x = net.prediction.to_flow(frames, anchor)  # (B, F, C, H, W)
     history, history_t = corrupt_history(history, cfg.history_noise)
     # the K draws share one context pass: targets stacked along the batch, (K*B, F, C, H, W)
-    x_k = repeat_batch(x, cfg.K) if cfg.K > 1 else x
+    x_k = repeat_batch(x, cfg.K)
     t = sample_timesteps(x_k.shape[:2], cfg, device=x.device)
     noise = torch.randn_like(x_k)
     v = model(interpolate(x_k, noise, t), t, history, actions, history_t, x, cfg)

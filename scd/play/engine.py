@@ -11,7 +11,8 @@ recording. Other threads talk to it only through thread-safe methods:
 
 and it reports back through one callback, `on_event(event)`, called from the worker thread with a `Frame`
 or a status/error dict. `render_next()` renders one frame in the calling thread (the benchmark uses it
-without the worker).
+without the worker). `load_models` picks the models to play: checkpoints (by default the shipped ones) or
+random-weight presets.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS
-from ..config import get_preset
+from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset
 from ..data.context import ContextSet
 from ..data.store import clip_to_model, frames_to_uint8
 from ..models import build_model
