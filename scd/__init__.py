@@ -15,10 +15,11 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _EXPORTS = {
-    "load_model": "checkpoint", "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "load_model": "checkpoint", "save_checkpoint": "checkpoint",
     "PRESETS": "config", "ModelConfig": "config", "get_preset": "config",
     "FlowConfig": "flow", "flow_matching_loss": "flow",
-    "SCD": "models", "CausalDiT": "models", "Surgery": "models", "build_model": "models",
+    "SCD": "models", "CausalDiT": "models", "build_model": "models",
+    "Surgery": "surgery", "operated": "surgery",
     "Guidance": "sampling", "Streamer": "sampling", "euler_sample": "sampling", "flow_schedule": "sampling",
     "generate": "sampling", "rollout": "sampling",
     "TrainConfig": "train", "train": "train",

@@ -20,11 +20,12 @@ What is measured, per context length C (both models use the real streaming path,
   set after building the model and its inputs, for one streaming run in a fresh subprocess per model
   (weights excluded; activations, KV cache, allocator and library workspaces included).
 
-Expected cost per frame, derived analytically (`frame_flops`): block passes per frame (ModelConfig) and the
-FLOPs of every matmul (QKV, projection, MLP, adaLN, embedding, head, time MLP) plus attention over the keys each
-query sees: the Causal DiT's noisy frame attends its history and itself at each of the S steps and once more in
-the pass that caches the finished frame; SCD's encoder slot attends the history once, and its decoder attends
-the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights: fine for speed.
+Expected cost per frame, as each model answers it: block passes per frame (`block_passes`) and the FLOPs of
+every matmul (QKV, projection, MLP, adaLN, embedding, head, time MLP) plus attention over the keys each query
+sees (`frame_flops`): the Causal DiT's noisy frame attends its history and itself at each of the S steps and
+once more in the pass that caches the finished frame; SCD's encoder slot attends the history once, and its
+decoder attends the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights: fine
+for speed.
 
 The report records the machine's load average: on a shared CPU, more torch threads than idle cores make every
 parallel op wait for descheduled threads, which slows both models and pulls the measured ratio towards the
@@ -33,13 +34,11 @@ block-pass ratio (the cost then follows the number of ops, not their FLOPs).
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,53 +47,10 @@ import torch
 
 from .config import PRESETS, ModelConfig
 from .models import WorldModel, build_model
-from .nn import Conditioning
 from .sampling import Streamer
+from .timing import sync, timed
 
 FORMAT = "scd-bench-v1"
-_TIME_FREQ_DIM = inspect.signature(Conditioning).parameters["freq_dim"].default  # sinusoid size of the t MLP
-
-
-# -- analytical cost -----------------------------------------------------------------------------------------
-def linear_flops(rows: int, d_in: int, d_out: int) -> int:
-    """FLOPs (2 per multiply-add) of a Linear on `rows` vectors: 2 * rows * d_in * d_out (bias not counted)."""
-    return 2 * rows * d_in * d_out
-
-
-def block_flops(batch: int, tokens: int, keys: int, hidden: int, mlp_ratio: float) -> int:
-    """One DiTBlock over one group of `tokens` query tokens per batch element, each attending `keys` keys.
-
-    adaLN (6D per group) + QKV + attention (Q K^T and A V: 4 * tokens * keys * D) + output projection + MLP."""
-    n, d, inner = batch * tokens, hidden, int(hidden * mlp_ratio)
-    return (linear_flops(batch, d, 6 * d) + linear_flops(n, d, 3 * d) + 4 * n * keys * d + linear_flops(n, d, d)
-            + linear_flops(n, d, inner) + linear_flops(n, inner, d))
-
-
-def frame_flops(config: ModelConfig, steps: int, history: int, batch: int = 1) -> dict[str, int]:
-    """Analytical FLOPs to stream one frame whose history holds `history` frames (its index in the rollout).
-
-    Returns {"context": the once-per-frame passes (SCD: the encoder slot producing c_i, and for
-    encoder_input="noisy_current" also the clean pass caching the finished frame; Causal DiT: the clean pass
-    writing the finished frame's K/V), "denoise": the S denoising steps, "total"}. Counts matmuls and
-    attention only (what torch.utils.flop_counter counts); norms, RoPE and element-wise ops are left out."""
-    p, d, pd = config.tokens_per_frame, config.hidden, config.patch_dim
-    b, keys = batch, (history + 1) * p  # the history in the KV cache + the frame itself
-    cond = linear_flops(b, _TIME_FREQ_DIM, d) + linear_flops(b, d, d)
-    embed = linear_flops(b * p, pd, d)
-    head = linear_flops(b, d, 2 * d) + linear_flops(b * p, d, pd)
-    if config.arch == "causal_dit":
-        trunk = cond + embed + config.depth * block_flops(b, p, keys, d, config.mlp_ratio)
-        context, step = trunk, trunk + head
-    else:
-        context = embed + cond + config.encoder_depth * block_flops(b, p, keys, d, config.mlp_ratio)
-        if config.encoder_input == "noisy_current":  # a pure-noise pass reads frame i, a clean pass caches it
-            context *= 2
-        if config.fusion == "channel":
-            fuse, tokens = linear_flops(b * p, 2 * d, d), p
-        else:
-            fuse, tokens = 0, 2 * p  # [c_i ; x_i]
-        step = cond + embed + fuse + config.decoder_depth * block_flops(b, tokens, tokens, d, config.mlp_ratio) + head
-    return {"context": context, "denoise": steps * step, "total": context + steps * step}
 
 
 # -- models --------------------------------------------------------------------------------------------------
@@ -119,11 +75,6 @@ def load_bench_model(source: str, device: str = "cpu", seed: int = 0) -> BenchMo
     return BenchModel(Path(source).name, source, load_model(source, device=device))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _inputs(config: ModelConfig, context: int, frames: int, batch: int, seed: int, device):
     """Random context frames (B, C, ...) in [-1, 1] and actions (B, C + 1 + frames)."""
     g = torch.Generator().manual_seed(seed)
@@ -136,11 +87,18 @@ def _window(context: int, frames: int) -> int:
     return context + frames + 2  # room for every frame of one run: no eviction while timing
 
 
-def _stream_run(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
-    """Prefill + 1 + frames frames, the run that memory is measured on. Returns the Streamer."""
+def _first_frame(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
+    """A Streamer that has prefilled the context and made the first frame (what first-frame latency times)."""
     c = ctx.shape[1]
     streamer = Streamer(model, ctx, actions[:, :c], steps=steps, seed=seed, window=_window(c, frames))
-    for i in range(c, actions.shape[1]):
+    streamer.step(actions[:, c])
+    return streamer
+
+
+def _stream_run(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
+    """Prefill + 1 + frames frames, the run that memory is measured on. Returns the Streamer."""
+    streamer = _first_frame(model, ctx, actions, steps, frames, seed)
+    for i in range(ctx.shape[1] + 1, actions.shape[1]):
         streamer.step(actions[:, i])
     return streamer
 
@@ -171,12 +129,12 @@ def memory_probe(spec: dict) -> dict:
 def _peak_memory(bm: BenchModel, device: torch.device, spec: dict) -> dict:
     if device.type == "cuda":
         ctx, actions = _inputs(bm.model.config, spec["context"], spec["frames"], spec["batch"], spec["seed"], device)
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec["bf16"]):
             _stream_run(bm.model, ctx, actions, spec["steps"], spec["frames"], spec["seed"])
-        _sync(device)
+        sync(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base,
                 "measure": "torch.cuda.max_memory_allocated growth over one streaming run"}
     if not os.path.exists("/proc/self/clear_refs"):
@@ -250,7 +208,7 @@ def bench(
             {"label": m.label, "source": m.source, "arch": m.model.config.arch,
              "params": sum(p.numel() for p in m.model.parameters()),
              "weights": "random (preset initialisation)" if m.source in PRESETS else "checkpoint",
-             "block_passes_per_frame": m.model.config.block_passes_per_frame(steps)}
+             "block_passes_per_frame": m.model.block_passes(steps)}
             for m in models
         ],
         "runs": [],
@@ -267,23 +225,16 @@ def bench(
                 order = models if r % 2 == 0 else models[::-1]
                 streamers = {}
                 for m in order:
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    s = Streamer(m.model, ctx, actions[:, :c], steps=steps, seed=seed, window=_window(c, frames))
-                    s.step(actions[:, c])
-                    _sync(dev)
+                    streamers[m.label], seconds = timed(lambda: _first_frame(m.model, ctx, actions, steps, frames,
+                                                                             seed), dev)
                     if r >= warmup:
-                        first[m.label].append(time.perf_counter() - t0)
-                    streamers[m.label] = s
+                        first[m.label].append(seconds)
                     bar.update()
                 for j in range(frames):
                     for m in order:
-                        _sync(dev)
-                        t0 = time.perf_counter()
-                        streamers[m.label].step(actions[:, c + 1 + j])
-                        _sync(dev)
+                        _, seconds = timed(lambda: streamers[m.label].step(actions[:, c + 1 + j]), dev)
                         if r >= warmup:
-                            per_frame[m.label].append(time.perf_counter() - t0)
+                            per_frame[m.label].append(seconds)
                         bar.update()
                 for label, s in streamers.items():
                     if s.stream.cache.evicted_frames:
@@ -294,8 +245,7 @@ def bench(
         run = {"context": c, "histories": [histories[0], histories[-1]], "models": {}}
         spec = dict(context=c, frames=frames, batch=batch, steps=steps, seed=seed, bf16=bf16)
         for m in models:
-            cfg = m.model.config
-            flops = statistics.mean(frame_flops(cfg, steps, h, batch)["total"] for h in histories)
+            flops = statistics.mean(m.model.frame_flops(steps, h, batch)["total"] for h in histories)
             spf = statistics.median(per_frame[m.label])
             entry = {
                 "first_frame_s": statistics.median(first[m.label]),
@@ -303,7 +253,7 @@ def bench(
                 "fps": batch / spf,
                 "flops_per_frame": flops,
                 "achieved_gflops": flops / spf / 1e9,
-                "block_passes_per_frame": cfg.block_passes_per_frame(steps),
+                "block_passes_per_frame": m.model.block_passes(steps),
                 "kv_cache_bytes": kv_bytes[m.label],
                 "kv_cache_frames": m.model.cache_frames(_window(c, frames)),
                 "first_frame_times": first[m.label],
@@ -377,42 +327,3 @@ def format_table(report: dict) -> str:
     if measure:
         lines.append(f"peak MB: {measure}.")
     return "\n".join(lines)
-
-
-def add_parser(subparsers) -> None:
-    from .cli_options import add_device_option
-
-    p = subparsers.add_parser("bench", help="streaming speed and memory: SCD vs a Causal DiT of matched size")
-    p.add_argument("--scd", default="scd-s", help="SCD preset (default scd-s, ~10M parameters)")
-    p.add_argument("--dit", default="dit-s", help="Causal DiT preset (default dit-s, ~10M parameters)")
-    p.add_argument("--checkpoint", action="append", default=[],
-                   help="bench a trained checkpoint instead of the preset of its architecture (repeatable)")
-    p.add_argument("--context", type=int, nargs="+", default=[16], help="context lengths, e.g. 16 128")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps S (both models)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--frames", type=int, default=8, help="timed frames per repeat after the first frame")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1, help="untimed repeats before measuring")
-    add_device_option(p)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
-    p.set_defaults(func=cmd_bench)
-
-
-def cmd_bench(args) -> int:
-    sources = {"scd": args.scd, "causal_dit": args.dit}
-    for path in args.checkpoint:
-        from .checkpoint import read_config
-
-        arch = read_config(path)["model"]["arch"]
-        if sources[arch] in args.checkpoint:
-            raise ValueError(f"two checkpoints of arch {arch!r} given; bench compares one scd with one causal_dit")
-        sources[arch] = path
-    models = [load_bench_model(src, args.device, args.seed) for src in sources.values()]
-    report = bench(models, args.context, steps=args.steps, batch=args.batch, frames=args.frames,
-                   repeats=args.repeats, warmup=args.warmup, device=args.device, bf16=args.bf16,
-                   memory=not args.no_memory, seed=args.seed)
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0

@@ -217,8 +217,11 @@ def load_weights(path: str | os.PathLike, name: str = "ema.safetensors") -> tupl
         raise ValueError(f"checkpoint file {file} is corrupt or truncated: {err}") from None
 
 
-def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torch.device = "cpu") -> WorldModel:
-    """Build the model a checkpoint describes and load its weights ("ema" if present, else "model").
+def load_checkpoint(path: str | os.PathLike, weights: str = "ema",
+                    device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
+    """The model a checkpoint describes, with its weights ("ema" if present, else "model"), in eval mode on
+    `device`, and the checkpoint's info: its config.json without the file list (model and training config, step,
+    data description, ...) and the `path` it was read from.
 
     path: a checkpoint or run directory, or a shipped model's name: "crafter-scd", "crafter-dit"."""
     config = read_config(path)
@@ -230,8 +233,20 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torc
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {config['path']} does not fit its config: missing {missing}, unexpected {unexpected}")
-    model.checkpoint_info = {k: v for k, v in config.items() if k not in ("files",)}
-    return model.to(device).eval()
+    info = {k: v for k, v in config.items() if k != "files"}
+    return model.to(device).eval(), info
+
+
+def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torch.device = "cpu") -> WorldModel:
+    """The model of `load_checkpoint`, without the info."""
+    return load_checkpoint(path, weights, device)[0]
+
+
+def trained_window(info: dict) -> int | None:
+    """The most past frames a training frame of a checkpoint saw (its clip length - 1): the rollout window that
+    stays within what it learnt. None when the info does not say (a checkpoint from outside `scd train`)."""
+    clip_len = info.get("train", {}).get("clip_len")
+    return max(clip_len - 1, 1) if clip_len else None
 
 
 def load_trainer_state(path: str | os.PathLike) -> dict:
@@ -250,8 +265,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dic
     data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary).
     An existing `dst` is replaced only with `overwrite`, and never when it is (or holds) the source."""
     check_output(dst, overwrite, [src])
-    model = load_model(src)
-    info = dict(model.checkpoint_info)
+    model, info = load_checkpoint(src)
     meta = {k: v for k, v in info.items() if k not in ("format", "model", "path")}
     meta["exported_from"] = {"path": info["path"], "step": info.get("step")}
     meta.update(extra or {})

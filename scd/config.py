@@ -139,17 +139,6 @@ class ModelConfig:
     def patch_dim(self) -> int:
         return self.frame_shape[0] * self.patch_size**2
 
-    def block_passes_per_frame(self, steps: int) -> int:
-        """Transformer block passes to generate one frame with `steps` denoising steps.
-
-        SCD: l + S*m (noisy_current encoders: 2l, a clean pass caches the finished frame and a pure-noise pass
-        reads the current one). Causal DiT: L*S, plus L for the clean pass that writes the finished frame's K/V
-        (the paper's Tab. 5 counts L*S)."""
-        if self.arch == "scd":
-            encoder_passes = 2 if self.encoder_input == "noisy_current" else 1
-            return encoder_passes * self.encoder_depth + steps * self.decoder_depth
-        return self.depth * steps + self.depth
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

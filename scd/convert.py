@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import check_output, load_checkpoint, save_checkpoint
 from .models import SCD, CausalDiT
+
+
+def decoder_blocks(depth: int, prefix: int, suffix: int) -> list[int]:
+    """Indices of the source blocks that make the decoder: the first `prefix` and the last `suffix` of `depth`."""
+    return list(range(prefix)) + list(range(depth - suffix, depth))
 
 
 def convert_causal_dit(dit: CausalDiT, encoder_depth: int, decoder_prefix: int, decoder_suffix: int,
@@ -41,54 +47,31 @@ def convert_causal_dit(dit: CausalDiT, encoder_depth: int, decoder_prefix: int, 
     config = dit.config.replace(arch="scd", depth=0, encoder_depth=encoder_depth, fusion=fusion,
                                 decoder_depth=decoder_prefix + decoder_suffix, encoder_input=encoder_input)
     scd = SCD(config).to(dit.device)
-    decoder_blocks = list(dit.blocks[:decoder_prefix]) + list(dit.blocks[depth - decoder_suffix :])
     with torch.no_grad():
         for half in (scd.encoder, scd.decoder):
             half.embed.load_state_dict(dit.embed.state_dict())
             half.cond.load_state_dict(dit.cond.state_dict())
         for target, source in zip(scd.encoder.blocks, dit.blocks[:encoder_depth]):
             target.load_state_dict(source.state_dict())
-        for target, source in zip(scd.decoder.blocks, decoder_blocks):
-            target.load_state_dict(source.state_dict())
+        for target, i in zip(scd.decoder.blocks, decoder_blocks(depth, decoder_prefix, decoder_suffix)):
+            target.load_state_dict(dit.blocks[i].state_dict())
         scd.decoder.head.load_state_dict(dit.head.state_dict())
     return scd
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="build an SCD from a trained Causal DiT (encoder l, decoder a+b blocks)")
-    p.add_argument("--checkpoint", required=True, help="Causal DiT checkpoint or run directory")
-    p.add_argument("--out", required=True, help="checkpoint directory to write (use with scd train --init-from)")
-    p.add_argument("--encoder-depth", type=int, required=True, metavar="L", help="encoder = the first L blocks")
-    p.add_argument("--decoder-prefix", type=int, required=True, metavar="A", help="decoder = the first A blocks ...")
-    p.add_argument("--decoder-suffix", type=int, required=True, metavar="B", help="... plus the last B blocks")
-    p.add_argument("--encoder-input", choices=["noisy_current", "previous_frame"], default="noisy_current",
-                   help="noisy_current: the encoder reads [clean past ; current frame at high noise] as the Causal "
-                        "DiT did (supp. E.1); previous_frame: SCD's usual slot layout")
-    p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"], default="seq_offset")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which source weights to copy")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing checkpoint at --out (never the source checkpoint)")
-    p.set_defaults(func=cmd_convert)
-
-
-def cmd_convert(args) -> int:
-    from .checkpoint import check_output, load_model, save_checkpoint
-
-    check_output(args.out, args.overwrite, [args.checkpoint])
-    dit = load_model(args.checkpoint, weights=args.weights)
-    scd = convert_causal_dit(dit, args.encoder_depth, args.decoder_prefix, args.decoder_suffix, args.encoder_input,
-                             args.fusion)
-    info = getattr(dit, "checkpoint_info", {})
-    conversion = {"source": info.get("path", str(args.checkpoint)), "source_depth": dit.config.depth,
-                  "encoder_blocks": list(range(args.encoder_depth)),
-                  "decoder_blocks": list(range(args.decoder_prefix))
-                  + list(range(dit.config.depth - args.decoder_suffix, dit.config.depth)),
-                  "encoder_input": args.encoder_input, "weights": args.weights}
-    path = save_checkpoint(Path(args.out), scd, ema=scd, meta={"step": 0, "data": info.get("data", {}),
-                                                               "converted_from": conversion})
-    cfg = scd.config
-    print(f"wrote {path}: SCD {cfg.encoder_depth}+{cfg.decoder_depth} (encoder = blocks "
-          f"{conversion['encoder_blocks']}, decoder = blocks {conversion['decoder_blocks']} of the "
-          f"{dit.config.depth}-block Causal DiT), encoder_input={cfg.encoder_input}; fine-tune it with "
-          f"scd train --init-from {path}")
-    return 0
+def convert_checkpoint(checkpoint, out, encoder_depth: int, decoder_prefix: int, decoder_suffix: int,
+                       encoder_input: str = "noisy_current", fusion: str = "seq_offset", weights: str = "ema",
+                       overwrite: bool = False) -> tuple[Path, dict]:
+    """`convert_causal_dit` on a Causal DiT checkpoint (its `weights`, "ema" or "model"), written to `out` as a
+    step-0 checkpoint to fine-tune with the source's data description. Returns its path and what was converted
+    (source, block indices, encoder input), also stored in its config.json as "converted_from"."""
+    check_output(out, overwrite, [checkpoint])
+    dit, info = load_checkpoint(checkpoint, weights=weights)
+    scd = convert_causal_dit(dit, encoder_depth, decoder_prefix, decoder_suffix, encoder_input, fusion)
+    depth = dit.config.depth
+    conversion = {"source": info["path"], "source_depth": depth, "encoder_blocks": list(range(encoder_depth)),
+                  "decoder_blocks": decoder_blocks(depth, decoder_prefix, decoder_suffix),
+                  "encoder_input": encoder_input, "weights": weights}
+    path = save_checkpoint(Path(out), scd, ema=scd, meta={"step": 0, "data": info.get("data", {}),
+                                                          "converted_from": conversion})
+    return path, conversion

@@ -34,11 +34,9 @@ discarded).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import shutil
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,13 +47,14 @@ import torch
 from .checkpoint import load_model, read_config
 from .baselines import BASELINES
 from .fileio import atomic_write, atomic_write_text, sha256_file
+from .metrics.scores import DRIFT_METRICS, LPIPS_NET, METRICS, frame_scores
+from .plots import pyplot, save_figure
 from .sampling import Guidance, rollout
+from .timing import timed
 
 FORMAT = "scd-eval-v2"
 VIDEO_FORMAT = "scd-eval-video-v2"
 DEFAULT_DATA = "data/crafter-bench"
-METRICS = ("psnr", "ssim", "lpips")  # frame metrics, best of N and mean
-DRIFT_METRICS = ("color_hist", "sharpness")  # drift measures, mean over trajectories
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 TITLES = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better)",
           "lpips": "LPIPS-AlexNet (lower is better)",
@@ -63,7 +62,6 @@ TITLES = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better
           "sharpness": "sharpness / real (1 = as sharp; <1 blurred, >1 noisy)"}
 WINDOW = 16  # frames in the window means (first 16 and last 16 generated frames)
 SHEET_VIDEOS = 4  # videos shown in contact_sheet.png
-LPIPS_NET = "alex"
 I3D_MIN_FRAMES = 9
 
 
@@ -180,17 +178,6 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
     return out.clamp(-1.0, 1.0)
 
 
-def score_trajectories(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """pred (N, H, 3, h, w), target (H, 3, h, w), both in [-1, 1] -> {metric: (N, H)} per-frame scores and
-    drift measures."""
-    from .metrics import color_histogram_distance, lpips, psnr, sharpness, ssim
-
-    target = target[None].expand_as(pred)
-    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET),
-            "color_hist": color_histogram_distance(pred, target),
-            "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6)}
-
-
 def sheet_horizons(horizon: int) -> list[int]:
     """Prediction horizons (1-based) shown in the contact sheet: powers of two and the last frame."""
     return sorted({h for h in (1, 2, 4, 8, 16, 32, 64, 128, 256) if h <= horizon} | {horizon})
@@ -300,7 +287,7 @@ def evaluate(
     "baseline") follow the models."""
     from tqdm import tqdm
 
-    from .data.store import frames_to_model, frames_to_uint8
+    from .data.store import frames_to_uint8
 
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
@@ -372,10 +359,7 @@ def evaluate(
         pending = [(label, model, ident) for label, model, ident in models if (label, ep) not in done]
         if not pending:
             continue
-        raw_frames, raw_actions = store.episode(ep)
-        window = slice(settings.start, settings.start + clip_len)
-        clip = frames_to_model(raw_frames[window])  # (C + H, 3, h, w)
-        actions = torch.from_numpy(np.array(raw_actions[window], dtype=np.int64))
+        clip, actions = store.clip(ep, settings.start, clip_len)  # (C + H, 3, h, w), (C + H,)
         context, target = clip[: settings.context], clip[settings.context :]
         real_features = None
         if settings.fvd:
@@ -383,18 +367,17 @@ def evaluate(
             real_features = known[0] if known else clip_features(clip[None])[0].tolist()
         for label, model, ident in pending:
             bar.set_postfix_str(f"{label} episode {ep}")
-            start = time.perf_counter()
             if isinstance(model, torch.nn.Module):
                 try:
-                    pred = generate_trajectories(model, context, actions, settings, settings.seed * 100_000 + ep,
-                                                 on_frame=bar.update)
+                    pred, seconds = timed(lambda: generate_trajectories(
+                        model, context, actions, settings, settings.seed * 100_000 + ep, on_frame=bar.update),
+                        model.device)
                 except ValueError as err:
                     raise ValueError(f"model {label}, episode {ep}: {err}") from None
             else:  # a baseline: one deterministic "trajectory"
-                pred = model(context, settings.horizon)
+                pred, seconds = timed(lambda: model(context, settings.horizon))
                 bar.update(settings.horizon)
-            seconds = time.perf_counter() - start
-            scores = score_trajectories(pred, target)
+            scores = frame_scores(pred, target[None].expand_as(pred))  # {measure: (N, H)}
             record = {"format": VIDEO_FORMAT, "settings": settings.to_dict(), "data": data_info,
                       "checkpoint_sha256": ident["sha256"], "checkpoint": ident["path"], "episode": ep,
                       "episode_seed": store.meta.episodes[ep].seed, "rollout_seconds": seconds,
@@ -525,15 +508,11 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(report: dict) -> bytes:
-    """metrics.png: one panel per metric against the prediction horizon; solid best-of-N, dashed mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_curves(report: dict):
+    """The figure of metrics.png: one panel per metric against the prediction horizon; solid best-of-N, dashed
+    mean."""
     s = report["settings"]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.6), constrained_layout=True)
+    fig, axes = pyplot().subplots(2, 3, figsize=(15, 7.6), constrained_layout=True)
     axes = axes.flatten()
     x = np.arange(1, s["horizon"] + 1)
     baseline_style = {"copy-last-frame": ("black", "-"), "context-mean": ("0.55", ":")}
@@ -555,10 +534,7 @@ def plot_curves(report: dict) -> bytes:
     axes[-1].axis("off")
     fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
                  f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps; baselines in grey")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return fig
 
 
 def write_report(out: str | Path, report: dict) -> None:
@@ -567,51 +543,4 @@ def write_report(out: str | Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
     atomic_write_text(out / "metrics.md", markdown_table(report))
-    png = plot_curves(report)
-    atomic_write(out / "metrics.png", lambda f: f.write(png))
-
-
-# -- command line --------------------------------------------------------------------------------------------
-def add_parser(subparsers) -> None:
-    from .cli_options import add_device_option
-
-    p = subparsers.add_parser("eval", help="PSNR/SSIM/LPIPS (best of N) and FVD of rollouts on held-out videos")
-    p.add_argument("--checkpoint", action="append", required=True,
-                   help="checkpoint or run directory; repeat to compare models in one table")
-    p.add_argument("--label", action="append", help="name of each checkpoint in the tables (default: its folder)")
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help=f"held-out data set (default {DEFAULT_DATA}: `scd data record --benchmark crafter-bench`)")
-    p.add_argument("--videos", type=int, help="evaluate the first N episodes (default: all)")
-    p.add_argument("--context", type=int, default=36, help="given frames (default 36, as TECO's FVD protocol)")
-    p.add_argument("--horizon", type=int, help="generated frames (default: the rest of the episode)")
-    p.add_argument("--start", type=int, default=0, help="first context frame in each episode")
-    p.add_argument("--trajectories", type=int, default=4, help="rollouts per video (best of N)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps S")
-    p.add_argument("--shift", type=float, default=1.0, help="timestep shift of the sampler")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (1 = off)")
-    p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
-    p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--window", type=int, help="past frames the next frame sees (default: all)")
-    p.add_argument("--history-noise", type=float,
-                   help="flow time at which history frames are read (default: each model's trained setting)")
-    p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
-    add_device_option(p)
-    p.add_argument("--out", default="out/eval", help="folder for metrics.json/md/png and per-video results")
-    p.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
-    p.set_defaults(func=cmd_eval)
-
-
-def cmd_eval(args) -> int:
-    settings = EvalSettings(
-        context=args.context, horizon=args.horizon, trajectories=args.trajectories, start=args.start,
-        steps=args.steps, shift=args.shift, cfg_scale=args.cfg_scale, cfg_null_action=args.cfg_null_action,
-        cfg_context_noise=args.cfg_context_noise, seed=args.seed, fvd=not args.no_fvd, bf16=args.bf16,
-        window=args.window, history_noise=args.history_noise,
-    )
-    report = evaluate(args.checkpoint, args.data, args.out, settings, videos=args.videos, labels=args.label,
-                      fresh=args.fresh, device=args.device)
-    print(markdown_table(report))
-    print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md, metrics.png, contact_sheet.png")
-    return 0
+    save_figure(plot_curves(report), out / "metrics.png", dpi=110)

@@ -8,7 +8,7 @@ so the loss and the sampler never depend on that choice.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
@@ -127,6 +127,12 @@ class FlowConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "FlowConfig":
+        """The options a checkpoint saved (TrainConfig.flow), without the keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
 
 def shift_time(t: torch.Tensor, k: float) -> torch.Tensor:
     """t' = k t / (1 + (k - 1) t): k > 1 moves time towards the noisy end."""
@@ -170,13 +176,13 @@ def repeat_batch(tree, k: int):
 
 
 def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: FlowConfig,
-                       surgery=None, history: torch.Tensor | None = None) -> torch.Tensor:
+                       history: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared velocity error over every frame of the clips (teacher forcing, Algorithm 1).
 
     frames: (B, F, C, H, W) targets; actions: (B, F); history: the frames the model reads as the past (default:
     `frames`; rollout training passes the model's own samples). The context (SCD: c_i for every frame, one encoder
-    pass; Causal DiT: the history frames) is computed once and reused for K noisy draws. `surgery`
-    (models.Surgery, Causal DiT only) trains under a skip-layer schedule and/or frame-diagonal last blocks."""
+    pass; Causal DiT: the history frames) is computed once and reused for K noisy draws. A Causal DiT under a
+    surgery (surgery.operated) trains under it."""
     net = getattr(model, "module", model)  # model may be a DistributedDataParallel wrapper: call it, ask the module
     actions = drop_actions(actions, cfg.action_dropout, net.null_action)
     history = frames if history is None else history
@@ -188,17 +194,12 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
         past = history if net.prediction.anchor_is_read else clean_history
         anchor = torch.cat([torch.zeros_like(past[:, :1]), past[:, :-1]], dim=1)
     x = net.prediction.to_flow(frames, anchor)  # (B, F, C, H, W)
-    x_enc = t_enc = None
-    if net.encoder_reads_noisy_frame:  # supp. E.1: the encoder sees the current frame at a high flow time
-        t_enc = cfg.encoder_t_min + (1 - cfg.encoder_t_min) * torch.rand(frames.shape[:2], device=frames.device)
-        x_enc = interpolate(x, torch.randn_like(x), t_enc)
-    if cfg.K > 1:  # the K draws share one context pass: targets stacked along the batch, (K*B, F, C, H, W)
-        x = repeat_batch(x, cfg.K)
-    t = sample_timesteps(x.shape[:2], cfg, device=x.device)
-    noise = torch.randn_like(x)
-    v = model(interpolate(x, noise, t), t, history, actions, history_t, K=cfg.K, context_noise=cfg.context_noise,
-              surgery=surgery, x_enc=x_enc, t_enc=t_enc)
-    error = (v.float() - (noise - x)).pow(2)  # (K*B, F, C, H, W)
+    # the K draws share one context pass: targets stacked along the batch, (K*B, F, C, H, W)
+    x_k = repeat_batch(x, cfg.K)
+    t = sample_timesteps(x_k.shape[:2], cfg, device=x.device)
+    noise = torch.randn_like(x_k)
+    v = model(interpolate(x_k, noise, t), t, history, actions, history_t, x, cfg)
+    error = (v.float() - (noise - x_k)).pow(2)  # (K*B, F, C, H, W)
     if net.prediction.needs_anchor:  # frame 0 has no x_{i-1} to change from
         error = error[:, 1:]
     return error.mean()

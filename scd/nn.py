@@ -1,4 +1,5 @@
-"""Building blocks shared by both architectures: patchify, conditioning, 3-axis RoPE, the KV cache and the DiT block.
+"""Building blocks shared by both architectures: patchify, conditioning, 3-axis RoPE, the teacher-forcing layout and
+mask, the KV cache, the DiT block and a stack runner, and what each costs in FLOPs.
 
 Token layout inside the transformer: (B, G, T, D) where G = attention groups (usually frames), T = tokens per group.
 Conditioning is per group: (B, G, D). Attention flattens groups to a sequence of G*T tokens.
@@ -56,6 +57,10 @@ class Conditioning(nn.Module):
         emb = torch.cat([angles.cos(), angles.sin()], dim=-1)
         return self.time_mlp(emb.to(self.time_mlp[0].weight.dtype)) + self.action(actions)
 
+    def flops(self, rows: int) -> int:
+        """The time MLP on `rows` (t, a) pairs (the action lookup costs no FLOPs)."""
+        return linear_flops(self.time_mlp[0], rows) + linear_flops(self.time_mlp[2], rows)
+
 
 class RoPE(nn.Module):
     """Rotary position embedding over (frame, row, column).
@@ -91,6 +96,23 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
     cos, sin = (r.to(x.dtype) for r in rope)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def teacher_forcing_layout(frames, x_t, t, actions, history_t):
+    """The sequence [history x_0..x_{F-2} ; noisy x_0..x_{F-1}] (2F-1 groups) that trains a frame-causal stack in
+    one pass: noisy frame i attends to history frames < i and to itself, exactly what a KV cache gives at inference.
+
+    frames, x_t: (B, F, C, H, W); t, actions, history_t (flow times of the history frames): (B, F)
+    -> seq (B, 2F-1, C, H, W), t (B, 2F-1), actions (B, 2F-1), frame_pos (2F-1,), is_clean (2F-1,). The noisy
+    frames are the last F groups."""
+    f = x_t.shape[1]
+    dev = x_t.device
+    seq = torch.cat([frames[:, :-1], x_t], dim=1)
+    t_all = torch.cat([history_t[:, :-1], t], dim=1)
+    a_all = torch.cat([actions[:, :-1], actions], dim=1)
+    frame_pos = torch.cat([torch.arange(f - 1, device=dev), torch.arange(f, device=dev)])
+    is_clean = torch.arange(2 * f - 1, device=dev) < f - 1
+    return seq, t_all, a_all, frame_pos, is_clean
 
 
 def group_attention_mask(frame_pos: torch.Tensor, is_clean: torch.Tensor, tokens_per_group: int) -> torch.Tensor | None:
@@ -214,6 +236,29 @@ class DiTBlock(nn.Module):
         x = x + gate1 * self.attn(h, rope, mask, cache, layer).view_as(x)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
+    def flops(self, batch: int, tokens: int, keys: int) -> int:
+        """One pass over one group of `tokens` query tokens per batch element, each attending `keys` keys:
+        adaLN (per group) + QKV + attention (Q K^T and A V: 4 * tokens * keys * D) + output projection + MLP."""
+        n, attn = batch * tokens, self.attn
+        return (linear_flops(self.adaln[1], batch) + linear_flops(attn.qkv, n) + 4 * n * keys * attn.proj.in_features
+                + linear_flops(attn.proj, n) + linear_flops(self.mlp[0], n) + linear_flops(self.mlp[2], n))
+
+
+def with_cached_prefix(mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor | None:
+    """Extend a (N, N) mask with all-visible columns for the committed cache tokens (all clean, all past)."""
+    if mask is None or cache is None or cache.length == 0:
+        return mask
+    visible = torch.ones(mask.shape[0], cache.length, dtype=torch.bool, device=mask.device)
+    return torch.cat([visible, mask], dim=1)
+
+
+def run_blocks(blocks, x, cond, rope, mask=None, cache: KVCache | None = None) -> torch.Tensor:
+    """Apply a stack of DiT blocks; x: (B, G, T, D), cond: (B, G, D)."""
+    mask = with_cached_prefix(mask, cache)
+    for layer, block in enumerate(blocks):
+        x = block(x, cond, rope, mask, cache, layer)
+    return x
+
 
 class FinalLayer(nn.Module):
     """adaLN-modulated LayerNorm + Linear to patch vectors, zero-initialised (the model starts predicting 0)."""
@@ -228,6 +273,15 @@ class FinalLayer(nn.Module):
         """x: (B, G, T, D); cond: (B, G, D) -> (B, G, T, out_dim)."""
         shift, scale = self.adaln(cond).unsqueeze(2).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+    def flops(self, batch: int, tokens: int) -> int:
+        """adaLN (per group) + the projection of `tokens` tokens per batch element to patch vectors."""
+        return linear_flops(self.adaln[1], batch) + linear_flops(self.linear, batch * tokens)
+
+
+def linear_flops(layer: nn.Linear, rows: int) -> int:
+    """FLOPs (2 per multiply-add) of `layer` on `rows` vectors; the bias is not counted."""
+    return 2 * rows * layer.in_features * layer.out_features
 
 
 def zero_linear(layer: nn.Linear) -> nn.Linear:

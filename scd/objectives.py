@@ -18,15 +18,17 @@ import torch
 
 from .flow import FlowConfig, flow_matching_loss
 from .sampling import generate
+from .surgery import Surgery, operated
 
 
 @dataclass(frozen=True)
 class FlowMatching:
     flow: FlowConfig = FlowConfig()
-    surgery: object | None = None  # models.Surgery: train a Causal DiT under a skip schedule / diagonal blocks
+    surgery: Surgery | None = None  # train a Causal DiT under a skip schedule / frame-diagonal blocks
 
     def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return flow_matching_loss(model, frames, actions, self.flow, self.surgery)
+        with operated(model, self.surgery):
+            return flow_matching_loss(model, frames, actions, self.flow)
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ What it measures, per block of the denoising stack (a Causal DiT's blocks, or an
 
 Nothing here changes a forward pass: features are read by forward hooks, the attention mass is recomputed by a
 pre-hook on the Attention module from the same inputs (the fast path never materialises attention), and a
-skipped block is a forward hook that returns the block's input. Writes PNG figures and probe.json.
+skipped block is a forward hook that returns the block's input. The plot_* functions draw the figures that
+`scd probe` writes beside its probe.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,45 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.store import ClipDataset
 from .flow import FlowConfig, flow_matching_loss
-from .models import SCD, CausalDiT
 from .nn import Attention, apply_rope
+from .plots import pyplot, save_figure
+from .quality import rollout_quality
 from .sampling import generate
-
-
-# -- where to probe ------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ProbePoints:
-    """The modules of a model's denoising stack: `cond` starts every pass, `head` ends every velocity pass."""
-
-    cond: nn.Module
-    blocks: nn.ModuleList
-    head: nn.Module
-    tokens: int  # the current noisy frame's tokens: the last `tokens` of every block's output
-    has_context_keys: bool  # False for an SCD with channel fusion: c_i is mixed into the tokens, not attended to
-    labels: list[str]  # names of the blocks, as `all_blocks` gives them
-
-
-def probe_points(model) -> ProbePoints:
-    """The blocks that run at every denoising step: a Causal DiT's blocks, or an SCD's decoder blocks."""
-    p = model.config.tokens_per_frame
-    if isinstance(model, CausalDiT):
-        return ProbePoints(model.cond, model.blocks, model.head, p, True, [f"{i}" for i in range(len(model.blocks))])
-    if isinstance(model, SCD):
-        d = model.decoder
-        labels = [f"dec{i}" for i in range(len(d.blocks))]
-        return ProbePoints(d.cond, d.blocks, d.head, p, model.config.fusion != "channel", labels)
-    raise ValueError(f"cannot probe {type(model).__name__}: expected a CausalDiT or an SCD")
-
-
-def all_blocks(model) -> list[tuple[str, nn.Module]]:
-    """(label, block) for every block of the model, in order (SCD: encoder then decoder)."""
-    if isinstance(model, CausalDiT):
-        return [(f"{i}", b) for i, b in enumerate(model.blocks)]
-    if isinstance(model, SCD):
-        return [(f"enc{i}", b) for i, b in enumerate(model.encoder.blocks)] + [
-            (f"dec{i}", b) for i, b in enumerate(model.decoder.blocks)]
-    raise ValueError(f"cannot probe {type(model).__name__}: expected a CausalDiT or an SCD")
 
 
 # -- attention mass ------------------------------------------------------------------------------------------
@@ -109,9 +76,10 @@ class RolloutProbe:
 
     def __init__(self, model, pca_frame: int = 0, attention: bool = True):
         self.model = model
-        self.points = probe_points(model)
+        self.points = model.denoising_stack()
+        self.tokens = model.config.tokens_per_frame  # the current frame's: the last of every block's output
         self.pca_frame = pca_frame
-        self.attention = attention and self.points.has_context_keys
+        self.attention = attention and self.points.attends_context
         self._handles: list = []
         self._pending: dict = {}  # what the current pass recorded
         self._sealed: dict = {}  # what the last velocity pass recorded
@@ -148,7 +116,7 @@ class RolloutProbe:
 
     def _feature_hook(self, i: int):
         def hook(module, args, output):
-            self._pending[("feature", i)] = output[:, -1, -self.points.tokens :].detach().float().clone()
+            self._pending[("feature", i)] = output[:, -1, -self.tokens :].detach().float().clone()
         return hook
 
     def _attention_hook(self, i: int):
@@ -160,7 +128,7 @@ class RolloutProbe:
             a = bound.arguments
             with torch.no_grad():
                 mass, uniform = context_attention_mass(module, a["x"], a["rope"], a["mask"], a["cache"], a["layer"],
-                                                       tokens=self.points.tokens)
+                                                       tokens=self.tokens)
             self._pending[("mass", i)] = (mass.float().cpu(), uniform)
         return hook
 
@@ -302,12 +270,10 @@ def fixed_loss(model, frames, actions, flow: FlowConfig, seed: int = 0, draws: i
 
 def leave_one_out(model, loss_clips, rollout_clips, context: int, steps: int = 20, shift: float = 1.0,
                   seed: int = 0, flow: FlowConfig | None = None, loss_draws: int = 2, progress=None) -> dict:
-    """For every block (all_blocks), the change of the fixed-seed loss and of the rollout quality when that block
+    """For every block (model.labelled_blocks), the change of the fixed-seed loss and of the rollout quality when that block
     is skipped. loss_clips, rollout_clips: (frames (N, F, C, H, W), actions (N, F)). Returns per-block lists."""
-    from .quality import rollout_quality
-
     flow = flow or FlowConfig(action_dropout=0.0)
-    blocks = all_blocks(model)
+    blocks = model.labelled_blocks()
 
     def measure():
         loss = fixed_loss(model, *loss_clips, flow, seed, loss_draws)
@@ -329,15 +295,6 @@ def leave_one_out(model, loss_clips, rollout_clips, context: int, steps: int = 2
 
 
 # -- figures -------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _shown_blocks(depth: int, most: int = 8) -> list[int]:
     """All blocks, or `most` of them evenly spaced (first and last included)."""
     if depth <= most:
@@ -347,7 +304,7 @@ def _shown_blocks(depth: int, most: int = 8) -> list[int]:
 
 def plot_similarity(sim: dict, labels: list[str], path: Path, title: str) -> None:
     """Heatmaps (cosine, mean squared distance) per block, each with its colour bar."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     shown = _shown_blocks(len(labels))
@@ -367,13 +324,12 @@ def plot_similarity(sim: dict, labels: list[str], path: Path, title: str) -> Non
     fig.suptitle(f"{title}: step-to-step similarity of block outputs (current frame's tokens), "
                  f"mean over {sim['frames']} frames x {sim['rollouts']} rollouts")
     fig.subplots_adjust(left=0.05, right=0.97, top=0.86, bottom=0.09, wspace=0.45, hspace=0.45)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_depth_curves(sim: dict, labels: list[str], path: Path, title: str) -> None:
     """Per-block summaries against depth: mean off-diagonal cosine, MSE, and the cross-frame attention mass."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = 3 if sim.get("attention_mass") is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.6))
     x = np.arange(len(labels))
@@ -393,15 +349,14 @@ def plot_depth_curves(sim: dict, labels: list[str], path: Path, title: str) -> N
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.82, bottom=0.15, wspace=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_pca(features: dict[int, torch.Tensor], labels: list[str], grid, path: Path, title: str,
              frame: np.ndarray | None = None) -> None:
     """One row per block: the PCA image of its features at every denoising step side by side (+ the generated
     frame, resized to the token grid's tile size)."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = [i for i in _shown_blocks(len(labels)) if i in features]
     steps = next(iter(features.values())).shape[0]
     scale = max(1, 32 // max(grid))  # tiles of ~32 pixels
@@ -431,13 +386,12 @@ def plot_pca(features: dict[int, torch.Tensor], labels: list[str], grid, path: P
     fig.suptitle(f"{title}: PCA of block features across steps (3 components as RGB, one basis per block)",
                  fontsize=9)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.1, hspace=0.35, wspace=0.05)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_leave_one_out(loo: dict, path: Path, title: str) -> None:
     """Bars per block: change of the loss, of PSNR and of LPIPS when the block is skipped."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = loo["blocks"]
     x = np.arange(len(labels))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -453,117 +407,33 @@ def plot_leave_one_out(loo: dict, path: Path, title: str) -> None:
     fig.suptitle(f"{title}: leave-one-out (base loss {base['loss']:.4f}, PSNR {base['psnr']:.2f}, "
                  f"LPIPS {base['lpips']:.4f})")
     fig.subplots_adjust(left=0.06, right=0.98, top=0.82, bottom=0.15, wspace=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # -- the whole probe -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def probe_rollout(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0, seed: int = 0,
-                  surgery=None, pca_frame: int = 0):
+                  pca_frame: int = 0):
     """One rollout with a RolloutProbe attached: (probe result dict, PCA features, generated video (N, H, ...))."""
     device = model.device
     with RolloutProbe(model, pca_frame=pca_frame) as probe:
         video = generate(model, frames[:, :context].to(device), actions.to(device), steps=steps, shift=shift,
-                         seed=seed, callback=probe.callback, surgery=surgery)[:, 0]
+                         seed=seed, callback=probe.callback)[:, 0]
     return probe.result(), probe.pca_features, video
 
 
-def _training_flow(model) -> FlowConfig:
-    """The checkpoint's training timesteps (and encoder noise), without action dropout or context noise."""
-    saved = getattr(model, "checkpoint_info", {}).get("train", {}).get("flow", {})
-    known = {f.name for f in dataclasses.fields(FlowConfig)}
-    kept = {k: v for k, v in saved.items() if k in known and k not in ("action_dropout", "context_noise", "K")}
-    return FlowConfig(**kept, action_dropout=0.0)
-
-
-def add_parser(subparsers) -> None:
-    from .cli_options import add_sampler_options, add_surgery_arguments, at_least
-
-    p = subparsers.add_parser("probe", help="step similarity, PCA, attention mass and leave-one-out of a model")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory (Causal DiT or SCD)")
-    p.add_argument("--data", required=True, help="held-out data set for context frames and the loss")
-    p.add_argument("--out", required=True, help="folder for the figures and probe.json")
-    p.add_argument("--episodes", help="episodes to draw clips from, e.g. 0-7 (default: all)")
-    p.add_argument("--clips", type=at_least(1), default=4, help="rollouts (one clip per episode; default: 4)")
-    p.add_argument("--context", type=at_least(1), default=4, help="real frames given (default: 4)")
-    p.add_argument("--frames", type=at_least(1), default=8, help="generated frames per rollout (default: 8)")
-    add_sampler_options(p)
-    p.add_argument("--pca-frame", type=at_least(0), default=0,
-                   help="generated frame (of clip 0) shown in the PCA figure (default: 0)")
-    p.add_argument("--loss-clips", type=at_least(1), default=16,
-                   help="held-out clips for the leave-one-out loss (default: 16)")
-    p.add_argument("--loss-clip-len", type=at_least(2), help="frames per loss clip (default: the training clip length)")
-    p.add_argument("--loss-draws", type=at_least(1), default=2,
-                   help="seeded timestep/noise draws for the loss (default: 2)")
-    p.add_argument("--no-leave-one-out", action="store_true")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema")
-    add_surgery_arguments(p, training=False)
-    p.set_defaults(func=cmd_probe)
+def training_flow(info: dict) -> FlowConfig:
+    """The training timesteps (and encoder noise) of a checkpoint's info, without action dropout or context noise,
+    one draw per clip."""
+    saved = FlowConfig.from_dict(info.get("train", {}).get("flow", {}))
+    return dataclasses.replace(saved, action_dropout=0.0, context_noise=0.0, K=1)
 
 
 def loss_clips(data, count: int, clip_len: int, episodes=None):
     """`count` non-overlapping clips spread evenly over the data set: (frames (N, F, C, H, W), actions (N, F))."""
-    from .data.store import ClipDataset
-
     clips = ClipDataset(data, clip_len, episodes, stride=clip_len)
     if len(clips) < count:
         raise ValueError(f"{data} has {len(clips)} non-overlapping clips of {clip_len} frames; {count} were asked for")
     index = np.linspace(0, len(clips) - 1, count).round().astype(int)
     frames, actions = zip(*(clips[int(i)] for i in index))
     return torch.stack(frames), torch.stack(actions)
-
-
-def cmd_probe(args) -> int:
-    from .checkpoint import load_model
-    from .cli_options import surgery_from_args
-    from .data.store import frames_to_uint8
-    from .quality import heldout_clips, parse_episodes
-
-    if args.pca_frame >= args.frames:
-        raise ValueError(f"--pca-frame {args.pca_frame} is not a generated frame: --frames {args.frames} makes "
-                         f"0..{args.frames - 1}")
-    model = load_model(args.checkpoint, weights=args.weights)
-    surgery = surgery_from_args(args, args.steps, args.shift)
-    model.check_surgery(surgery)
-    episodes = parse_episodes(args.episodes)
-    frames, actions = heldout_clips(args.data, args.clips, args.context + args.frames, episodes)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    kind = "Causal DiT" if isinstance(model, CausalDiT) else "SCD decoder"
-    title = f"{kind} ({Path(args.checkpoint).name})"
-
-    sim, pca, video = probe_rollout(model, frames, actions, args.context, args.steps, args.shift, args.seed,
-                                    surgery, args.pca_frame)
-    labels = probe_points(model).labels
-    result = {"checkpoint": str(args.checkpoint), "arch": model.config.arch, "probed": kind, "blocks": labels,
-              "data": str(args.data), "clips": args.clips, "context": args.context, "seed": args.seed,
-              "surgery": None if surgery is None else dataclasses.asdict(surgery), **sim}
-    plot_similarity(sim, labels, out / "similarity.png", title)
-    plot_depth_curves(sim, labels, out / "depth.png", title)
-    if pca:
-        frame = frames_to_uint8(video[0, args.pca_frame].clamp(-1, 1).cpu())
-        plot_pca(pca, labels, model.config.grid, out / "pca.png", f"{title}, frame {args.pca_frame}", frame)
-    print(f"{title}: {sim['frames']} frames x {sim['rollouts']} rollouts x {sim['steps']} steps probed")
-    print(f"{'block':>6} {'cos(s,s`)':>10} {'mse(s,s`)':>10} {'attn. mass':>11}")
-    for i, label in enumerate(labels):
-        mass = sim["attention_mass"][i] if sim["attention_mass"] is not None else math.nan
-        print(f"{label:>6} {sim['mean_offdiag_cosine'][i]:>10.4f} {sim['mean_offdiag_mse'][i]:>10.4f} {mass:>11.4f}")
-
-    if not args.no_leave_one_out:
-        clip_len = args.loss_clip_len or getattr(model, "checkpoint_info", {}).get("train", {}).get("clip_len", 8)
-        loo = leave_one_out(model, loss_clips(args.data, args.loss_clips, clip_len, episodes), (frames, actions),
-                            args.context, args.steps, args.shift, args.seed, _training_flow(model), args.loss_draws)
-        result["leave_one_out"] = loo
-        plot_leave_one_out(loo, out / "leave_one_out.png", title)
-        base = loo["base"]
-        print(f"leave-one-out (base: loss {base['loss']:.4f}, PSNR {base['psnr']:.2f}, SSIM {base['ssim']:.4f}, "
-              f"LPIPS {base['lpips']:.4f})")
-        print(f"{'skipped':>8} {'d loss':>9} {'d PSNR':>8} {'d SSIM':>8} {'d LPIPS':>8}")
-        for i, label in enumerate(loo["blocks"]):
-            print(f"{label:>8} {loo['delta_loss'][i]:>+9.4f} {loo['delta_psnr'][i]:>+8.2f} "
-                  f"{loo['delta_ssim'][i]:>+8.4f} {loo['delta_lpips'][i]:>+8.4f}")
-    (out / "probe.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}/probe.json and figures (similarity.png, depth.png, pca.png"
-          f"{', leave_one_out.png' if not args.no_leave_one_out else ''})")
-    return 0

@@ -93,7 +93,6 @@ class Streamer:
     how many past frames the next frame sees (older ones leave the KV cache; a model trained on clips of F frames
     saw at most F - 1). History frames (the context and every finished frame) are corrupted to a fixed flow time
     before the model reads them, as in training: `history_noise`, by default the model's `config.history_noise`.
-    `surgery` (a models.Surgery, Causal DiT only) skips or cuts blocks for the whole rollout.
     callback(dict(frame, step, t, x, v)) sees every denoising step (for probing)."""
 
     def __init__(
@@ -108,7 +107,6 @@ class Streamer:
         seed: int | None = 0,
         window: int = 256,
         callback: Callable | None = None,
-        surgery=None,
         history_noise: float | None = None,
     ):
         context_frames = _checked_frames(model, context_frames, "context_frames")
@@ -118,7 +116,7 @@ class Streamer:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         n = b * num_samples
-        self.stream = model.new_stream(n, window, surgery)
+        self.stream = model.new_stream(n, window)
         if c0 == 0 and model.prediction.needs_anchor:
             raise ValueError("change prediction needs at least one context frame (it renders the change from the "
                              "last one)")
@@ -156,10 +154,10 @@ class Streamer:
         a = action.to(self.device).repeat_interleave(self.num_samples, dim=0)
         noise = torch.randn((stream.batch, *model.config.frame_shape), generator=self.generator).to(self.device)
         neg_action, neg_ctx = a, None
-        if guidance is not None and guidance.null_action:  # uncommitted encoder pass, before the real one
+        if guidance is not None and guidance.null_action:  # before the frame's own action, whose pass commit keeps
             neg_action = self.null
-            neg_ctx = model.frame_context(stream, self.null, commit=False, x_T=noise)
-        ctx = model.frame_context(stream, a, x_T=noise)
+            neg_ctx = model.frame_context(stream, self.null, noise)
+        ctx = model.frame_context(stream, a, noise)
         if guidance is not None and guidance.context_noise > 0:
             base = ctx if neg_ctx is None else neg_ctx
             neg_ctx = model.corrupt_context(base, guidance.context_noise, self.guidance_generator)
@@ -188,7 +186,7 @@ def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs
 
     actions: (B, C0 + H) for the C0 context frames and the H frames to generate (actions[:, i] produced
     frame i). Other keyword arguments as for `Streamer` (steps, shift, guidance, num_samples, seed, window,
-    callback, surgery, history_noise); the window defaults to the whole rollout."""
+    callback, history_noise); the window defaults to the whole rollout."""
     context_frames = _checked_frames(model, context_frames, "context_frames")
     b, c0 = context_frames.shape[:2]
     if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:

@@ -32,11 +32,13 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ModelConfig
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write_text
 from .flow import FlowConfig
-from .models import Surgery, WorldModel, build_model
+from .models import WorldModel, build_model
 from .objectives import FlowMatching, RolloutTraining
 from .parallel import SingleProcess, strategy
+from .plots import pyplot, save_figure
+from .surgery import Surgery
 
 LOG_FIELDS = ["step", "loss", "lr", "grad_norm", "seconds"]
 
@@ -242,7 +244,8 @@ class Trainer:
             raise ValueError(f"dataset clips have {frames.shape[0]} frames, the training config says {cfg.clip_len}")
         model.check_frames(frames[None], "dataset frames")
         model.check_actions(actions[None], (1, cfg.clip_len))
-        model.check_surgery(cfg.surgery)
+        if cfg.surgery is not None:
+            cfg.surgery.check(model)
         data_actions = getattr(dataset, "num_actions", None)
         if data_actions is not None and data_actions > model.config.num_actions:
             raise ValueError(
@@ -365,21 +368,15 @@ class Trainer:
         rows = self.read_log()
         if len(rows) < 2:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         steps = [int(r["step"]) for r in rows]
         losses = [float(r["loss"]) for r in rows]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = pyplot().subplots(figsize=(6, 3.5))
         ax.plot(steps, losses, lw=1)
         ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log",
                title=f"{self.model.config.arch} training loss")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        atomic_write(self.out_dir / "loss.png", lambda f: fig.savefig(f, dpi=100, format="png"))
-        plt.close(fig)
+        save_figure(fig, self.out_dir / "loss.png", dpi=100)
 
     # -- loop -------------------------------------------------------------------------------------------------
     def _batch(self, batches) -> tuple[torch.Tensor, torch.Tensor]:

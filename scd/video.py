@@ -48,6 +48,13 @@ def with_captions(video: np.ndarray, captions: list[str], colours: list) -> np.n
     return np.concatenate([video, strips], axis=1)
 
 
+def rollout_video(columns: dict[str, np.ndarray], captions: list[str], given: list[bool], scale: int = 4) -> np.ndarray:
+    """Rollouts side by side (columns of uint8 frames (T, H, W, 3)) with a caption strip under every frame:
+    blue under the given (context) frames, red under the generated ones."""
+    colours = [CONTEXT_COLOUR if g else GENERATED_COLOUR for g in given]
+    return with_captions(side_by_side(columns, scale=scale), captions, colours)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
     """Write uint8 frames (T, H, W, 3) to .mp4 (H.264) or .gif, chosen by the file extension."""
     import imageio.v2 as imageio

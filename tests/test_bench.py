@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from scd.bench import bench, format_table, frame_flops, load_bench_model
+from scd.bench import bench, format_table, load_bench_model
 from scd.checkpoint import save_checkpoint
 from scd.cli import main
 from scd.config import get_preset
@@ -30,7 +30,7 @@ def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset
     # The math backend spells attention out as bmm, which the counter sees (it skips the fused CPU kernel).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         streamer.step(actions[:, context + 1])
-    assert counter.get_total_flops() == frame_flops(config, steps, history=context + 1, batch=batch)["total"]
+    assert counter.get_total_flops() == model.frame_flops(steps, history=context + 1, batch=batch)["total"]
 
 
 def test_bench_interleaves_both_models_and_reports_sane_numbers():

@@ -176,14 +176,14 @@ def test_a_trainer_state_with_objects_is_refused_without_suggesting_unsafe_loadi
 def test_export_makes_a_lean_checkpoint_that_loads_like_the_ema(trained, tmp_path):
     import torch
 
-    from scd.checkpoint import load_model
+    from scd.checkpoint import load_checkpoint
 
     assert main(["export", str(trained), "--out", str(tmp_path / "lean")]) == 0
     assert sorted(p.name for p in (tmp_path / "lean").iterdir()) == ["config.json", "model.safetensors"]
-    lean, full = load_model(tmp_path / "lean"), load_model(trained)
+    (lean, lean_info), (full, full_info) = load_checkpoint(tmp_path / "lean"), load_checkpoint(trained)
     for (name, a), b in zip(lean.state_dict().items(), full.state_dict().values()):
         assert torch.equal(a, b), name
-    assert lean.checkpoint_info["data"] == full.checkpoint_info["data"]
+    assert lean_info["data"] == full_info["data"]
 
 
 def test_generate_reads_a_context_file(trained, crafter, tmp_path):

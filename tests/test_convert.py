@@ -63,11 +63,11 @@ def test_noisy_current_encoder_sees_exactly_what_the_causal_dit_saw():
     handle = dit.blocks[2].register_forward_hook(lambda m, args, out: seen.update(h=out))
     with torch.no_grad():
         dit.velocity(x_enc, t_enc, dit.training_context(frames, actions), actions)
-        c = scd.encode(frames, actions, x_enc=x_enc, t_enc=t_enc)
+        c = scd.encoder_input.encode(scd, frames, actions, torch.zeros(2, 4), x_enc, t_enc)
     handle.remove()
     expected = F.layer_norm(seen["h"][:, 3:], (32,), eps=1e-6)  # the F noisy groups of [clean 0..2 ; noisy 0..3]
     torch.testing.assert_close(c, expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="pass x_enc"):
+    with pytest.raises(ValueError, match="pass x, the clean frames"):
         scd.encode(frames, actions)
 
 

@@ -79,7 +79,7 @@ def assets(tmp_path_factory):
 
 def make_engine(assets, **kw):
     models = {"scd": load_model(assets["scd"]), "dit": load_model(assets["dit"])}
-    kw = {"steps": 2, "context_frames": 3, "window": 4, **kw}
+    kw = {"action_names": CRAFTER_ACTIONS, "steps": 2, "context_frames": 3, "window": 4, **kw}
     return Engine(models, load_context_npz(assets["context"]), **kw)
 
 
@@ -153,9 +153,9 @@ def test_every_action_gets_its_own_key_for_crafter_and_for_unknown_games():
 
 
 def test_missing_shipped_checkpoints_give_a_clear_error(assets, monkeypatch, capsys):
-    from scd.play import cli
+    from scd.play import engine
 
-    monkeypatch.setattr(cli, "DEFAULT_CHECKPOINTS", {"scd": assets["root"] / "nope-scd", "dit": assets["root"] / "x"})
+    monkeypatch.setattr(engine, "DEFAULT_CHECKPOINTS", {"scd": assets["root"] / "nope-scd", "dit": assets["root"] / "x"})
     assert main(["play", "--data", str(assets["context"])]) == 2
     assert "shipped checkpoints are missing" in capsys.readouterr().err
 

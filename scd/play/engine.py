@@ -11,7 +11,8 @@ recording. Other threads talk to it only through thread-safe methods:
 
 and it reports back through one callback, `on_event(event)`, called from the worker thread with a `Frame`
 or a status/error dict. `render_next()` renders one frame in the calling thread (the benchmark uses it
-without the worker).
+without the worker). `load_models` picks the models to play: checkpoints (by default the shipped ones) or
+random-weight presets.
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import load_checkpoint
+from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset
 from ..data.context import ContextSet
-from ..data.store import frames_to_model, frames_to_uint8
+from ..data.store import clip_to_model, frames_to_uint8
+from ..models import build_model
 from ..sampling import Streamer
+from ..timing import timed
 
 MODEL_LABELS = {"scd": "SCD", "dit": "Causal DiT"}
+ARCHS = {"scd": "scd", "dit": "causal_dit"}  # the architecture each name plays
+UNTRAINED_PRESETS = {"scd": "scd-xs", "dit": "dit-xs"}
 RECORD_LIMIT = 9000  # frames kept for the session video (~10 min at 15 fps, 110 MB at 64x64)
 ACTION_QUEUE = 8  # presses waiting for a frame; older ones are dropped when the player mashes keys
 COMMAND_QUEUE = 8  # model switches / resets / pauses waiting for the worker
@@ -54,6 +61,36 @@ def fast_bf16(device: str | torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def load_models(checkpoints: dict, context: ContextSet, untrained: bool = False,
+                device: str | torch.device = "cpu") -> tuple[dict, list[str] | None]:
+    """The models to play: name ("scd", "dit") -> model, from `checkpoints` (name -> checkpoint; none given: the
+    shipped ones) or, `untrained`, random-weight presets of the context's frame shape; and the action names the
+    checkpoints' data description gives (None if it gives none)."""
+    if untrained:
+        if checkpoints:
+            raise ValueError("--untrained builds random-weight scd-xs and dit-xs; do not combine it with --scd/--dit")
+        names = context.action_names
+        num_actions = len(names) if names else int(context.actions.max()) + 1
+        h, w, c = context.frames.shape[2:]
+        torch.manual_seed(0)
+        return {name: build_model(get_preset(preset).replace(frame_shape=(c, h, w), num_actions=num_actions))
+                .to(device).eval() for name, preset in UNTRAINED_PRESETS.items()}, None
+    if not checkpoints:
+        missing = [str(p) for p in DEFAULT_CHECKPOINTS.values() if not (p / "config.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"the shipped checkpoints are missing ({', '.join(missing)}; not part of this "
+                                    "install yet): pass --scd CKPT and/or --dit CKPT, or --untrained to try the speed")
+        checkpoints = dict(DEFAULT_CHECKPOINTS)
+    models, action_names = {}, None
+    for name, path in checkpoints.items():
+        model, info = load_checkpoint(path, device=device)
+        if model.config.arch != ARCHS[name]:
+            raise ValueError(f"--{name} {path} is a {model.config.arch} checkpoint, expected {ARCHS[name]}")
+        models[name] = model
+        action_names = action_names or info.get("data", {}).get("action_names")
+    return models, action_names
+
+
 # -- the engine ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Frame:
@@ -72,11 +109,13 @@ class Engine:
     """Streams frames from one of several world models (named "scd" / "dit"), switching on request.
 
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
-    starts from the last `context_frames` frames of one episode. steps: denoising steps S per frame; window:
-    past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU."""
+    starts from the last `context_frames` frames of one episode. action_names: the game's (e.g. from the
+    checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame;
+    window: past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU."""
 
-    def __init__(self, models: dict, context: ContextSet, *, steps: int = 4, context_frames: int = 4,
-                 window: int = 7, seed: int = 0, bf16: bool = False, on_event: Callable | None = None):
+    def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int = 4,
+                 context_frames: int = 4, window: int = 7, seed: int = 0, bf16: bool = False,
+                 on_event: Callable | None = None):
         if not models:
             raise ValueError("no model to play: give at least one checkpoint")
         unknown = set(models) - set(MODEL_LABELS)
@@ -106,7 +145,7 @@ class Engine:
         self.on_event = on_event or (lambda event: None)
         if bf16:  # torch notes once that RMSNorm's float32 weight meets bf16 input; expected under autocast
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        self.action_names = self._action_names(first.num_actions)
+        self.action_names = self._action_names(action_names, first.num_actions)
         self.num_actions = first.num_actions
 
         # Shared with other threads (guarded by _lock): the held action, queued presses, the recording.
@@ -129,13 +168,10 @@ class Engine:
         self._done_times: deque[float] = deque(maxlen=FPS_WINDOW)
         self.streamer: Streamer | None = None
 
-    def _action_names(self, num_actions: int) -> tuple[str, ...]:
-        """From the checkpoints' data description, else the context source, else action_<id>."""
-        for model in self.models.values():
-            data = getattr(model, "checkpoint_info", {}).get("data") or {}
-            names = data.get("action_names")
-            if names and len(names) == num_actions:
-                return tuple(names)
+    def _action_names(self, names, num_actions: int) -> tuple[str, ...]:
+        """The given names, else the context source's, else action_<id> (names of another game are passed over)."""
+        if names and len(names) == num_actions:
+            return tuple(names)
         if self.context.action_names and len(self.context.action_names) == num_actions:
             return self.context.action_names
         return tuple(f"action_{i}" for i in range(num_actions))
@@ -221,10 +257,10 @@ class Engine:
                 self._presses.clear()
             self.frames_generated = 0
         model = self.models[self.model_name]
+        frames, actions = clip_to_model(frames, actions)
         with torch.inference_mode(), self._autocast():
-            self.streamer = Streamer(model, frames_to_model(frames)[None].to(model.device),
-                                     torch.from_numpy(actions)[None].to(model.device), steps=self.steps,
-                                     seed=self.seed, window=self.window)
+            self.streamer = Streamer(model, frames[None].to(model.device), actions[None].to(model.device),
+                                     steps=self.steps, seed=self.seed, window=self.window)
         self._done_times.clear()
 
     def _next_action(self) -> int:
@@ -236,18 +272,16 @@ class Engine:
         if self.streamer is None:
             self.reset()
         action = self._next_action()
-        start = time.perf_counter()
         with torch.inference_mode(), self._autocast():
-            pixels = frames_to_uint8(self.streamer.step(action)[0, 0])
-        done = time.perf_counter()
-        self._done_times.append(done)
+            pixels, latency = timed(lambda: frames_to_uint8(self.streamer.step(action)[0, 0]))
+        self._done_times.append(time.perf_counter())
         times = self._done_times
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         with self._lock:
             self._recording.append((pixels, action))
         self.action_log.append(action)
         self.frames_generated += 1
-        return Frame(self.frames_generated, self.model_name, self.episode, action, pixels, done - start, fps)
+        return Frame(self.frames_generated, self.model_name, self.episode, action, pixels, latency, fps)
 
     def _apply(self, kind: str, value) -> None:
         if kind == "model":
@@ -317,11 +351,13 @@ def benchmark(engine: Engine, frames: int, chunk: int = 25, warmup: int = 5) -> 
         n = min(chunk, frames - done)
         for name in names:
             engine.reset(episode=0, model=name)
-            start = time.perf_counter()
-            for i in range(n):
-                engine.set_action(actions[done + i])
-                latencies[name].append(engine.render_next().latency)
-            walls[name] += time.perf_counter() - start
+
+            def chunk_of_frames():
+                for i in range(n):
+                    engine.set_action(actions[done + i])
+                    latencies[name].append(engine.render_next().latency)
+
+            walls[name] += timed(chunk_of_frames)[1]
         done += n
     results = {}
     for name in names:

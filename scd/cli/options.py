@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import math
 import typing
+from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -105,7 +106,7 @@ def device(text: str) -> str:
 
 def add_sampler_options(parser) -> None:
     """--steps, --shift and --seed of a rollout, with the Streamer's defaults (generate, probe, quality)."""
-    from .sampling import Streamer
+    from ..sampling import Streamer
 
     add_option(parser, "--steps", Streamer, "steps", "denoising steps S", type=at_least(1))
     add_option(parser, "--shift", Streamer, "shift", "schedule shift k", type=positive())
@@ -118,7 +119,7 @@ def add_device_option(parser) -> None:
 
 # -- surgeries (options of train, generate and the evaluation commands) ---------------------------------------
 def add_surgery_arguments(p: argparse.ArgumentParser, training: bool) -> None:
-    """The paper's surgeries on a Causal DiT (models.Surgery) as options."""
+    """The paper's surgeries on a Causal DiT (surgery.Surgery) as options."""
     g = p.add_argument_group("surgeries (Causal DiT)")
     g.add_argument("--skip-after-step", type=at_least(0), metavar="K",
                    help="skip-layer schedule: the first K denoising steps run every block, later steps only "
@@ -136,8 +137,8 @@ def add_surgery_arguments(p: argparse.ArgumentParser, training: bool) -> None:
 
 
 def surgery_from_args(args, steps: int | None = None, shift: float | None = None):
-    """models.Surgery from the options of `add_surgery_arguments`, or None when none is asked for."""
-    from .models import Surgery
+    """surgery.Surgery from the options of `add_surgery_arguments`, or None when none is asked for."""
+    from ..surgery import Surgery
 
     steps = args.skip_steps if steps is None else steps
     shift = args.skip_shift if shift is None else shift
@@ -147,3 +148,22 @@ def surgery_from_args(args, steps: int | None = None, shift: float | None = None
         return Surgery(diagonal_last=args.diagonal_last) if args.diagonal_last else None
     return Surgery.skip_after(args.skip_after_step, steps, shift, keep_prefix=args.keep_prefix,
                               keep_suffix=args.keep_suffix, diagonal_last=args.diagonal_last)
+
+
+def check_out_dir(path: str, option: str = "--out") -> None:
+    """Refuse an output folder that is a file, before anything slow runs."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{option} {path} is a file, not a directory")
+
+
+def parse_episodes(text: str | None) -> list[int] | None:
+    """--episodes '0-7' or '1,3,5' (or a mix, '0-3,9') -> indices; None stays None."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise ValueError(f"--episodes: expected indices like 0-7 or 1,3,5, got {text!r}")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out

@@ -5,22 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS
-from .engine import MODEL_LABELS
+from . import COMMANDS
+from .options import add_device_option
 
 EXAMPLES = """examples:
   scd play                                   # shipped Crafter SCD + Causal DiT, http://127.0.0.1:8765/
   scd play --scd runs/my-scd --data data/crafter
   scd play --benchmark 200 --untrained --data data/crafter   # frames/s and latency, SCD vs Causal DiT
 """
-UNTRAINED_PRESETS = {"scd": "scd-xs", "dit": "dit-xs"}
-ARCHS = {"scd": "scd", "dit": "causal_dit"}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..cli_options import add_device_option
-
-    p = subparsers.add_parser("play", help="play a world model in the browser (or --benchmark its speed)",
+def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("play", help=COMMANDS["play"][0],
                               description="Play a world model in the browser with the keyboard, or measure "
                                           "how fast it streams.",
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,41 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_play)
 
 
-def load_models(args, context) -> dict:
-    """name -> model, from --scd/--dit, the shipped checkpoints, or --untrained presets."""
-    import torch
-
-    from ..checkpoint import load_model
-    from ..config import get_preset
-    from ..models import build_model
-
-    if args.untrained:
-        if args.scd or args.dit:
-            raise ValueError("--untrained builds random-weight scd-xs and dit-xs; do not combine it with --scd/--dit")
-        names = context.action_names
-        num_actions = len(names) if names else int(context.actions.max()) + 1
-        h, w, c = context.frames.shape[2:]
-        torch.manual_seed(0)
-        return {name: build_model(get_preset(preset).replace(frame_shape=(c, h, w), num_actions=num_actions))
-                .to(args.device).eval() for name, preset in UNTRAINED_PRESETS.items()}
-    paths = {name: path for name, path in (("scd", args.scd), ("dit", args.dit)) if path}
-    if not paths:
-        missing = [str(p) for p in DEFAULT_CHECKPOINTS.values() if not (p / "config.json").is_file()]
-        if missing:
-            raise FileNotFoundError(f"the shipped checkpoints are missing ({', '.join(missing)}; not part of this "
-                                    "install yet): pass --scd CKPT and/or --dit CKPT, or --untrained to try the speed")
-        paths = dict(DEFAULT_CHECKPOINTS)
-    models = {}
-    for name, path in paths.items():
-        model = load_model(path, device=args.device)
-        if model.config.arch != ARCHS[name]:
-            raise ValueError(f"--{name} {path} is a {model.config.arch} checkpoint, expected {ARCHS[name]}")
-        models[name] = model
-    return models
-
-
 def print_benchmark(engine, results: dict, threads: int) -> None:
-    from ..cli import describe_model
+    from ..play.engine import MODEL_LABELS
 
     print(f"scd play --benchmark: {next(iter(results.values()))['frames']} frames per model, S={engine.steps} "
           f"denoising steps, window {engine.window}, context {engine.context_frames}, {threads} torch thread(s), "
@@ -91,7 +54,7 @@ def print_benchmark(engine, results: dict, threads: int) -> None:
     print(f"{'model':<11} {'blocks':>6} {'params':>7} {'BP/frame':>8} {'frames/s':>8} "
           f"{'latency ms: mean':>16} {'p50':>6} {'p90':>6} {'max':>6}")
     for name, r in results.items():
-        info = describe_model(engine.models[name], engine.steps)
+        info = engine.models[name].describe(engine.steps)
         print(f"{MODEL_LABELS[name]:<11} {info['blocks']:>6} {info['params'] / 1e6:>6.1f}M "
               f"{info['block_passes_per_frame']:>8} {r['fps']:>8.1f} {r['mean_ms']:>16.1f} {r['p50_ms']:>6.1f} "
               f"{r['p90_ms']:>6.1f} {r['max_ms']:>6.1f}")
@@ -104,7 +67,7 @@ def cmd_play(args) -> int:
     import torch
 
     from ..data.context import load_context
-    from .engine import Engine, benchmark, fast_bf16
+    from ..play.engine import MODEL_LABELS, Engine, benchmark, fast_bf16, load_models
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -113,13 +76,15 @@ def cmd_play(args) -> int:
     try:
         torch.set_num_threads(args.threads)
         context = load_context(args.data, args.context)
-        models = load_models(args, context)
-        engine = Engine(models, context, steps=args.steps, context_frames=args.context, window=args.window,
-                        seed=args.seed, bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16)
+        checkpoints = {name: path for name, path in (("scd", args.scd), ("dit", args.dit)) if path}
+        models, action_names = load_models(checkpoints, context, args.untrained, args.device)
+        engine = Engine(models, context, action_names=action_names, steps=args.steps, context_frames=args.context,
+                        window=args.window, seed=args.seed,
+                        bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16)
         if args.benchmark is not None:
             print_benchmark(engine, benchmark(engine, args.benchmark), args.threads)
             return 0
-        from .server import PlayServer
+        from ..play.server import PlayServer
 
         def announce(url: str) -> None:
             names = " and ".join(MODEL_LABELS[n] for n in models)

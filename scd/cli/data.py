@@ -13,9 +13,11 @@ import argparse
 
 import numpy as np
 
+from . import COMMANDS
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="record, import and inspect video datasets")
+
+def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help=COMMANDS["data"][0])
     sub = parser.add_subparsers(dest="data_command", required=True)
 
     rec = sub.add_parser("record", help="record game video with a scripted/random policy")
@@ -59,7 +61,7 @@ def _summary(meta, out: str) -> None:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from scd.data.record import record, record_benchmark
+    from ..data.record import record, record_benchmark
 
     if args.benchmark:
         meta = record_benchmark(args.benchmark, args.out, progress=not args.quiet, overwrite=args.overwrite)
@@ -80,7 +82,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _import_teco(args: argparse.Namespace) -> int:
-    from scd.data.formats import import_teco
+    from ..data.formats import import_teco
 
     meta = import_teco(args.npz_dir, args.out, num_actions=args.num_actions, fps=args.fps, overwrite=args.overwrite)
     _summary(meta, args.out)
@@ -88,7 +90,7 @@ def _import_teco(args: argparse.Namespace) -> int:
 
 
 def _import_ucf101(args: argparse.Namespace) -> int:
-    from scd.data.formats import import_ucf101
+    from ..data.formats import import_ucf101
 
     source = args.paths[0] if len(args.paths) == 1 else args.paths
     meta = import_ucf101(source, args.out, size=args.size, max_frames=args.max_frames, overwrite=args.overwrite)
@@ -97,7 +99,7 @@ def _import_ucf101(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from scd.data.store import VideoStore
+    from ..data.store import VideoStore
 
     store = VideoStore(args.dir)
     meta = store.meta

@@ -1,0 +1,155 @@
+"""`scd train` and `scd demo` (fine-tuning the shipped model on fresh recordings)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import COMMANDS
+from .options import (add_device_option, add_option, add_surgery_arguments, at_least, check_out_dir, positive,
+                      surgery_from_args)
+
+
+def cmd_train(args) -> int:
+    from ..checkpoint import read_config
+    from ..config import ModelConfig, get_preset
+    from ..data.store import ClipDataset
+    from ..flow import FlowConfig
+    from ..train import TrainConfig, train
+
+    check_out_dir(args.out)
+    data = ClipDataset(args.data, args.clip_len)
+    inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
+    if args.init_from:  # the checkpoint's network; the prediction and history noise only when given here
+        model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])
+        if args.prediction is not None:
+            model_config = model_config.replace(prediction=args.prediction)
+        if args.history_noise_inference is not None:
+            model_config = model_config.replace(history_noise=inference_noise)
+    else:
+        model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
+        if args.fusion and model_config.arch == "scd":
+            model_config = model_config.replace(fusion=args.fusion)
+        model_config = model_config.replace(prediction=args.prediction or ModelConfig.prediction,
+                                            history_noise=inference_noise)
+    flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
+                      action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
+                      history_noise=args.history_noise)
+    cfg = TrainConfig(steps=args.steps, batch=args.batch, clip_len=args.clip_len, lr=args.lr, warmup=args.warmup,
+                      lr_min=args.lr_min, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema,
+                      bf16=args.bf16, ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
+                      surgery=surgery_from_args(args), rollout_steps=args.rollout_steps,
+                      rollout_context=args.rollout_context, micro_batch=args.micro_batch)
+    main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if main_process:
+        print(f"training {model_config.arch} ({args.init_from or args.preset}) on {len(data)} clips of "
+              f"{args.clip_len} frames from {args.data} -> {args.out} on {args.device}"
+              + (f" x {world} processes ({args.parallel})" if world > 1 else ""))
+    start = time.perf_counter()
+    trainer = train(model_config, data, args.out, cfg, resume=not args.no_resume, init_from=args.init_from,
+                    data_info=data.description(), time_limit=args.time_limit, device=args.device, workers=args.workers,
+                    parallel=args.parallel)
+    if main_process:
+        print(f"done: step {trainer.step}, {time.perf_counter() - start:.0f} s; checkpoints and log.csv in {args.out}")
+    return 0
+
+
+def add_train_parser(sub) -> None:
+    from ..config import PREDICTIONS, ModelConfig
+    from ..flow import FlowConfig
+    from ..train import TrainConfig
+
+    p = sub.add_parser("train", help=COMMANDS["train"][0])
+    p.add_argument("--preset", default="scd-s", help="model preset, any case (see `scd info all`; default: scd-s)")
+    p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
+    add_option(p, "--steps", TrainConfig, "steps", "optimizer steps")
+    add_option(p, "--batch", TrainConfig, "batch", "clips per step (the global batch: under torchrun each process "
+               "draws batch / processes of them)")
+    p.add_argument("--micro-batch", type=at_least(1), metavar="M",
+                   help="clips per forward pass (gradient accumulation; default: each process's whole share); runs "
+                        "with the same --batch and --micro-batch give the same losses on any number of processes")
+    add_device_option(p)
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun: ddp (DistributedDataParallel, a whole model per process) or fsdp (FSDP2: "
+                        "model, optimiser state and EMA sharded over the processes, for the big presets); "
+                        "checkpoints are the same either way (default: ddp)")
+    p.add_argument("--workers", type=at_least(0), default=2,
+                   help="data loader worker processes per training process (default: 2)")
+    add_option(p, "--clip-len", TrainConfig, "clip_len", "frames per training clip")
+    add_option(p, "--lr", TrainConfig, "lr", "AdamW learning rate", type=positive())
+    add_option(p, "--warmup", TrainConfig, "warmup", "linear learning-rate warm-up steps")
+    add_option(p, "--lr-min", TrainConfig, "lr_min",
+               "cosine decay of the learning rate to this value at --steps (none: constant after the warm-up)",
+               type=at_least(0.0, float))
+    add_option(p, "--weight-decay", TrainConfig, "weight_decay", "AdamW weight decay")
+    add_option(p, "--grad-clip", TrainConfig, "grad_clip", "gradient norm clip (0 = off)")
+    add_option(p, "--ema", TrainConfig, "ema_decay", "EMA decay of the weights generation uses")
+    add_option(p, "--bf16", TrainConfig, "bf16", "bf16 autocast")
+    add_option(p, "--ckpt-every", TrainConfig, "ckpt_every", "steps between checkpoints")
+    add_option(p, "--log-every", TrainConfig, "log_every", "steps between log.csv rows")
+    add_option(p, "--seed", TrainConfig, "seed", "seed of the weights, the data order and the noise")
+    add_option(p, "--K", FlowConfig, "K", "noisy draws per context pass")
+    add_option(p, "--eta", FlowConfig, "context_noise", "context noise on c_i (SCD; the paper uses 0.05)")
+    add_option(p, "--timesteps", FlowConfig, "timesteps", "flow-time distribution",
+               choices=["logit_normal", "uniform"])
+    add_option(p, "--shift", FlowConfig, "shift", "timestep shift k")
+    add_option(p, "--action-dropout", FlowConfig, "action_dropout", "share of clips with the null action (guidance)")
+    add_option(p, "--encoder-t-min", FlowConfig, "encoder_t_min",
+               "noisy_current SCD encoders (scd convert) see the current frame at t ~ U(this, 1)")
+    p.add_argument("--fusion", choices=["seq_offset", "seq_same", "channel"],
+                   help="SCD context fusion (default: the preset's)")
+    add_option(p, "--prediction", ModelConfig, "prediction",
+               "network output: the velocity (the paper), the clean frame (x-prediction) or the clean frame's change "
+               "from the last history frame before or after history noise (starts as copy-last-frame); with "
+               "--init-from, the checkpoint's unless given", choices=list(PREDICTIONS))
+    p.set_defaults(prediction=None)  # None: the preset's default, or the --init-from checkpoint's
+    add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
+               "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
+    p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",
+                   help="fixed flow time of history frames at inference (default: MAX / 2; with --init-from, the "
+                        "checkpoint's unless given)")
+    add_option(p, "--rollout-steps", TrainConfig, "rollout_steps",
+               "rollout training: history = the model's own S-step samples (0 = teacher forcing)", metavar="S",
+               type=at_least(0))
+    add_option(p, "--rollout-context", TrainConfig, "rollout_context", "recorded frames before the rollout history",
+               type=at_least(1))
+    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
+    p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds")
+    add_surgery_arguments(p, training=True)
+    p.set_defaults(func=cmd_train)
+
+
+# -- scd demo ------------------------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from ..demo import demo
+
+    check_out_dir(args.out)
+    result = demo(args.out, args.minutes, args.episodes, args.held_out, args.length, args.seed, args.lr, args.context,
+                  args.frames, args.steps, args.fps)
+    psnr = result["psnr"]
+    print(f"held-out PSNR over {len(result['episodes'])} episodes x {args.frames} generated frames: shipped "
+          f"{psnr['shipped']:.2f} dB, fine-tuned for {result['steps']} steps {psnr['fine-tuned']:.2f} dB")
+    print(f"wrote {result['video']}: ground truth | shipped SCD | fine-tuned SCD, {args.context} real context frames "
+          f"then {args.frames} generated, per held-out episode")
+    return 0
+
+
+def add_demo_parser(sub) -> None:
+    from ..train import TrainConfig
+
+    p = sub.add_parser("demo", help=COMMANDS["demo"][0])
+    p.add_argument("--out", default="out/demo", help="folder for the data, the run and the video (default: out/demo)")
+    p.add_argument("--minutes", type=positive(), default=5.0, help="fine-tuning time budget (default: 5)")
+    p.add_argument("--episodes", type=at_least(2), default=10, help="episodes to record (default: 10)")
+    p.add_argument("--held-out", type=at_least(1), default=2, help="last episodes kept for the video (default: 2)")
+    p.add_argument("--length", type=at_least(8), default=150, help="frames per recorded episode (default: 150)")
+    p.add_argument("--seed", type=at_least(0), default=7, help="recording seed (default: 7)")
+    add_option(p, "--lr", TrainConfig, "lr", "fine-tuning learning rate", type=positive())
+    p.add_argument("--context", type=at_least(1), default=4, help="real frames each rollout starts from (default: 4)")
+    p.add_argument("--frames", type=at_least(1), default=20, help="frames generated per episode (default: 20)")
+    p.add_argument("--steps", type=at_least(1), default=10, help="denoising steps S (default: 10)")
+    p.add_argument("--fps", type=at_least(1), default=8, help="video frames per second (default: 8)")
+    p.set_defaults(func=cmd_demo)

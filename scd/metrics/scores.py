@@ -1,0 +1,22 @@
+"""The scores of generated frames against the real ones: one function for `scd eval` and `scd quality`."""
+
+from __future__ import annotations
+
+import torch
+
+from .image import color_histogram_distance, psnr, sharpness, ssim
+from .perceptual import lpips
+
+METRICS = ("psnr", "ssim", "lpips")  # frame metrics
+DRIFT_METRICS = ("color_hist", "sharpness")  # how far a rollout drifts from the real frames
+LPIPS_NET = "alex"
+
+
+def frame_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Videos (B, T, 3, H, W) in [-1, 1] (pred clamped to it) -> {measure: (B, T)} for every frame: PSNR, SSIM,
+    LPIPS-AlexNet, the colour-histogram distance (0 = same colours) and the sharpness ratio (mean |Laplacian| of
+    the generated frame over the real one's: < 1 blurred, > 1 noisy)."""
+    pred, target = pred.float().clamp(-1, 1), target.float()
+    return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET),
+            "color_hist": color_histogram_distance(pred, target),
+            "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6)}

@@ -1,0 +1,267 @@
+"""The two halves of Separable Causal Diffusion and their options (models.SCD puts them together).
+
+- `CausalEncoder`: l frame-causal blocks, run once per frame, output c_i = E(x_<i, a_<=i) on the frame's grid.
+  What fills its slots is an *encoder input* (supp. E.1), an object that owns its layout in training (and the noise
+  it draws there) and in streaming: `PreviousFrame` (the default) or `NoisyCurrent` (for blocks copied from a
+  Causal DiT, scd convert).
+- `FrameDecoder`: m blocks that denoise one frame from [c_i ; noisy x_i]; how c_i joins the noisy tokens is a
+  *fusion* (supplementary Tab. 1), a module that owns its tokens and RoPE positions: `SequenceFusion` (seq_offset,
+  the default, or seq_same) or `ChannelFusion` (channel).
+
+A config names them by strings (the serialised form in checkpoints); `encoder_input(name)` and `fusion(name, d)`
+turn the names into these objects when a model is built.
+
+Shapes: frames (B, F, C, H, W); slots and contexts c (B, F, P, D) with P tokens per frame and width D.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .flow import interpolate
+from .nn import (Conditioning, DiTBlock, FinalLayer, RoPE, group_attention_mask, linear_flops, run_blocks,
+                 teacher_forcing_layout)
+
+
+class CausalEncoder(nn.Module):
+    """l frame-causal blocks over encoder slots; the encoder input decides what the slots hold. The learned start
+    token fills the first slot of previous_frame encoders (the first frame's empty history)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.hidden
+        self.embed = nn.Linear(config.patch_dim, d)
+        self.start = nn.Parameter(torch.randn(config.tokens_per_frame, d) * 0.02)
+        self.cond = Conditioning(d, config.num_actions)
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, config.head_dim, config.mlp_ratio) for _ in range(config.encoder_depth)
+        )
+        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)  # c_i has unit variance per token
+
+    def slots(self, patches: torch.Tensor, with_start: bool) -> torch.Tensor:
+        """patches: (B, n, P, patch_dim) of previous frames -> slot tokens (B, n + with_start, P, D)."""
+        tokens = self.embed(patches)
+        if with_start:
+            start = self.start.to(tokens.dtype).expand(tokens.shape[0], 1, *self.start.shape)
+            tokens = torch.cat([start, tokens], dim=1)
+        return tokens
+
+    def forward(self, slots, t, actions, frame_pos, is_clean, rope_module: RoPE, cache=None) -> torch.Tensor:
+        """slots: (B, G, P, D) with flow times t (0 = clean) and actions (B, G), at frame positions frame_pos (G,),
+        clean or not is_clean (G,) (see group_attention_mask) -> c (B, G, P, D)."""
+        rope = rope_module(rope_module.positions(frame_pos))
+        mask = group_attention_mask(frame_pos, is_clean, slots.shape[2])
+        return self.norm(run_blocks(self.blocks, slots, self.cond(t, actions), rope, mask, cache))
+
+    def stream(self, stream, slots, t, actions, rope_module: RoPE) -> torch.Tensor:
+        """Run slots (B, n, P, D) with flow times t and actions (B, n) at the stream's next n frame positions,
+        against its cache: their K/V are written past the committed tokens and stay scratch until
+        `stream.cache.commit`. Returns c (B, n, P, D)."""
+        n = slots.shape[1]
+        stream.cache.reserve(n * slots.shape[2])
+        frame_pos = torch.arange(stream.num_frames, stream.num_frames + n, device=slots.device)
+        is_clean = torch.ones(n, dtype=torch.bool, device=slots.device)
+        return self(slots, t, actions, frame_pos, is_clean, rope_module, stream.cache)
+
+
+# -- encoder inputs --------------------------------------------------------------------------------------------
+# Each is told the SCD model it serves (`scd`: its encoder, patchify, RoPE) and keeps no state of its own; what a
+# rollout must remember lives in the Stream. Streaming methods receive history frames already corrupted to the
+# stream's history flow time (Stream.receive).
+
+class PreviousFrame:
+    """Slot i holds (x_{i-1}, a_i); slot 0 holds the learned start token. One clean encoder pass per frame, once
+    its action is known: c_i is ready before the first denoising step and is never recomputed."""
+
+    name = "previous_frame"
+    passes_per_frame = 1
+
+    def cache_frames(self, window: int) -> int:
+        """KV cache slots for a window: the slot of the frame being made holds x_{i-1}, one of the window's frames."""
+        return window
+
+    def training_context(self, scd, history, actions, history_t, x, flow) -> torch.Tensor:
+        """c_i for every frame of a clip from its history (B, F, C, H, W) read at flow times history_t (B, F)
+        (the clean frames x and the FlowConfig flow are not needed) -> (B, F, P, D)."""
+        b, f = actions.shape
+        slots = scd.encoder.slots(scd.patchify(history[:, :-1]), with_start=True)
+        frame_pos = torch.arange(f, device=history.device)
+        # slot i reads x_{i-1} at its history time; the start slot is clean
+        t = torch.cat([torch.zeros(b, 1, device=history.device), history_t[:, :-1]], dim=1)
+        return scd.encoder(slots, t, actions, frame_pos, torch.ones_like(frame_pos, dtype=torch.bool), scd.rope)
+
+    def _encode_slots(self, scd, stream, new_frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Slots [last frame (or the start token), new_frames...] (B, n, P, D) with actions (B, n), uncommitted."""
+        prev = new_frames
+        if stream.last_frame is not None:
+            prev = torch.cat([stream.last_frame[:, None], new_frames], dim=1)
+        start = stream.last_frame is None
+        slots = scd.encoder.slots(scd.patchify(prev), with_start=start)
+        t = torch.full(slots.shape[:2], stream.history_t, device=slots.device)
+        t[:, :start] = 0.0  # the start token slot is clean
+        return scd.encoder.stream(stream, slots, t, actions, scd.rope)
+
+    def prefill(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
+        """Slots of history frames j..j+n-1 go to the cache; the last frame waits for the next action."""
+        n = actions.shape[1]
+        self._encode_slots(scd, stream, history[:, :-1], actions)
+        stream.cache.commit(n * scd.config.tokens_per_frame)
+        stream.last_frame = history[:, -1]
+
+    def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The slot (x_{i-1}, a_i) -> c_i (B, P, D); its K/V wait in the cache's scratch space for `commit`."""
+        empty = torch.zeros(stream.batch, 0, *scd.config.frame_shape, device=scd.device)
+        c = self._encode_slots(scd, stream, empty, action[:, None])[:, 0]
+        stream.pending_action = action
+        return c
+
+    def commit(self, scd, stream, history: torch.Tensor, action: torch.Tensor) -> None:
+        """Frame i is done: slot i (x_{i-1}, a_i) joins the cache, and history (B, 1, C, H, W) fills slot i + 1
+        once a_{i+1} is known. When the scratch holds another action's slot (a guidance branch encoded after the
+        frame's own action), slot i is encoded again."""
+        if stream.pending_action is not action:
+            self.frame_context(scd, stream, action, None)
+        stream.cache.commit(scd.config.tokens_per_frame)
+        stream.pending_action = None
+        stream.last_frame = history[:, 0]
+
+
+class NoisyCurrent:
+    """The Causal DiT's teacher-forcing layout (supp. E.1, "input reparameterisation"): clean frames x_j (a_j) are
+    the history and c_i is read at a slot holding the current frame corrupted to a high flow time, x_i at t_enc
+    (training: t_enc ~ U(flow.encoder_t_min, 1); inference: the frame's starting noise, t = 1). Exactly the inputs
+    that encoder blocks copied from a Causal DiT saw. Two encoder passes per frame: the pure-noise pass that reads
+    frame i and the clean pass that caches it when it is done. The start token is unused."""
+
+    name = "noisy_current"
+    passes_per_frame = 2
+
+    def cache_frames(self, window: int) -> int:
+        """KV cache slots for a window: the `window` past frames plus the noisy slot of the frame being made."""
+        return window + 1
+
+    def training_context(self, scd, history, actions, history_t, x, flow) -> torch.Tensor:
+        """c_i for every frame of a clip: draws this input's training noise, the current frames x (B, F, C, H, W)
+        (the clean flow variable) at t_enc ~ U(flow.encoder_t_min, 1), and reads them with the history."""
+        if x is None:
+            raise ValueError("this SCD's encoder reads the noisy current frame (encoder_input='noisy_current'): "
+                             "pass x, the clean frames (B, F, C, H, W)")
+        t_enc = flow.encoder_t_min + (1 - flow.encoder_t_min) * torch.rand(x.shape[:2], device=x.device)
+        x_enc = interpolate(x, torch.randn_like(x), t_enc)
+        return self.encode(scd, history, actions, history_t, x_enc, t_enc)
+
+    def encode(self, scd, history, actions, history_t, x_enc, t_enc) -> torch.Tensor:
+        """c_i (B, F, P, D) reads the history frames < i (at history_t) and x_enc_i (B, F, C, H, W) at t_enc_i
+        (B, F), nothing else."""
+        scd.check_frames(x_enc, "x_enc")
+        f = x_enc.shape[1]
+        seq, t_all, a_all, frame_pos, is_clean = teacher_forcing_layout(history, x_enc, t_enc, actions, history_t)
+        c = scd.encoder(scd.encoder.embed(scd.patchify(seq)), t_all, a_all, frame_pos, is_clean, scd.rope)
+        return c[:, f - 1 :]
+
+    def _cache(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
+        """History frames (B, n, C, H, W) at t = stream.history_t write their K/V, like the Causal DiT's commit."""
+        slots = scd.encoder.embed(scd.patchify(history))
+        t = torch.full(actions.shape, stream.history_t, device=history.device)
+        scd.encoder.stream(stream, slots, t, actions, scd.rope)
+        stream.cache.commit(actions.shape[1] * scd.config.tokens_per_frame)
+
+    def prefill(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
+        self._cache(scd, stream, history, actions)
+
+    def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """A slot holding the frame's starting noise x_T (B, C, H, W) at t = 1 -> c_i (B, P, D); never cached."""
+        slot = scd.encoder.embed(scd.patchify(noise))[:, None]
+        t = torch.ones(stream.batch, 1, device=slot.device)
+        return scd.encoder.stream(stream, slot, t, action[:, None], scd.rope)[:, 0]
+
+    def commit(self, scd, stream, history: torch.Tensor, action: torch.Tensor) -> None:
+        """A clean encoder pass caches the finished frame, history (B, 1, C, H, W), at the history flow time."""
+        self._cache(scd, stream, history, action[:, None])
+
+
+def encoder_input(name: str):
+    """The encoder input a config names (ModelConfig.encoder_input)."""
+    return {cls.name: cls for cls in (PreviousFrame, NoisyCurrent)}[name]()
+
+
+# -- fusions ---------------------------------------------------------------------------------------------------
+class SequenceFusion(nn.Module):
+    """[c_i ; x_i] as one sequence of 2P tokens, the noisy ones at RoPE frame 1 and c_i at `context_frame`
+    (relative positions, so the same for every frame): 0 puts c_i one frame earlier (seq_offset, preferred in
+    Tab. 1), 1 at the noisy frame's own position (seq_same)."""
+
+    attends_context = True  # the noisy tokens attend to c_i's tokens as keys
+
+    def __init__(self, context_frame: float):
+        super().__init__()
+        self.context_frame = context_frame
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor):
+        """c, x: (N, P, D) -> tokens (N, 1, 2P, D) and their RoPE frame positions (2,)."""
+        tokens = torch.cat([c.to(x.dtype), x], dim=1)[:, None]
+        return tokens, torch.tensor([self.context_frame, 1.0], device=x.device)
+
+    def tokens(self, p: int) -> int:
+        return 2 * p
+
+    def flops(self, rows: int) -> int:
+        return 0
+
+
+class ChannelFusion(nn.Linear):
+    """[c_i | x_i] concatenated per token and mixed by a Linear initialised to [I | I] (it starts as c_i + x_i):
+    P tokens at RoPE frame 1, which no longer attend to c_i as keys."""
+
+    attends_context = False
+
+    def __init__(self, hidden: int):
+        super().__init__(2 * hidden, hidden)
+        with torch.no_grad():
+            self.weight.copy_(torch.cat([torch.eye(hidden), torch.eye(hidden)], dim=1))
+            self.bias.zero_()
+        self.keep_init = True
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor):
+        """c, x: (N, P, D) -> tokens (N, 1, P, D) and their RoPE frame position (1,)."""
+        tokens = super().forward(torch.cat([c.to(x.dtype), x], dim=-1))[:, None]
+        return tokens, torch.ones(1, device=x.device)
+
+    def tokens(self, p: int) -> int:
+        return p
+
+    def flops(self, rows: int) -> int:
+        return linear_flops(self, rows)
+
+
+def fusion(name: str, hidden: int) -> nn.Module:
+    """The fusion a config names (ModelConfig.fusion)."""
+    if name == "channel":
+        return ChannelFusion(hidden)
+    return SequenceFusion(context_frame={"seq_offset": 0.0, "seq_same": 1.0}[name])
+
+
+class FrameDecoder(nn.Module):
+    """m blocks that denoise one frame from its context c_i and noisy x_i; attention never reaches another frame."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.hidden
+        self.embed = nn.Linear(config.patch_dim, d)
+        self.cond = Conditioning(d, config.num_actions)
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, config.head_dim, config.mlp_ratio) for _ in range(config.decoder_depth)
+        )
+        self.head = FinalLayer(d, config.patch_dim)
+        self.fuse = fusion(config.fusion, d)  # built last: channel fusion draws its Linear's default init here
+
+    def forward(self, x_t, t, c, actions, rope_module: RoPE) -> torch.Tensor:
+        """x_t: (N, C, H, W) patches (N, P, patch_dim); t, actions: (N,); c: (N, P, D) -> velocity patches."""
+        cond = self.cond(t, actions)[:, None]  # (N, 1, D)
+        x = self.embed(x_t)  # (N, P, D)
+        tokens, frame_pos = self.fuse(c, x)
+        rope = rope_module(rope_module.positions(frame_pos))
+        h = run_blocks(self.blocks, tokens, cond, rope)
+        return self.head(h[:, :, -x.shape[1] :], cond)[:, 0]  # (N, P, patch_dim)
