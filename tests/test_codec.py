@@ -139,10 +139,12 @@ def test_training_reduces_the_loss_and_resumes_exactly(tmp_path, data):
     assert trained > untrained + 3
 
 
-def test_kl_bottleneck_trains_with_its_kl_term(tmp_path, data):
-    cfg = CodecTrainConfig(steps=2, batch=4, lpips_weight=0, kl_weight=1e-2, log_every=1, scale_frames=8)
-    trainer = train_codec(data, tmp_path, cfg, AutoencoderConfig(4, (8, 16), bottleneck="kl"), progress=False)
-    assert all(float(r["kl"]) > 0 for r in trainer.read_log())
+def test_kl_term_and_time_limit(tmp_path, data):
+    cfg = CodecTrainConfig(steps=50, batch=4, lpips_weight=0, kl_weight=1e-2, log_every=1, scale_frames=8)
+    trainer = train_codec(data, tmp_path, cfg, AutoencoderConfig(4, (8, 16), bottleneck="kl"), progress=False,
+                          time_limit=0)  # stops after the first step, with a checkpoint
+    assert trainer.step == 1 and latest_checkpoint(tmp_path).name == "ckpt-0000001"
+    assert float(trainer.read_log()[0]["kl"]) > 0
 
 
 @needs_lpips

@@ -73,7 +73,7 @@ CODEC_PRESETS = {
     "f8c16": AutoencoderConfig(16, (16, 32, 64, 128)),  # 8x8x16
     "f8c8-kl": AutoencoderConfig(8, (16, 32, 64, 128), bottleneck="kl"),
     "f8c8-wide": AutoencoderConfig(8, (32, 64, 128, 128)),
-    "f16c32": AutoencoderConfig(32, (16, 32, 64, 128, 256)),  # 4x4x32: 16 tokens; 8x8x32 at 128x128 (the paper's)
+    "f16c32": AutoencoderConfig(32, (16, 32, 64, 128, 128)),  # 4x4x32: 16 tokens; 8x8x32 at 128x128 (the paper's)
 }
 
 
