@@ -60,21 +60,28 @@ def save_checkpoint(
     """Write a checkpoint directory at `path` atomically (an existing one is replaced). Returns the path.
     `weights`, `ema` as a dict: full state dicts gathered from a model that holds only a shard (FSDP2); `model`
     then only gives the config."""
+    files = {"model.safetensors": model if weights is None else weights}
+    if ema is not None:
+        files["ema.safetensors"] = ema
+    config = {"format": FORMAT, "model": model.config.to_dict(), **(meta or {})}
+    return write_checkpoint(path, config, files, trainer_state)
+
+
+def write_checkpoint(path: str | os.PathLike, config: dict,
+                     files: dict[str, torch.nn.Module | dict[str, torch.Tensor]], trainer_state: dict | None = None) -> Path:
+    """Write a directory atomically: each of `files` (name -> module or state dict) as safetensors, `trainer_state` as
+    trainer.pt, and `config` as config.json with the sha256 of every file added. An existing one is replaced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    files = {"model.safetensors": _state_dict(model if weights is None else weights)}
-    if ema is not None:
-        files["ema.safetensors"] = _state_dict(ema)
     try:
         tmp.mkdir()
         for name, tensors in files.items():
-            save_file(tensors, tmp / name)
+            save_file(_state_dict(tensors), tmp / name)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer.pt")
-        config = {"format": FORMAT, "model": model.config.to_dict(), **(meta or {})}
-        config["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        config = {**config, "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         for p in tmp.iterdir():
             with open(p, "rb") as f:
@@ -181,15 +188,15 @@ def check_resumable(run_dir: str | os.PathLike) -> Path | None:
     return chosen
 
 
-def read_config(path: str | os.PathLike) -> dict:
-    """The checkpoint's config.json, validated."""
+def read_config(path: str | os.PathLike, format: str = FORMAT) -> dict:
+    """The checkpoint's config.json, validated (`format`: scd.codec's checkpoints use their own)."""
     path = resolve_checkpoint(path)
     try:
         config = json.loads((path / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"checkpoint {path}: config.json is corrupt ({err})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path}: config.json is not an {FORMAT} checkpoint")
+    if not isinstance(config, dict) or config.get("format") != format:
+        raise ValueError(f"checkpoint {path}: config.json is not an {format} checkpoint")
     config["path"] = str(path)
     return config
 
@@ -206,9 +213,10 @@ def _verified(path: Path, name: str, config: dict) -> Path:
     return file
 
 
-def load_weights(path: str | os.PathLike, name: str = "ema.safetensors") -> tuple[dict, dict[str, torch.Tensor]]:
+def load_weights(path: str | os.PathLike, name: str = "ema.safetensors",
+                 format: str = FORMAT) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, state dict) of one weights file of a checkpoint, after checking its sha256."""
-    config = read_config(path)
+    config = read_config(path, format)
     ckpt = Path(config["path"])
     file = _verified(ckpt, name, config)
     try:
@@ -249,8 +257,8 @@ def trained_window(info: dict) -> int | None:
     return max(clip_len - 1, 1) if clip_len else None
 
 
-def load_trainer_state(path: str | os.PathLike) -> dict:
-    config = read_config(path)
+def load_trainer_state(path: str | os.PathLike, format: str = FORMAT) -> dict:
+    config = read_config(path, format)
     file = _verified(Path(config["path"]), "trainer.pt", config)
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
