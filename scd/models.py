@@ -7,14 +7,16 @@ Training (teacher forcing, all frames of a clip at once; `forward` runs both ste
     v = model.velocity(x_t, t, ctx, actions)           # predicted velocity for every frame
 
 Streaming (one frame at a time, with a KV cache):
-    stream = model.new_stream(batch, window)
+    stream = model.new_stream(batch, window, branches)
     model.prefill(stream, context_frames, context_actions)
     ctx_i = model.frame_context(stream, a_i, x_T)      # SCD: the encoder's pass for frame i (x_T: its starting noise)
     v = model.frame_velocity(stream, ctx_i, x_t, t, a_i)   # one denoising step
     model.commit(stream, x_i, a_i)                     # the finished frame becomes history
 
-`frame_context` only reads the stream (any number of calls per frame, one per guidance branch); `commit` is what
-moves it on. Each model also answers what it costs and what it is: `block_passes`, `frame_flops`, `describe`,
+`frame_context` only reads the stream (any number of calls per frame); `commit` is what moves it on. Guidance
+branches run in the same passes as the frame: `frame_context(..., null_branch=True)` adds the null action's
+context (stacked after the frame's own), and `frame_velocity` takes G versions of the frame, x_t (B, G, C, H, W)
+with t and actions (B, G); a Causal DiT's G versions need a stream opened with `branches=G`. Each model also answers what it costs and what it is: `block_passes`, `frame_flops`, `describe`,
 `denoising_stack` (the blocks that run at every denoising step, for probes).
 
 Shapes: frames (B, F, C, H, W) in the model's data space (pixels in [-1, 1] or latents); actions (B, F) int;
@@ -40,6 +42,7 @@ from .nn import (
     Conditioning,
     DiTBlock,
     FinalLayer,
+    CachePass,
     KVCache,
     Patchify,
     RoPE,
@@ -155,13 +158,14 @@ class WorldModel(nn.Module):
                 f"(ids 0..{self.config.num_actions - 1}; {self.null_action} is the null action)"
             )
 
-    def new_stream(self, batch: int, window: int = 256) -> Stream:
-        """A fresh rollout state in which the next frame sees the last `window` frames (older ones are evicted from
-        the KV cache)."""
+    def new_stream(self, batch: int, window: int = 256, branches: int = 1) -> Stream:
+        """A fresh rollout state in which the next frame sees the last `window` frames (older ones leave the KV
+        cache), and whose cached passes may run the frame being made in `branches` versions (guidance)."""
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1 (past frames the next frame sees), got {window!r}")
-        return Stream(KVCache(self.cache_layers, self.cache_frames(window), self.config.tokens_per_frame), batch,
-                      history_t=self.config.history_noise, anchor_is_read=self.prediction.anchor_is_read)
+        cache = KVCache(self.cache_layers, self.cache_frames(window), self.config.tokens_per_frame, branches - 1,
+                        self.device)
+        return Stream(cache, batch, history_t=self.config.history_noise, anchor_is_read=self.prediction.anchor_is_read)
 
     def cache_frames(self, window: int) -> int:
         """KV cache slots for a window: the `window` past frames plus the frame being generated."""
@@ -235,9 +239,10 @@ class CausalDiT(WorldModel):
     def _transformer(self, frames, t, actions, frame_pos, is_clean, cache=None, need_output=True):
         """frames: (B, G, C, H, W) with per-group t, actions (B, G) -> (hidden (B, G, P, D), cond (B, G, D)).
 
-        need_output=False (a pass that only writes the KV cache) lets a surgery stop before its diagonal blocks."""
+        cache: a CachePass whose new frames are the G groups. need_output=False (a pass that only writes the KV
+        cache) lets a surgery stop before its diagonal blocks."""
         cond = self.cond(t, actions)
-        rope = self.rope(self.rope.positions(frame_pos))
+        rope = self.rope(frame_pos)
         mask = group_attention_mask(frame_pos, is_clean, self.config.tokens_per_frame)
         x = self.embed(self.patchify(frames))
         if self.surgery is None:
@@ -267,31 +272,35 @@ class CausalDiT(WorldModel):
 
     # -- streaming -------------------------------------------------------------------------------------------
     def prefill(self, stream: Stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
-        """Run history frames (B, n, C, H, W) at t = stream.history_t and write their K/V to the cache."""
+        """Run history frames (B, n, C, H, W) at t = stream.history_t and write their K/V to the cache, in passes
+        of at most stream.cache.chunk frames."""
         self._check_stream_input(stream, frames, actions)
         frames = stream.receive(frames)
-        b, n = frames.shape[:2]
-        n_tokens = n * self.config.tokens_per_frame
-        stream.cache.reserve(n_tokens)
-        frame_pos = torch.arange(stream.num_frames, stream.num_frames + n, device=frames.device)
-        is_clean = torch.ones(n, dtype=torch.bool, device=frames.device)
-        t = torch.full((b, n), stream.history_t, device=frames.device)
-        self._transformer(frames, t, actions, frame_pos, is_clean, stream.cache, need_output=False)
-        stream.cache.commit(n_tokens)
-        stream.num_frames += n
+        t = torch.full(actions.shape, stream.history_t, device=frames.device)
 
-    def frame_context(self, stream: Stream, action: torch.Tensor, noise: torch.Tensor) -> None:
+        def run(part: slice, cache: CachePass) -> None:
+            is_clean = torch.ones(part.stop - part.start, dtype=torch.bool, device=frames.device)
+            self._transformer(frames[:, part], t[:, part], actions[:, part], cache.frame_pos, is_clean, cache,
+                              need_output=False)
+
+        stream.cache.write_history(frames.shape[1], run)
+        stream.num_frames += frames.shape[1]
+
+    def frame_context(self, stream: Stream, action: torch.Tensor, noise: torch.Tensor, null_branch: bool = False):
         """A Causal DiT reads its history inside every denoising step: there is nothing to prepare."""
         self.check_actions(action, (stream.batch,))
         return None
 
     def frame_velocity(self, stream: Stream, ctx, x_t: torch.Tensor, t: torch.Tensor, action: torch.Tensor):
-        """One denoising step of frame `stream.num_frames`: x_t (B, C, H, W), t (B,) -> velocity (B, C, H, W)."""
-        stream.cache.reserve(self.config.tokens_per_frame)  # scratch room for this frame's K/V
-        frame_pos = torch.tensor([stream.num_frames], device=x_t.device)
-        is_clean = torch.zeros(1, dtype=torch.bool, device=x_t.device)
-        h, cond = self._transformer(x_t[:, None], t[:, None], action[:, None], frame_pos, is_clean, stream.cache)
-        return self.prediction.to_velocity(self.patchify.unpatchify(self.head(h, cond))[:, 0], x_t, t)
+        """One denoising step of frame `stream.num_frames`: x_t (B, [G,] C, H, W), t and action (B, [G]) ->
+        velocity like x_t. The G versions of the frame (guidance branches) attend the history and themselves only,
+        in one pass; their K/V are scratch (the clean pass of `commit` writes the frame's)."""
+        x, t_g, a = (x_t, t, action) if x_t.ndim == 5 else (x_t[:, None], t[:, None], action[:, None])
+        cache = stream.cache.open(1, branches=x.shape[1])
+        is_clean = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+        h, cond = self._transformer(x, t_g, a, cache.frame_pos, is_clean, cache)
+        v = self.prediction.to_velocity(self.patchify.unpatchify(self.head(h, cond)), x, t_g)
+        return v if x_t.ndim == 5 else v[:, 0]
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:
         """One extra pass writes the finished frame's K/V as history (read at t = stream.history_t, as trained)."""
@@ -362,8 +371,7 @@ class SCD(WorldModel):
         """Velocity of noisy frames given their contexts: x_t (..., C, H, W), t and actions (...), c (..., P, D)."""
         lead = x_t.shape[:-3]
         out = self.decoder(
-            self.patchify(x_t).flatten(0, -3), t.reshape(-1), c.flatten(0, -3), actions.reshape(-1), self.rope
-        )
+            self.patchify(x_t).flatten(0, -3), t.reshape(-1), c.flatten(0, -3), actions.reshape(-1))
         out = self.patchify.unpatchify(out.reshape(*lead, *out.shape[-2:]))
         return self.prediction.to_velocity(out, x_t, t)
 
@@ -389,14 +397,17 @@ class SCD(WorldModel):
         self.encoder_input.prefill(self, stream, stream.receive(frames), actions)
         stream.num_frames += frames.shape[1]
 
-    def frame_context(self, stream: Stream, action: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def frame_context(self, stream: Stream, action: torch.Tensor, noise: torch.Tensor,
+                      null_branch: bool = False) -> torch.Tensor:
         """The encoder's once-per-frame pass: c_i (B, P, D) for frame i = stream.num_frames given a_i (B,) and the
-        frame's starting noise x_T (B, C, H, W) (what a noisy_current encoder reads)."""
+        frame's starting noise x_T (B, C, H, W) (what a noisy_current encoder reads). null_branch: also the null
+        action's context, in the same pass -> (B, 2, P, D), the frame's own first (needs a stream with 2 branches)."""
         self.check_actions(action, (stream.batch,))
-        return self.encoder_input.frame_context(self, stream, action, noise)
+        return self.encoder_input.frame_context(self, stream, action, noise, null_branch)
 
     def frame_velocity(self, stream: Stream, c, x_t: torch.Tensor, t: torch.Tensor, action: torch.Tensor):
-        """One decoder step: x_t (B, C, H, W), t (B,), c (B, P, D) -> velocity (B, C, H, W). No history here."""
+        """One decoder step: x_t (B, [G,] C, H, W), t and action (B, [G]), c (B, [G,] P, D) -> velocity like x_t.
+        No history here."""
         return self.decode(x_t, t, c, action)
 
     def commit(self, stream: Stream, frame: torch.Tensor, action: torch.Tensor) -> None:

@@ -8,6 +8,7 @@ Conditioning is per group: (B, G, D). Attention flattens groups to a sequence of
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,29 +66,27 @@ class Conditioning(nn.Module):
 class RoPE(nn.Module):
     """Rotary position embedding over (frame, row, column).
 
-    The head dimension is split into three even parts (frame gets the remainder); positions may be fractional."""
+    The head dimension is split into three even parts (frame gets the remainder); frame positions may be
+    fractional. The frequencies and the row/column angles of the token grid are tables built once; a pass only
+    multiplies its frame positions in."""
 
     def __init__(self, head_dim: int, grid: tuple[int, int], theta: float = 10000.0):
         super().__init__()
         d_space = (head_dim // 3) // 2 * 2
         self.dims = (head_dim - 2 * d_space, d_space, d_space)
-        self.theta = theta
+        freqs = [theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d) for d in self.dims]
         rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-        self.register_buffer("grid_rc", torch.stack([rows.flatten(), cols.flatten()], -1).float(), persistent=False)
+        grid_angles = torch.cat([rows.flatten().float()[:, None] * freqs[1], cols.flatten().float()[:, None] * freqs[2]],
+                                dim=-1)
+        self.register_buffer("frame_freqs", freqs[0], persistent=False)  # (d_frame/2,)
+        self.register_buffer("grid_angles", grid_angles, persistent=False)  # (P, (d_row + d_col)/2)
 
-    def positions(self, frame_pos: torch.Tensor) -> torch.Tensor:
-        """frame_pos: (G,) frame index of each group -> (G*P, 3) token positions (frame, row, col)."""
-        g, p = frame_pos.shape[0], self.grid_rc.shape[0]
-        frame = frame_pos.float().to(self.grid_rc.device).repeat_interleave(p)[:, None]
-        return torch.cat([frame, self.grid_rc.repeat(g, 1)], dim=-1)
-
-    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos: (N, 3) -> (cos, sin), each (N, head_dim/2)."""
-        angles = []
-        for axis, d in enumerate(self.dims):
-            freqs = self.theta ** (-torch.arange(0, d, 2, device=pos.device, dtype=torch.float32) / d)
-            angles.append(pos[:, axis, None] * freqs)
-        angles = torch.cat(angles, dim=-1)
+    def forward(self, frame_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frame_pos: (G,) frame position of each group -> (cos, sin) of its G*P tokens, each (G*P, head_dim/2)."""
+        g, (p, d) = frame_pos.shape[0], self.grid_angles.shape
+        frame = frame_pos.to(self.frame_freqs.device, torch.float32)[:, None] * self.frame_freqs  # (G, d_frame/2)
+        angles = torch.cat([frame[:, None].expand(g, p, -1), self.grid_angles.expand(g, p, d)], dim=-1)
+        angles = angles.flatten(0, 1)
         return angles.cos(), angles.sin()
 
 
@@ -129,60 +128,106 @@ def group_attention_mask(frame_pos: torch.Tensor, is_clean: torch.Tensor, tokens
     return group_mask.repeat_interleave(tokens_per_group, 0).repeat_interleave(tokens_per_group, 1)
 
 
+PREFILL_CHUNK = 8  # history frames per pass when a KV cache takes many (prefill)
+
+
 class KVCache:
-    """Preallocated keys/values of `layers` attention blocks: (layers, B, H, capacity, hd).
+    """A ring buffer of the keys/values of `layers` attention blocks: (layers, B, H, (slots + spare) * P, hd), P
+    tokens per frame, zero until written.
 
-    `length` tokens are committed (clean frames). A forward pass writes its new K/V just past `length` and
-    attends to everything up to there; only `commit(n)` makes them permanent, so denoising steps can use the
-    same buffer as scratch space. When full, the oldest whole frames are evicted (a sliding window)."""
+    Frame f lives in slot f % slots, so nothing moves when old frames leave. A pass (`open`) writes its n new
+    frames (history, or the frame being made) into the n slots after the committed frames, overwriting the oldest
+    ones, and attends the whole buffer through a mask: it sees the min(frames, slots - n) latest committed frames,
+    and its new frames as its own mask says. The frame being made may come in several versions (guidance
+    branches), the extra ones in the `spare` slots past the ring. New frames stay scratch until `commit(n)`, so the
+    denoising steps of one frame rewrite the same slots; `write_history` writes and commits history frames in
+    passes of at most `chunk` frames, which bounds the memory of a long prefill (the masks and activations of one
+    pass). Shapes never change and the write position lives on the device (`pos`): a compiled per-frame step is
+    one graph for every frame."""
 
-    def __init__(self, layers: int, capacity_frames: int, tokens_per_frame: int):
-        if capacity_frames < 1:
-            raise ValueError(f"KV cache needs room for at least 1 frame, got {capacity_frames}")
-        self.layers = layers
-        self.tokens_per_frame = tokens_per_frame
-        self.capacity = capacity_frames * tokens_per_frame
+    def __init__(self, layers: int, slots: int, tokens_per_frame: int, spare: int = 0, device=None):
+        if slots < 1:
+            raise ValueError(f"KV cache needs room for at least 1 frame, got {slots}")
+        self.layers, self.slots, self.spare, self.tokens_per_frame = layers, slots, spare, tokens_per_frame
+        self.capacity = (slots + spare) * tokens_per_frame
         self.k: torch.Tensor | None = None  # allocated on first write, with the K/V dtype and device
         self.v: torch.Tensor | None = None
-        self.length = 0
-        self.evicted_frames = 0
+        self.chunk = PREFILL_CHUNK
+        self.frames = 0  # committed frames (host count)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)  # the same, on the device: where passes write
+        self._slot = torch.arange(slots + spare, device=device)  # (slots + spare,)
+        self._token = torch.arange(tokens_per_frame, device=device)  # (P,)
 
-    def reserve(self, n_tokens: int) -> None:
-        """Make room for n_tokens past `length`, evicting the oldest frames if needed."""
-        if n_tokens > self.capacity:
-            raise ValueError(f"{n_tokens} tokens do not fit a KV cache of {self.capacity} tokens")
-        overflow = self.length + n_tokens - self.capacity
-        if overflow > 0 and self.k is not None:
-            drop = -(-overflow // self.tokens_per_frame) * self.tokens_per_frame
-            keep = self.length - drop
-            self.k[:, :, :, :keep] = self.k[:, :, :, drop : self.length].clone()
-            self.v[:, :, :, :keep] = self.v[:, :, :, drop : self.length].clone()
-            self.length = keep
-            self.evicted_frames += drop // self.tokens_per_frame
+    @property
+    def evicted_frames(self) -> int:
+        """Committed frames that a one-frame pass no longer sees."""
+        return max(0, self.frames + 1 - self.slots)
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, H, n, hd) past the committed tokens; return all keys/values (B, H, length+n, hd)."""
-        if self.k is None:
-            shape = (self.layers, k.shape[0], k.shape[1], self.capacity, k.shape[3])
-            try:
-                self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
-                self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
-            except (RuntimeError, MemoryError):  # the CPU allocator raises a RuntimeError
-                self.k = self.v = None
-                size = 2 * math.prod(shape) * k.element_size() / 1e9
-                raise MemoryError(f"the KV cache for {self.capacity // self.tokens_per_frame} frames needs {size:.1f} GB "
-                                  "and does not fit in memory: use a smaller window") from None
-        end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length : end] = k
-        self.v[layer, :, :, self.length : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def open(self, n: int = 1, branches: int = 1) -> "CachePass":
+        """A pass that writes n new frames (positions pos .. pos + n - 1), or one frame in `branches` versions:
+        its n or `branches` groups of tokens, in this order."""
+        if n > self.slots or (branches > 1 and n != 1) or branches - 1 > self.spare:
+            raise ValueError(f"{n} frame(s) in {branches} version(s) do not fit a KV cache of {self.slots} frames "
+                             f"and {self.spare} spare slot(s)")
+        frame_pos = self.pos + (self._slot[:n] if branches == 1 else self._slot[:1].expand(branches))  # (groups,)
+        new = torch.cat([frame_pos[:n] % self.slots, self._slot[self.slots : self.slots + branches - 1]])
+        index = (new[:, None] * self.tokens_per_frame + self._token).flatten()  # (groups*P,)
+        age = (self.pos - 1 - self._slot) % self.slots  # 0 = the latest committed frame
+        kept = (self._slot < self.slots) & (age < torch.clamp(self.pos, max=self.slots - n))  # (slots + spare,)
+        return CachePass(self, index, kept.repeat_interleave(self.tokens_per_frame), frame_pos)
 
-    def commit(self, n_tokens: int) -> None:
-        self.length += n_tokens
+    def write_history(self, n: int, run) -> None:
+        """n history frames in passes of at most `chunk` frames, each committed before the next: run(part, pass)
+        runs the frames of the slice `part` through the model in the CachePass `pass`."""
+        for lo in range(0, n, self.chunk):
+            hi = min(n, lo + self.chunk)
+            run(slice(lo, hi), self.open(hi - lo))
+            self.commit(hi - lo)
+
+    def allocate(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device) -> None:
+        shape = (self.layers, batch, heads, self.capacity, head_dim)
+        try:  # zeros: the masked-out slots still enter attention's weighted sum, with weight 0
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros(shape, dtype=dtype, device=device)
+        except (RuntimeError, MemoryError):  # the CPU allocator raises a RuntimeError
+            self.k = self.v = None
+            size = 2 * math.prod(shape) * dtype.itemsize / 1e9
+            raise MemoryError(f"the KV cache for {self.slots} frames needs {size:.1f} GB and does not fit in "
+                              "memory: use a smaller window") from None
+
+    def commit(self, n: int) -> None:
+        """The last pass's first n new frames become history."""
+        self.frames += n
+        self.pos += n
 
     def nbytes(self) -> int:
-        """Bytes held by the preallocated buffers (0 before the first write)."""
+        """Bytes held by the buffers (0 before the first write)."""
         return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+
+class CachePass(NamedTuple):
+    """One pass through a KVCache: where its new tokens go and which committed tokens it sees."""
+
+    cache: KVCache
+    index: torch.Tensor  # (N,) positions of the pass's N new tokens in the buffer
+    kept: torch.Tensor  # (capacity,) bool: committed tokens in the window
+    frame_pos: torch.Tensor  # (groups,) frame positions of the new groups
+
+    def mask(self, new: torch.Tensor | None) -> torch.Tensor:
+        """The (N, N) mask among the new tokens (None: one group, all see all) -> the mask over the buffer,
+        (N, capacity), or (1, capacity) for every query alike."""
+        if new is None:
+            return self.kept.index_fill(0, self.index, True)[None]
+        return self.kept.repeat(new.shape[0], 1).index_copy_(1, self.index, new)
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H, N, hd) into the buffer; return the layer's keys/values (B, H, capacity, hd)."""
+        cache = self.cache
+        if cache.k is None:
+            cache.allocate(k.shape[0], k.shape[1], k.shape[3], k.dtype, k.device)
+        cache.k[layer].index_copy_(2, self.index, k)
+        cache.v[layer].index_copy_(2, self.index, v)
+        return cache.k[layer], cache.v[layer]
 
 
 def _rms_norm(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -202,8 +247,8 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6)
         self.proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x, rope, mask=None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        """x: (B, N, D); rope: (cos, sin) of the N query tokens; mask: (N, N_keys) bool or None."""
+    def forward(self, x, rope, mask=None, cache: CachePass | None = None, layer: int = 0) -> torch.Tensor:
+        """x: (B, N, D); rope: (cos, sin) of the N query tokens; mask: (N or 1, N_keys) bool or None."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x (B, H, N, hd)
         q, k = apply_rope(_rms_norm(self.q_norm, q), rope), apply_rope(_rms_norm(self.k_norm, k), rope)
@@ -229,7 +274,7 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden))
         self.adaln = nn.Sequential(nn.SiLU(), zero_linear(nn.Linear(hidden, 6 * hidden)))
 
-    def forward(self, x, cond, rope, mask=None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x, cond, rope, mask=None, cache: CachePass | None = None, layer: int = 0) -> torch.Tensor:
         """x: (B, G, T, D); cond: (B, G, D) -> (B, G, T, D)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(cond).unsqueeze(2).chunk(6, dim=-1)
         h = modulate(self.norm1(x), shift1, scale1).flatten(1, 2)
@@ -244,17 +289,11 @@ class DiTBlock(nn.Module):
                 + linear_flops(attn.proj, n) + linear_flops(self.mlp[0], n) + linear_flops(self.mlp[2], n))
 
 
-def with_cached_prefix(mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor | None:
-    """Extend a (N, N) mask with all-visible columns for the committed cache tokens (all clean, all past)."""
-    if mask is None or cache is None or cache.length == 0:
-        return mask
-    visible = torch.ones(mask.shape[0], cache.length, dtype=torch.bool, device=mask.device)
-    return torch.cat([visible, mask], dim=1)
-
-
-def run_blocks(blocks, x, cond, rope, mask=None, cache: KVCache | None = None) -> torch.Tensor:
-    """Apply a stack of DiT blocks; x: (B, G, T, D), cond: (B, G, D)."""
-    mask = with_cached_prefix(mask, cache)
+def run_blocks(blocks, x, cond, rope, mask=None, cache: CachePass | None = None) -> torch.Tensor:
+    """Apply a stack of DiT blocks; x: (B, G, T, D), cond: (B, G, D); with a cache pass, the G groups are its new
+    frames, which also attend the cache's history (mask: among the new tokens only)."""
+    if cache is not None:
+        mask = cache.mask(mask)
     for layer, block in enumerate(blocks):
         x = block(x, cond, rope, mask, cache, layer)
     return x

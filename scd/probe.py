@@ -44,20 +44,23 @@ def context_attention_mass(attn: Attention, x, rope, mask=None, cache=None, laye
     """Share of attention that the current frame's queries (the last `tokens` tokens of x (B, N, D)) give to all
     other keys: the KV cache's committed past frames and any earlier tokens of x (an SCD decoder's c_i).
 
-    Recomputes q and k exactly as Attention.forward does from the same inputs and materialises
+    Recomputes q and k exactly as Attention.forward does from the same inputs (with a CachePass, the keys are the
+    cache's buffer with the pass's new keys written in, under the pass's mask) and materialises
     softmax(q k^T / sqrt(hd)) only here. Returns (B,) averaged over heads and queries, and the share of those keys
-    among all keys (the mass uniform attention would give)."""
+    among the keys the queries see (the mass uniform attention would give)."""
     b, n, _ = x.shape
     q, k, _ = attn.qkv(x).view(b, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, N, hd)
     q, k = apply_rope(attn.q_norm(q), rope), apply_rope(attn.k_norm(k), rope)
-    if cache is not None and cache.length > 0:
-        k = torch.cat([cache.k[layer, :, :, : cache.length].to(k.dtype), k], dim=2)
+    own = torch.arange(n - tokens, n, device=x.device)  # the current frame's keys
+    if cache is not None:
+        buffer = cache.cache.k
+        keys = k.new_zeros(b, attn.heads, cache.cache.capacity, attn.head_dim) if buffer is None else buffer[layer]
+        k, own = keys.to(k.dtype).index_copy(2, cache.index, k), cache.index[-tokens:]
     scores = (q[:, :, -tokens:].float() @ k.float().transpose(-1, -2)) * attn.head_dim**-0.5  # (B, H, P, keys)
-    if mask is not None:
-        scores = scores.masked_fill(~mask[-tokens:], float("-inf"))
-    probs = scores.softmax(dim=-1)
-    others = k.shape[2] - tokens
-    return probs[..., :others].sum(-1).mean(dim=(1, 2)), others / k.shape[2]
+    seen = torch.ones(1, k.shape[2], dtype=torch.bool, device=x.device) if mask is None else mask[-tokens:]
+    probs = scores.masked_fill(~seen, float("-inf")).softmax(dim=-1)
+    others = seen.index_fill(1, own, False)  # (P or 1, keys)
+    return (probs * others).sum(-1).mean(dim=(1, 2)), (others[-1].sum() / seen[-1].sum()).item()
 
 
 # -- the rollout probe ---------------------------------------------------------------------------------------
@@ -134,9 +137,10 @@ class RolloutProbe:
 
     def callback(self, info: dict) -> None:
         """Streamer callback: files the last velocity pass under (info['frame'], info['step'])."""
-        if self._passes != 1:
-            raise ValueError(f"RolloutProbe needs one velocity pass per denoising step, saw {self._passes} "
-                             "(a guided rollout?): probe without guidance")
+        if info.get("guided") or self._passes != 1:
+            raise ValueError(f"RolloutProbe needs one velocity pass of one branch per denoising step, saw "
+                             f"{self._passes} pass(es){' with guidance branches' * bool(info.get('guided'))}: probe "
+                             "without guidance")
         self._passes = 0
         if info["frame"] != self._frame:
             self._finish_frame()

@@ -93,7 +93,8 @@ class Streamer:
     how many past frames the next frame sees (older ones leave the KV cache; a model trained on clips of F frames
     saw at most F - 1). History frames (the context and every finished frame) are corrupted to a fixed flow time
     before the model reads them, as in training: `history_noise`, by default the model's `config.history_noise`.
-    callback(dict(frame, step, t, x, v)) sees every denoising step (for probing)."""
+    callback(dict(frame, guided, step, t, x, v)) sees every denoising step (for probing; with guidance, v is the
+    guided velocity and each pass ran both branches)."""
 
     def __init__(
         self,
@@ -116,7 +117,8 @@ class Streamer:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         n = b * num_samples
-        self.stream = model.new_stream(n, window)
+        self.null_branch = guidance is not None and guidance.null_action  # guidance's negative branch drops a_i
+        self.stream = model.new_stream(n, window, branches=2 if self.null_branch else 1)
         if c0 == 0 and model.prediction.needs_anchor:
             raise ValueError("change prediction needs at least one context frame (it renders the change from the "
                              "last one)")
@@ -129,7 +131,6 @@ class Streamer:
         self.generator = _generator(seed)
         self.guidance_generator = _generator(seed, GUIDANCE_NOISE)
         self.stream.history_generator = _generator(seed, HISTORY_NOISE)
-        self.null = torch.full((n,), model.null_action, device=self.device, dtype=torch.long)
         if history_noise is not None:
             if not 0 <= history_noise < 1:
                 raise ValueError(f"history_noise must be a flow time in [0, 1), got {history_noise}")
@@ -153,26 +154,25 @@ class Streamer:
         _check_user_actions(model, action)
         a = action.to(self.device).repeat_interleave(self.num_samples, dim=0)
         noise = torch.randn((stream.batch, *model.config.frame_shape), generator=self.generator).to(self.device)
-        neg_action, neg_ctx = a, None
-        if guidance is not None and guidance.null_action:  # before the frame's own action, whose pass commit keeps
-            neg_action = self.null
-            neg_ctx = model.frame_context(stream, self.null, noise)
-        ctx = model.frame_context(stream, a, noise)
-        if guidance is not None and guidance.context_noise > 0:
-            base = ctx if neg_ctx is None else neg_ctx
-            neg_ctx = model.corrupt_context(base, guidance.context_noise, self.guidance_generator)
+        ctx = model.frame_context(stream, a, noise, self.null_branch)
+        if guidance is not None:  # two branches in every pass, the frame's own first: actions (B, 2), contexts
+            actions = torch.stack([a, torch.full_like(a, model.null_action) if self.null_branch else a], dim=1)
+            own, neg = (ctx, ctx) if ctx is None or not self.null_branch else ctx.unbind(1)  # (B, P, D) each
+            if guidance.context_noise > 0:
+                neg = model.corrupt_context(neg, guidance.context_noise, self.guidance_generator)
+            ctx = None if own is None else torch.stack([own, neg], dim=1)  # (B, 2, P, D); a Causal DiT has none
 
         def velocity(x, t):
-            v = model.frame_velocity(stream, ctx, x, t, a)
             if guidance is None:
-                return v
-            v_neg = model.frame_velocity(stream, neg_ctx, x, t, neg_action)
-            return v_neg + guidance.scale * (v - v_neg)
+                return model.frame_velocity(stream, ctx, x, t, a)
+            v = model.frame_velocity(stream, ctx, x[:, None].expand(-1, 2, *x.shape[1:]), t[:, None].expand(-1, 2),
+                                     actions)
+            return v[:, 1] + guidance.scale * (v[:, 0] - v[:, 1])  # v_neg + scale (v - v_neg)
 
         step_callback = None
         if self.callback is not None:
             index = self.frames_generated
-            step_callback = lambda info: self.callback({"frame": index, **info})  # noqa: E731
+            step_callback = lambda info: self.callback({"frame": index, "guided": guidance is not None, **info})  # noqa: E731
         frame = model.prediction.to_frame(euler_sample(velocity, noise, self.schedule, step_callback), stream.anchor)
         if model.config.frame_range is not None:  # history never holds values no training frame had
             frame = frame.clamp(*model.config.frame_range)

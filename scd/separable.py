@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .flow import interpolate
-from .nn import (Conditioning, DiTBlock, FinalLayer, RoPE, group_attention_mask, linear_flops, run_blocks,
+from .nn import (CachePass, Conditioning, DiTBlock, FinalLayer, RoPE, group_attention_mask, linear_flops, run_blocks,
                  teacher_forcing_layout)
 
 
@@ -48,22 +48,23 @@ class CausalEncoder(nn.Module):
             tokens = torch.cat([start, tokens], dim=1)
         return tokens
 
-    def forward(self, slots, t, actions, frame_pos, is_clean, rope_module: RoPE, cache=None) -> torch.Tensor:
+    def forward(self, slots, t, actions, frame_pos, is_clean, rope: RoPE, cache=None) -> torch.Tensor:
         """slots: (B, G, P, D) with flow times t (0 = clean) and actions (B, G), at frame positions frame_pos (G,),
-        clean or not is_clean (G,) (see group_attention_mask) -> c (B, G, P, D)."""
-        rope = rope_module(rope_module.positions(frame_pos))
+        clean or not is_clean (G,) (see group_attention_mask) -> c (B, G, P, D). cache: a CachePass whose new frames
+        are the G groups."""
         mask = group_attention_mask(frame_pos, is_clean, slots.shape[2])
-        return self.norm(run_blocks(self.blocks, slots, self.cond(t, actions), rope, mask, cache))
+        return self.norm(run_blocks(self.blocks, slots, self.cond(t, actions), rope(frame_pos), mask, cache))
 
-    def stream(self, stream, slots, t, actions, rope_module: RoPE) -> torch.Tensor:
-        """Run slots (B, n, P, D) with flow times t and actions (B, n) at the stream's next n frame positions,
-        against its cache: their K/V are written past the committed tokens and stay scratch until
-        `stream.cache.commit`. Returns c (B, n, P, D)."""
-        n = slots.shape[1]
-        stream.cache.reserve(n * slots.shape[2])
-        frame_pos = torch.arange(stream.num_frames, stream.num_frames + n, device=slots.device)
-        is_clean = torch.ones(n, dtype=torch.bool, device=slots.device)
-        return self(slots, t, actions, frame_pos, is_clean, rope_module, stream.cache)
+    def stream(self, cache: CachePass, slots, t, actions, rope: RoPE) -> torch.Tensor:
+        """Run slots (B, G, P, D) with flow times t and actions (B, G) as the new frames of a cache pass: their K/V
+        stay scratch until the cache commits them. Returns c (B, G, P, D)."""
+        is_clean = torch.ones(slots.shape[1], dtype=torch.bool, device=slots.device)
+        return self(slots, t, actions, cache.frame_pos, is_clean, rope, cache)
+
+    def write_history(self, stream, slots, t, actions, rope: RoPE) -> None:
+        """Slots (B, n, P, D) with flow times t and actions (B, n) become the stream's next n history frames."""
+        stream.cache.write_history(slots.shape[1], lambda part, cache: self.stream(
+            cache, slots[:, part], t[:, part], actions[:, part], rope))
 
 
 # -- encoder inputs --------------------------------------------------------------------------------------------
@@ -92,8 +93,8 @@ class PreviousFrame:
         t = torch.cat([torch.zeros(b, 1, device=history.device), history_t[:, :-1]], dim=1)
         return scd.encoder(slots, t, actions, frame_pos, torch.ones_like(frame_pos, dtype=torch.bool), scd.rope)
 
-    def _encode_slots(self, scd, stream, new_frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Slots [last frame (or the start token), new_frames...] (B, n, P, D) with actions (B, n), uncommitted."""
+    def _slots(self, scd, stream, new_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots [last frame (or the start token), new_frames...] (B, n, P, D) and their flow times (B, n)."""
         prev = new_frames
         if stream.last_frame is not None:
             prev = torch.cat([stream.last_frame[:, None], new_frames], dim=1)
@@ -101,29 +102,33 @@ class PreviousFrame:
         slots = scd.encoder.slots(scd.patchify(prev), with_start=start)
         t = torch.full(slots.shape[:2], stream.history_t, device=slots.device)
         t[:, :start] = 0.0  # the start token slot is clean
-        return scd.encoder.stream(stream, slots, t, actions, scd.rope)
+        return slots, t
 
     def prefill(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
         """Slots of history frames j..j+n-1 go to the cache; the last frame waits for the next action."""
-        n = actions.shape[1]
-        self._encode_slots(scd, stream, history[:, :-1], actions)
-        stream.cache.commit(n * scd.config.tokens_per_frame)
+        slots, t = self._slots(scd, stream, history[:, :-1])
+        scd.encoder.write_history(stream, slots, t, actions, scd.rope)
         stream.last_frame = history[:, -1]
 
-    def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The slot (x_{i-1}, a_i) -> c_i (B, P, D); its K/V wait in the cache's scratch space for `commit`."""
+    def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor, null_branch: bool = False):
+        """The slot (x_{i-1}, a_i) -> c_i (B, P, D), with null_branch also (x_{i-1}, null) -> (B, 2, P, D); the
+        first slot's K/V wait in the cache's scratch space for `commit`."""
         empty = torch.zeros(stream.batch, 0, *scd.config.frame_shape, device=scd.device)
-        c = self._encode_slots(scd, stream, empty, action[:, None])[:, 0]
+        slots, t = self._slots(scd, stream, empty)
+        actions = _with_null_branch(scd, action, null_branch)
+        g = actions.shape[1]
+        c = scd.encoder.stream(stream.cache.open(1, branches=g), slots.expand(-1, g, -1, -1), t.expand(-1, g),
+                               actions, scd.rope)
         stream.pending_action = action
-        return c
+        return c if null_branch else c[:, 0]
 
     def commit(self, scd, stream, history: torch.Tensor, action: torch.Tensor) -> None:
         """Frame i is done: slot i (x_{i-1}, a_i) joins the cache, and history (B, 1, C, H, W) fills slot i + 1
-        once a_{i+1} is known. When the scratch holds another action's slot (a guidance branch encoded after the
-        frame's own action), slot i is encoded again."""
+        once a_{i+1} is known. When the scratch holds another action's slot (a context asked for after the frame's
+        own), slot i is encoded again."""
         if stream.pending_action is not action:
             self.frame_context(scd, stream, action, None)
-        stream.cache.commit(scd.config.tokens_per_frame)
+        stream.cache.commit(1)
         stream.pending_action = None
         stream.last_frame = history[:, 0]
 
@@ -165,21 +170,31 @@ class NoisyCurrent:
         """History frames (B, n, C, H, W) at t = stream.history_t write their K/V, like the Causal DiT's commit."""
         slots = scd.encoder.embed(scd.patchify(history))
         t = torch.full(actions.shape, stream.history_t, device=history.device)
-        scd.encoder.stream(stream, slots, t, actions, scd.rope)
-        stream.cache.commit(actions.shape[1] * scd.config.tokens_per_frame)
+        scd.encoder.write_history(stream, slots, t, actions, scd.rope)
 
     def prefill(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
         self._cache(scd, stream, history, actions)
 
-    def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """A slot holding the frame's starting noise x_T (B, C, H, W) at t = 1 -> c_i (B, P, D); never cached."""
-        slot = scd.encoder.embed(scd.patchify(noise))[:, None]
-        t = torch.ones(stream.batch, 1, device=slot.device)
-        return scd.encoder.stream(stream, slot, t, action[:, None], scd.rope)[:, 0]
+    def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor, null_branch: bool = False):
+        """A slot holding the frame's starting noise x_T (B, C, H, W) at t = 1 -> c_i (B, P, D), with null_branch
+        also the null action's -> (B, 2, P, D); never cached."""
+        actions = _with_null_branch(scd, action, null_branch)
+        g = actions.shape[1]
+        slot = scd.encoder.embed(scd.patchify(noise))[:, None].expand(-1, g, -1, -1)
+        t = torch.ones(actions.shape, device=slot.device)
+        c = scd.encoder.stream(stream.cache.open(1, branches=g), slot, t, actions, scd.rope)
+        return c if null_branch else c[:, 0]
 
     def commit(self, scd, stream, history: torch.Tensor, action: torch.Tensor) -> None:
         """A clean encoder pass caches the finished frame, history (B, 1, C, H, W), at the history flow time."""
         self._cache(scd, stream, history, action[:, None])
+
+
+def _with_null_branch(scd, action: torch.Tensor, null_branch: bool) -> torch.Tensor:
+    """The action (B,) of a frame, with null_branch followed by the null action -> (B, 1 or 2)."""
+    if not null_branch:
+        return action[:, None]
+    return torch.stack([action, torch.full_like(action, scd.null_action)], dim=1)
 
 
 def encoder_input(name: str):
@@ -198,11 +213,11 @@ class SequenceFusion(nn.Module):
     def __init__(self, context_frame: float):
         super().__init__()
         self.context_frame = context_frame
+        self.frame_pos = (context_frame, 1.0)  # RoPE frame positions of the two groups of tokens
 
-    def forward(self, c: torch.Tensor, x: torch.Tensor):
-        """c, x: (N, P, D) -> tokens (N, 1, 2P, D) and their RoPE frame positions (2,)."""
-        tokens = torch.cat([c.to(x.dtype), x], dim=1)[:, None]
-        return tokens, torch.tensor([self.context_frame, 1.0], device=x.device)
+    def forward(self, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """c, x: (N, P, D) -> tokens (N, 1, 2P, D)."""
+        return torch.cat([c.to(x.dtype), x], dim=1)[:, None]
 
     def tokens(self, p: int) -> int:
         return 2 * p
@@ -223,11 +238,11 @@ class ChannelFusion(nn.Linear):
             self.weight.copy_(torch.cat([torch.eye(hidden), torch.eye(hidden)], dim=1))
             self.bias.zero_()
         self.keep_init = True
+        self.frame_pos = (1.0,)  # RoPE frame position of the fused tokens
 
-    def forward(self, c: torch.Tensor, x: torch.Tensor):
-        """c, x: (N, P, D) -> tokens (N, 1, P, D) and their RoPE frame position (1,)."""
-        tokens = super().forward(torch.cat([c.to(x.dtype), x], dim=-1))[:, None]
-        return tokens, torch.ones(1, device=x.device)
+    def forward(self, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """c, x: (N, P, D) -> tokens (N, 1, P, D)."""
+        return super().forward(torch.cat([c.to(x.dtype), x], dim=-1))[:, None]
 
     def tokens(self, p: int) -> int:
         return p
@@ -256,12 +271,14 @@ class FrameDecoder(nn.Module):
         )
         self.head = FinalLayer(d, config.patch_dim)
         self.fuse = fusion(config.fusion, d)  # built last: channel fusion draws its Linear's default init here
+        # the fused tokens' RoPE, the same at every step of every frame: (fused tokens, head_dim/2) each
+        cos, sin = RoPE(config.head_dim, config.grid, config.rope_theta)(torch.tensor(self.fuse.frame_pos))
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, x_t, t, c, actions, rope_module: RoPE) -> torch.Tensor:
+    def forward(self, x_t, t, c, actions) -> torch.Tensor:
         """x_t: (N, C, H, W) patches (N, P, patch_dim); t, actions: (N,); c: (N, P, D) -> velocity patches."""
         cond = self.cond(t, actions)[:, None]  # (N, 1, D)
         x = self.embed(x_t)  # (N, P, D)
-        tokens, frame_pos = self.fuse(c, x)
-        rope = rope_module(rope_module.positions(frame_pos))
-        h = run_blocks(self.blocks, tokens, cond, rope)
+        h = run_blocks(self.blocks, self.fuse(c, x), cond, (self.rope_cos, self.rope_sin))
         return self.head(h[:, :, -x.shape[1] :], cond)[:, 0]  # (N, P, patch_dim)

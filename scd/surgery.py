@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .models import CausalDiT
-from .nn import group_attention_mask, with_cached_prefix
+from .nn import group_attention_mask
 from .sampling import flow_schedule
 
 
@@ -82,14 +82,14 @@ class Surgery:
 
     def run_blocks(self, blocks, x, cond, rope, mask, frame_pos, t, is_clean, cache, need_output: bool):
         """The block stack under this surgery (the plain stack is nn.run_blocks); x: (B, G, P, D), cond and t:
-        per group (B, G, ...), frame_pos and is_clean: (G,). need_output=False (a pass that only writes the KV
-        cache) stops before the frame-diagonal blocks.
+        per group (B, G, ...), frame_pos and is_clean: (G,), cache: a CachePass or None. need_output=False (a pass
+        that only writes the KV cache) stops before the frame-diagonal blocks.
 
         Skipped middle blocks leave a group's tokens unchanged: not computed when every group skips (streaming),
         selected per group otherwise (training, where the other groups still need the block)."""
         depth = len(blocks)
         self._check_depth(depth)
-        causal = with_cached_prefix(mask, cache)
+        causal = mask if cache is None else cache.mask(mask)
         own_frame = group_attention_mask(frame_pos, torch.zeros_like(is_clean), x.shape[2])
         skipped = self.skipped_groups(t, is_clean)
         middle = self.skipped_blocks(depth)

@@ -25,8 +25,12 @@ def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset
     batch, context, steps = 2, 3, 2
     frames = torch.rand(batch, context, *config.frame_shape) * 2 - 1
     actions = torch.randint(0, config.num_actions, (batch, context + 2))
-    streamer = Streamer(model, frames, actions[:, :context], steps=steps, window=8)
-    streamer.step(actions[:, context])  # frame `context`; the counted frame has a history of context + 1
+    # The counted frame has a history of context + 1 frames; with this window they fill the KV cache, whose every
+    # slot attention reads (static shapes).
+    window = context + 2 - (model.cache_frames(1) - 1)
+    streamer = Streamer(model, frames, actions[:, :context], steps=steps, window=window)
+    streamer.step(actions[:, context])
+    assert streamer.stream.cache.slots == context + 2
     # The math backend spells attention out as bmm, which the counter sees (it skips the fused CPU kernel).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         streamer.step(actions[:, context + 1])

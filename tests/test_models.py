@@ -260,9 +260,9 @@ def test_window_must_be_a_positive_integer():
 def test_a_kv_cache_too_large_for_memory_says_so_with_its_size():
     from scd.nn import KVCache
 
-    cache = KVCache(layers=4, capacity_frames=10**9, tokens_per_frame=64)
-    with pytest.raises(MemoryError, match=r"KV cache for 1000000000 frames needs .* GB"):
-        cache.extend(0, torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
+    cache = KVCache(layers=4, slots=10**6, tokens_per_frame=64)
+    with pytest.raises(MemoryError, match=r"KV cache for 1000000 frames needs .* GB"):
+        cache.open(1).extend(0, torch.zeros(1, 3, 64, 2**20), torch.zeros(1, 3, 64, 2**20))
 
 
 def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():

@@ -9,7 +9,7 @@ import torch
 from scd.config import ModelConfig
 from scd.flow import FlowConfig, flow_matching_loss, interpolate
 from scd.models import build_model
-from scd.nn import apply_rope
+from scd.nn import KVCache, apply_rope
 from scd.probe import RolloutProbe, context_attention_mass, leave_one_out, pca_images, skipping
 from scd.sampling import Guidance, flow_schedule, generate
 from scd.surgery import Surgery, operated
@@ -58,7 +58,7 @@ def test_rollout_with_probes_attached_equals_rollout_without(arch):
 def test_a_guided_rollout_is_refused():
     model = tiny("causal_dit")
     frames, actions = clip()
-    with pytest.raises(ValueError, match="one velocity pass per denoising step"), RolloutProbe(model) as probe:
+    with pytest.raises(ValueError, match="one velocity pass of one branch per denoising step"), RolloutProbe(model) as probe:
         generate(model, frames[:, :2], actions, steps=2, guidance=Guidance(2.0, null_action=True),
                  callback=probe.callback)
 
@@ -91,7 +91,7 @@ def test_attention_mass_recomputation_matches_the_fast_path():
     model = tiny("causal_dit")
     attn = model.blocks[1].attn
     x = torch.randn(2, 32, 32)
-    rope = model.rope(model.rope.positions(torch.tensor([0, 1])))
+    rope = model.rope(torch.tensor([0, 1]))
     mask = torch.ones(32, 32, dtype=torch.bool)
     mask[:16, 16:] = False  # frame 0 sees itself; frame 1 sees frames 0 and 1
     mass, uniform = context_attention_mass(attn, x, rope, mask, tokens=16)
@@ -104,6 +104,16 @@ def test_attention_mass_recomputation_matches_the_fast_path():
     marker[:, :, :16] = 1.0
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, marker, attn_mask=mask)
     torch.testing.assert_close(mass, sdpa[:, :, 16:, 0].mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+    # Streamed: frame 0 in the KV cache's ring (one empty slot), frame 1 the new frame of a cache pass.
+    cache = KVCache(layers=3, slots=3, tokens_per_frame=16)
+    first = cache.open(1)
+    attn(x[:, :16], model.rope(torch.tensor([0])), first.mask(None), first, layer=1)
+    cache.commit(1)
+    second = cache.open(1)
+    streamed, uniform = context_attention_mass(attn, x[:, 16:], model.rope(torch.tensor([1])), second.mask(None),
+                                               second, layer=1, tokens=16)
+    assert uniform == 0.5
+    torch.testing.assert_close(streamed, mass, atol=1e-5, rtol=1e-5)
 
 
 def test_pca_images_are_rgb_tiles_per_step():
@@ -131,7 +141,7 @@ def test_skipping_a_block_makes_it_the_identity():
     model = tiny("causal_dit")
     block = model.blocks[1]
     x, cond = torch.randn(1, 1, 16, 32), torch.randn(1, 1, 32)
-    rope = model.rope(model.rope.positions(torch.tensor([0])))
+    rope = model.rope(torch.tensor([0]))
     with skipping(block):
         assert torch.equal(block(x, cond, rope), x)
     assert not torch.equal(block(x, cond, rope), x)

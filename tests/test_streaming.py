@@ -1,0 +1,179 @@
+"""The fast streaming path against plain references: the ring-buffer KV cache against the copying cache it replaced,
+chunked prefill against one dense pass, guidance branches batched into one pass against one pass per branch."""
+
+import pytest
+import torch
+
+import scd.models
+import scd.nn
+from scd.nn import KVCache
+from scd.sampling import GUIDANCE_NOISE, HISTORY_NOISE, Guidance, _generator, euler_sample, flow_schedule, generate
+
+from test_models import FRAME, clip, tiny
+
+
+class CopyingCache:
+    """The KV cache before the ring buffer, with the same interface: committed tokens in order at the front of the
+    buffer; a pass makes room for its new frames by copying the newest whole frames to the front (evicting the
+    oldest), writes its tokens right after them and attends every committed token and its own."""
+
+    def __init__(self, layers, slots, tokens_per_frame, spare=0, device=None):
+        self.layers, self.slots, self.spare, self.tokens_per_frame = layers, slots, spare, tokens_per_frame
+        self.k = self.v = None
+        self.length = self.frames = 0
+        self.pos = torch.zeros((), dtype=torch.long)
+        self.chunk = scd.nn.PREFILL_CHUNK
+
+    def open(self, n=1, branches=1):
+        p = self.tokens_per_frame
+        overflow = self.length + n * p - self.slots * p  # the frame's versions take the room of one frame
+        if overflow > 0:
+            keep = self.length - -(-overflow // p) * p
+            for buf in (self.k, self.v):
+                buf[:, :, :, :keep] = buf[:, :, :, self.length - keep : self.length].clone()
+            self.length = keep
+        frame_pos = self.pos + (torch.arange(n) if branches == 1 else torch.zeros(branches, dtype=torch.long))
+        return CopyingPass(self, self.length, max(n, branches) * p, frame_pos)
+
+    def commit(self, n):
+        self.length += n * self.tokens_per_frame
+        self.frames += n
+        self.pos += n
+
+    write_history = KVCache.write_history
+    evicted_frames = 0
+
+
+class CopyingPass:
+    def __init__(self, cache, start, n_tokens, frame_pos):
+        self.cache, self.start, self.n, self.frame_pos = cache, start, n_tokens, frame_pos
+
+    def mask(self, new):
+        new = torch.ones(self.n, self.n, dtype=torch.bool) if new is None else new
+        return torch.cat([torch.ones(self.n, self.start, dtype=torch.bool), new], dim=1)
+
+    def extend(self, layer, k, v):
+        c = self.cache
+        if c.k is None:
+            shape = (c.layers, k.shape[0], k.shape[1], (c.slots + c.spare) * c.tokens_per_frame, k.shape[3])
+            c.k, c.v = torch.zeros(shape), torch.zeros(shape)
+        end = self.start + self.n
+        c.k[layer, :, :, self.start : end], c.v[layer, :, :, self.start : end] = k, v
+        return c.k[layer, :, :, :end], c.v[layer, :, :, :end]
+
+
+OPTIONS = [  # (arch, config changes, guidance)
+    ("causal_dit", {}, None),
+    ("causal_dit", dict(prediction="x", history_noise=0.2), Guidance(2.0, null_action=True)),
+    ("causal_dit", dict(prediction="change"), None),
+    ("scd", {}, None),
+    ("scd", dict(fusion="seq_same", prediction="change-noisy", history_noise=0.2), Guidance(1.5, context_noise=0.3)),
+    ("scd", dict(fusion="channel", prediction="x"), Guidance(2.0, null_action=True, context_noise=0.2)),
+    ("scd", dict(encoder_input="noisy_current"), None),
+    ("scd", dict(encoder_input="noisy_current", prediction="change", history_noise=0.1),
+     Guidance(2.0, null_action=True)),
+]
+
+
+@pytest.mark.parametrize("arch, changes, guidance", OPTIONS)
+@pytest.mark.parametrize("window", [2, 4])
+def test_ring_buffer_rollout_equals_the_copying_cache_past_its_capacity(arch, changes, guidance, window, monkeypatch):
+    model = tiny(arch, **changes)
+    frames, actions = clip(f=9)
+    kw = dict(steps=2, seed=3, num_samples=2, window=window, guidance=guidance)
+    ring = generate(model, frames[:, :2], actions, **kw)
+    monkeypatch.setattr(scd.models, "KVCache", CopyingCache)
+    copying = generate(model, frames[:, :2], actions, **kw)
+    torch.testing.assert_close(ring, copying, atol=2e-5, rtol=1e-4)
+
+
+def test_ring_buffer_rollout_under_a_surgery_equals_the_copying_cache(monkeypatch):
+    from scd.surgery import Surgery, operated
+
+    model = tiny("causal_dit")
+    frames, actions = clip(f=8)
+    with operated(model, Surgery.skip_after(1, 3, keep_prefix=1, keep_suffix=1, diagonal_last=1)):
+        ring = generate(model, frames[:, :1], actions, steps=3, seed=1, window=3)
+        monkeypatch.setattr(scd.models, "KVCache", CopyingCache)
+        copying = generate(model, frames[:, :1], actions, steps=3, seed=1, window=3)
+    torch.testing.assert_close(ring, copying, atol=2e-5, rtol=1e-4)
+
+
+def test_ring_buffer_attends_the_latest_frames_and_writes_after_them():
+    """Four slots: after 6 committed frames, a one-frame pass writes slot 6 % 4 = 2 and sees frames 3, 4, 5 (slots
+    3, 0, 1); a two-frame pass writes slots 2, 3 and sees frames 4, 5; a pass with two versions of the frame writes
+    slot 2 and the spare slot 4."""
+    cache = KVCache(layers=1, slots=4, tokens_per_frame=1, spare=1)
+    cache.commit(6)
+    one = cache.open(1)
+    assert one.index.tolist() == [2] and one.frame_pos.tolist() == [6]
+    assert one.mask(None).tolist() == [[True, True, True, True, False]]
+    two = cache.open(2)
+    assert two.index.tolist() == [2, 3] and two.frame_pos.tolist() == [6, 7]
+    causal = torch.tensor([[True, False], [True, True]])
+    assert two.mask(causal).tolist() == [[True, True, True, False, False], [True, True, True, True, False]]
+    branches = cache.open(1, branches=2)
+    assert branches.index.tolist() == [2, 4] and branches.frame_pos.tolist() == [6, 6]
+    assert branches.mask(torch.eye(2, dtype=torch.bool)).tolist() == [[True, True, True, True, False],
+                                                                      [True, True, False, True, True]]
+    fresh = KVCache(layers=1, slots=4, tokens_per_frame=1)
+    fresh.commit(1)
+    assert fresh.open(1).mask(None).tolist() == [[True, True, False, False]]
+
+
+@pytest.mark.parametrize("arch, changes", [("causal_dit", {}), ("scd", {}), ("scd", dict(encoder_input="noisy_current"))])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_chunked_prefill_equals_one_dense_pass(arch, changes, chunk, monkeypatch):
+    model = tiny(arch, **changes)
+    frames, actions = clip(f=10)
+    kw = dict(steps=2, seed=0, window=8)
+    monkeypatch.setattr(scd.nn, "PREFILL_CHUNK", 100)
+    dense = generate(model, frames[:, :7], actions, **kw)
+    monkeypatch.setattr(scd.nn, "PREFILL_CHUNK", chunk)
+    chunked = generate(model, frames[:, :7], actions, **kw)
+    torch.testing.assert_close(chunked, dense, atol=2e-5, rtol=1e-4)
+
+
+def sequential_guided_rollout(model, context, actions, guidance, steps, seed, window):
+    """The guided rollout with one pass per branch (the Streamer before batched branches): the null action's
+    context first, then the frame's own, whose slot commit keeps; two velocity passes per step."""
+    gen, guidance_gen = _generator(seed), _generator(seed, GUIDANCE_NOISE)
+    stream = model.new_stream(context.shape[0], window)
+    stream.history_generator = _generator(seed, HISTORY_NOISE)
+    null = torch.full(actions.shape[:1], model.null_action)
+    schedule = flow_schedule(steps)
+    out = []
+    with torch.no_grad():
+        model.prefill(stream, context, actions[:, : context.shape[1]])
+        for i in range(context.shape[1], actions.shape[1]):
+            a = actions[:, i]
+            noise = torch.randn((a.shape[0], *FRAME), generator=gen)
+            neg_action, neg_ctx = a, None
+            if guidance.null_action:
+                neg_action, neg_ctx = null, model.frame_context(stream, null, noise)
+            ctx = model.frame_context(stream, a, noise)
+            if guidance.context_noise > 0:
+                neg_ctx = model.corrupt_context(ctx if neg_ctx is None else neg_ctx, guidance.context_noise,
+                                                guidance_gen)
+
+            def velocity(x, t):
+                v = model.frame_velocity(stream, ctx, x, t, a)
+                v_neg = model.frame_velocity(stream, neg_ctx, x, t, neg_action)
+                return v_neg + guidance.scale * (v - v_neg)
+
+            frame = model.prediction.to_frame(euler_sample(velocity, noise, schedule), stream.anchor)
+            if model.config.frame_range is not None:
+                frame = frame.clamp(*model.config.frame_range)
+            model.commit(stream, frame, a)
+            out.append(frame)
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("arch, changes, guidance", [o for o in OPTIONS if o[2] is not None])
+@pytest.mark.parametrize("window", [3, 8])
+def test_batched_guidance_equals_one_pass_per_branch(arch, changes, guidance, window):
+    model = tiny(arch, **changes)
+    frames, actions = clip(f=7)
+    batched = generate(model, frames[:, :2], actions, steps=2, seed=4, guidance=guidance, window=window)[:, 0]
+    sequential = sequential_guided_rollout(model, frames[:, :2], actions, guidance, 2, 4, window)
+    torch.testing.assert_close(batched, sequential, atol=2e-5, rtol=1e-4)
