@@ -61,11 +61,6 @@ class CausalEncoder(nn.Module):
         is_clean = torch.ones(slots.shape[1], dtype=torch.bool, device=slots.device)
         return self(slots, t, actions, cache.frame_pos, is_clean, rope, cache)
 
-    def write_history(self, stream, slots, t, actions, rope: RoPE) -> None:
-        """Slots (B, n, P, D) with flow times t and actions (B, n) become the stream's next n history frames."""
-        stream.cache.write_history(slots.shape[1], lambda part, cache: self.stream(
-            cache, slots[:, part], t[:, part], actions[:, part], rope))
-
 
 # -- encoder inputs --------------------------------------------------------------------------------------------
 # Each is told the SCD model it serves (`scd`: its encoder, patchify, RoPE) and keeps no state of its own; what a
@@ -93,28 +88,35 @@ class PreviousFrame:
         t = torch.cat([torch.zeros(b, 1, device=history.device), history_t[:, :-1]], dim=1)
         return scd.encoder(slots, t, actions, frame_pos, torch.ones_like(frame_pos, dtype=torch.bool), scd.rope)
 
-    def _slots(self, scd, stream, new_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slots [last frame (or the start token), new_frames...] (B, n, P, D) and their flow times (B, n)."""
-        prev = new_frames
-        if stream.last_frame is not None:
-            prev = torch.cat([stream.last_frame[:, None], new_frames], dim=1)
-        start = stream.last_frame is None
+    def _slots(self, scd, stream, prev: torch.Tensor, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots (B, n, P, D) holding the frames prev (B, n - start, C, H, W), after the start token when `start`,
+        and their flow times (B, n)."""
         slots = scd.encoder.slots(scd.patchify(prev), with_start=start)
         t = torch.full(slots.shape[:2], stream.history_t, device=slots.device)
         t[:, :start] = 0.0  # the start token slot is clean
         return slots, t
 
     def prefill(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
-        """Slots of history frames j..j+n-1 go to the cache; the last frame waits for the next action."""
-        slots, t = self._slots(scd, stream, history[:, :-1])
-        scd.encoder.write_history(stream, slots, t, actions, scd.rope)
+        """Slots of history frames j..j+n-1 go to the cache, each pass embedding its own; the last frame waits for
+        the next action."""
+        start = stream.last_frame is None  # the first slot holds the start token, else the last frame so far
+        prev = history[:, :-1] if start else torch.cat([stream.last_frame[:, None], history[:, :-1]], dim=1)
+
+        def run(part: slice, cache: CachePass) -> None:
+            first = start and part.start == 0
+            slots, t = self._slots(scd, stream, prev[:, part.start - start + first : part.stop - start], first)
+            scd.encoder.stream(cache, slots, t, actions[:, part], scd.rope)
+
+        stream.cache.write_history(actions.shape[1], run)
         stream.last_frame = history[:, -1]
 
     def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor, null_branch: bool = False):
         """The slot (x_{i-1}, a_i) -> c_i (B, P, D), with null_branch also (x_{i-1}, null) -> (B, 2, P, D); the
         first slot's K/V wait in the cache's scratch space for `commit`."""
-        empty = torch.zeros(stream.batch, 0, *scd.config.frame_shape, device=scd.device)
-        slots, t = self._slots(scd, stream, empty)
+        start = stream.last_frame is None
+        prev = torch.zeros(stream.batch, 0, *scd.config.frame_shape, device=scd.device) if start else \
+            stream.last_frame[:, None]
+        slots, t = self._slots(scd, stream, prev, start)
         actions = _with_null_branch(scd, action, null_branch)
         g = actions.shape[1]
         c = scd.encoder.stream(stream.cache.open(1, branches=g), slots.expand(-1, g, -1, -1), t.expand(-1, g),
@@ -168,9 +170,9 @@ class NoisyCurrent:
 
     def _cache(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
         """History frames (B, n, C, H, W) at t = stream.history_t write their K/V, like the Causal DiT's commit."""
-        slots = scd.encoder.embed(scd.patchify(history))
         t = torch.full(actions.shape, stream.history_t, device=history.device)
-        scd.encoder.write_history(stream, slots, t, actions, scd.rope)
+        stream.cache.write_history(actions.shape[1], lambda part, cache: scd.encoder.stream(
+            cache, scd.encoder.embed(scd.patchify(history[:, part])), t[:, part], actions[:, part], scd.rope))
 
     def prefill(self, scd, stream, history: torch.Tensor, actions: torch.Tensor) -> None:
         self._cache(scd, stream, history, actions)
