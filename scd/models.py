@@ -83,7 +83,7 @@ class Stream:
         """Clean frames (B, n, C, H, W) entering the history: the last one becomes the anchor (change prediction's
         x_{i-1}); returns them as the model reads them, corrupted to the history flow time."""
         history = self.as_history(frames)
-        self.anchor = (history if self.anchor_is_read else frames)[:, -1]
+        self.anchor = (history if self.anchor_is_read else frames)[:, -1].contiguous()  # one layout for every frame
         return history
 
 
@@ -151,6 +151,8 @@ class WorldModel(nn.Module):
             raise ValueError(f"actions must have shape {tuple(shape)}, got {tuple(actions.shape)}")
         if actions.dtype.is_floating_point:
             raise ValueError(f"actions must be integer ids, got dtype {actions.dtype}")
+        if torch.compiler.is_compiling():  # a compiled step: the caller checked the values (they need a sync)
+            return
         if actions.numel() and (actions.min() < 0 or actions.max() > self.null_action):
             bad = actions[(actions < 0) | (actions > self.null_action)][0].item()
             raise ValueError(
@@ -185,7 +187,7 @@ class WorldModel(nn.Module):
         own sharded weights first, as forward does; the blocks gather theirs when they run. Plain call otherwise."""
         return fn(*args, **kwargs)
 
-    def corrupt_context(self, ctx, eta: float, generator: torch.Generator | None = None):
+    def corrupt_context(self, ctx, eta: float, noise: torch.Tensor | None = None):
         raise ValueError(f"context noise (eta) needs an SCD model; {type(self).__name__} has no context c_i")
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, history: torch.Tensor, actions: torch.Tensor,
@@ -383,11 +385,12 @@ class SCD(WorldModel):
         self.check_frames(x_t, "x_t")
         return self.decode(x_t, t, c, actions)
 
-    def corrupt_context(self, c: torch.Tensor, eta: float, generator: torch.Generator | None = None):
-        """c + eta * zeta with zeta ~ N(0, I) (context noise: training augmentation and guidance)."""
+    def corrupt_context(self, c: torch.Tensor, eta: float, noise: torch.Tensor | None = None):
+        """c + eta * zeta with zeta ~ N(0, I) (context noise: training augmentation and guidance): `noise`, like c
+        (B, ..., P, D), or drawn from the global stream."""
         if eta == 0:
             return c
-        noise = torch.randn(c.shape, generator=generator, device=generator.device if generator else c.device)
+        noise = torch.randn(c.shape, device=c.device) if noise is None else noise
         return c + eta * noise.to(c.device, c.dtype)
 
     # -- streaming (the encoder input lays out the encoder's slots) ------------------------------------------

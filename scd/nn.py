@@ -194,6 +194,8 @@ class KVCache:
             size = 2 * math.prod(shape) * dtype.itemsize / 1e9
             raise MemoryError(f"the KV cache for {self.slots} frames needs {size:.1f} GB and does not fit in "
                               "memory: use a smaller window") from None
+        for buffer in (self.k, self.v):  # written in place at fixed addresses: a CUDA graph reads them there
+            torch._dynamo.mark_static_address(buffer)
 
     def commit(self, n: int) -> None:
         """The last pass's first n new frames become history."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,6 +85,47 @@ def _generator(seed: int | None, stream: int = FRAME_NOISE) -> torch.Generator:
     return g
 
 
+def render_frame(model, stream, schedule: torch.Tensor, guidance: Guidance | None, noise: torch.Tensor,
+                 action: torch.Tensor, guidance_noise: torch.Tensor | None = None, callback: Callable | None = None):
+    """One frame of Algorithm 2 before its commit: the frame's context pass and its S denoising steps, with
+    guidance both branches in every pass (the frame's own first). noise x_T (B, C, H, W), action (B,),
+    guidance_noise zeta (B, P, D) for guidance's context noise -> the frame (B, C, H, W). What
+    `Streamer(compile=True)` compiles: it reads the stream only through tensors and fixed settings."""
+    null_branch = guidance is not None and guidance.null_action  # the negative branch drops the action
+    ctx = model.frame_context(stream, action, noise, null_branch)
+    if guidance is not None:  # actions (B, 2), contexts (B, 2, P, D) (a Causal DiT has none)
+        actions = torch.stack([action, torch.full_like(action, model.null_action) if null_branch else action], dim=1)
+        own, neg = (ctx, ctx) if ctx is None or not null_branch else ctx.unbind(1)
+        if guidance.context_noise > 0:
+            neg = model.corrupt_context(neg, guidance.context_noise, guidance_noise)
+        ctx = None if own is None else torch.stack([own, neg], dim=1)
+
+    def velocity(x, t):
+        if guidance is None:
+            return model.frame_velocity(stream, ctx, x, t, action)
+        v = model.frame_velocity(stream, ctx, x[:, None].expand(-1, 2, *x.shape[1:]), t[:, None].expand(-1, 2),
+                                 actions)
+        return v[:, 1] + guidance.scale * (v[:, 0] - v[:, 1])  # v_neg + scale (v - v_neg)
+
+    frame = model.prediction.to_frame(euler_sample(velocity, noise, schedule, callback), stream.anchor)
+    if model.config.frame_range is not None:  # history never holds values no training frame had
+        frame = frame.clamp(*model.config.frame_range)
+    return frame
+
+
+@functools.cache
+def compiled_render_frame(device_type: str) -> Callable:
+    """render_frame under torch.compile, one per device type (shared by every Streamer: the graphs are cached per
+    model and stream layout); CUDA graphs on a GPU ("reduce-overhead")."""
+    return torch.compile(render_frame, mode="reduce-overhead" if device_type == "cuda" else None, dynamic=False)
+
+
+def _kv_dtype(model) -> torch.dtype:
+    """The dtype the model's keys and values come out in: autocast's when it is on."""
+    kind = model.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else next(model.parameters()).dtype
+
+
 class Streamer:
     """Interactive autoregressive generation: `step(action)` renders the next frame (Algorithm 2, one frame).
 
@@ -94,7 +136,9 @@ class Streamer:
     saw at most F - 1). History frames (the context and every finished frame) are corrupted to a fixed flow time
     before the model reads them, as in training: `history_noise`, by default the model's `config.history_noise`.
     callback(dict(frame, guided, step, t, x, v)) sees every denoising step (for probing; with guidance, v is the
-    guided velocity and each pass ran both branches)."""
+    guided velocity and each pass ran both branches). compile: each frame's context pass and denoising steps run
+    as one torch.compile graph (`render_frame`; CUDA graphs on a GPU), the commit eagerly; the first frames
+    compile (seconds to minutes), the later ones replay."""
 
     def __init__(
         self,
@@ -109,6 +153,7 @@ class Streamer:
         window: int = 256,
         callback: Callable | None = None,
         history_noise: float | None = None,
+        compile: bool = False,
     ):
         context_frames = _checked_frames(model, context_frames, "context_frames")
         b, c0 = context_frames.shape[:2]
@@ -117,14 +162,17 @@ class Streamer:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         n = b * num_samples
-        self.null_branch = guidance is not None and guidance.null_action  # guidance's negative branch drops a_i
-        self.stream = model.new_stream(n, window, branches=2 if self.null_branch else 1)
+        null_branch = guidance is not None and guidance.null_action  # guidance's negative branch drops a_i
+        self.stream = model.new_stream(n, window, branches=2 if null_branch else 1)
         if c0 == 0 and model.prediction.needs_anchor:
             raise ValueError("change prediction needs at least one context frame (it renders the change from the "
                              "last one)")
         if c0 > window:
             raise ValueError(f"context of {c0} frames exceeds the history window of {window} frames")
+        if compile and callback is not None:
+            raise ValueError("a callback sees every denoising step from Python: use it without compile")
         self.model, self.guidance, self.callback = model, guidance, callback
+        self.render = compiled_render_frame(model.device.type) if compile else render_frame
         self.batch, self.num_samples = b, num_samples
         self.device = model.device
         self.schedule = flow_schedule(steps, shift, device=self.device)
@@ -153,29 +201,21 @@ class Streamer:
         model.check_actions(action, (self.batch,))
         _check_user_actions(model, action)
         a = action.to(self.device).repeat_interleave(self.num_samples, dim=0)
-        noise = torch.randn((stream.batch, *model.config.frame_shape), generator=self.generator).to(self.device)
-        ctx = model.frame_context(stream, a, noise, self.null_branch)
-        if guidance is not None:  # two branches in every pass, the frame's own first: actions (B, 2), contexts
-            actions = torch.stack([a, torch.full_like(a, model.null_action) if self.null_branch else a], dim=1)
-            own, neg = (ctx, ctx) if ctx is None or not self.null_branch else ctx.unbind(1)  # (B, P, D) each
-            if guidance.context_noise > 0:
-                neg = model.corrupt_context(neg, guidance.context_noise, self.guidance_generator)
-            ctx = None if own is None else torch.stack([own, neg], dim=1)  # (B, 2, P, D); a Causal DiT has none
-
-        def velocity(x, t):
-            if guidance is None:
-                return model.frame_velocity(stream, ctx, x, t, a)
-            v = model.frame_velocity(stream, ctx, x[:, None].expand(-1, 2, *x.shape[1:]), t[:, None].expand(-1, 2),
-                                     actions)
-            return v[:, 1] + guidance.scale * (v[:, 0] - v[:, 1])  # v_neg + scale (v - v_neg)
-
+        cfg = model.config
+        noise = torch.randn((stream.batch, *cfg.frame_shape), generator=self.generator).to(self.device)
+        zeta = None
+        if guidance is not None and guidance.context_noise > 0:
+            zeta = torch.randn((stream.batch, cfg.tokens_per_frame, cfg.hidden), generator=self.guidance_generator)
+            zeta = zeta.to(self.device)
         step_callback = None
         if self.callback is not None:
             index = self.frames_generated
             step_callback = lambda info: self.callback({"frame": index, "guided": guidance is not None, **info})  # noqa: E731
-        frame = model.prediction.to_frame(euler_sample(velocity, noise, self.schedule, step_callback), stream.anchor)
-        if model.config.frame_range is not None:  # history never holds values no training frame had
-            frame = frame.clamp(*model.config.frame_range)
+        if self.render is not render_frame and stream.cache.k is None:  # the compiled step finds its buffers
+            stream.cache.allocate(stream.batch, cfg.heads, cfg.head_dim, _kv_dtype(model), self.device)
+        frame = self.render(model, stream, self.schedule, guidance, noise, a, zeta, step_callback)
+        if self.render is not render_frame:
+            frame = frame.clone()  # a CUDA graph's output lives in memory its next replay overwrites
         model.commit(stream, frame, a)
         self.frames_generated += 1
         return frame.view(self.batch, self.num_samples, *frame.shape[1:])

@@ -108,7 +108,7 @@ class PreviousFrame:
             scd.encoder.stream(cache, slots, t, actions[:, part], scd.rope)
 
         stream.cache.write_history(actions.shape[1], run)
-        stream.last_frame = history[:, -1]
+        stream.last_frame = history[:, -1].contiguous()  # the layout of a committed frame's
 
     def frame_context(self, scd, stream, action: torch.Tensor, noise: torch.Tensor, null_branch: bool = False):
         """The slot (x_{i-1}, a_i) -> c_i (B, P, D), with null_branch also (x_{i-1}, null) -> (B, 2, P, D); the

@@ -153,8 +153,8 @@ def sequential_guided_rollout(model, context, actions, guidance, steps, seed, wi
                 neg_action, neg_ctx = null, model.frame_context(stream, null, noise)
             ctx = model.frame_context(stream, a, noise)
             if guidance.context_noise > 0:
-                neg_ctx = model.corrupt_context(ctx if neg_ctx is None else neg_ctx, guidance.context_noise,
-                                                guidance_gen)
+                zeta = torch.randn(ctx.shape, generator=guidance_gen)
+                neg_ctx = model.corrupt_context(ctx if neg_ctx is None else neg_ctx, guidance.context_noise, zeta)
 
             def velocity(x, t):
                 v = model.frame_velocity(stream, ctx, x, t, a)
@@ -177,3 +177,43 @@ def test_batched_guidance_equals_one_pass_per_branch(arch, changes, guidance, wi
     batched = generate(model, frames[:, :2], actions, steps=2, seed=4, guidance=guidance, window=window)[:, 0]
     sequential = sequential_guided_rollout(model, frames[:, :2], actions, guidance, 2, 4, window)
     torch.testing.assert_close(batched, sequential, atol=2e-5, rtol=1e-4)
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("arch, changes, guidance", OPTIONS)
+def test_traced_step_equals_eager_with_one_graph_for_every_frame_and_streamer(arch, changes, guidance, monkeypatch):
+    """The compiled step traced without code generation (dynamo + AOT functionalization of the in-place cache
+    writes): the same frames as eager, past the window, and one graph that later frames and a new Streamer reuse."""
+    import scd.sampling
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(scd.sampling, "compiled_render_frame",
+                        lambda device: torch.compile(scd.sampling.render_frame, backend="aot_eager", dynamic=False))
+    model = tiny(arch, **changes)
+    frames, actions = clip(f=6)
+    kw = dict(steps=2, num_samples=2, window=2, guidance=guidance)
+    before = _graphs()
+    traced = generate(model, frames[:, :2], actions, seed=5, compile=True, **kw)
+    assert _graphs() == before + 1
+    torch.testing.assert_close(traced, generate(model, frames[:, :2], actions, seed=5, **kw), atol=1e-5, rtol=1e-5)
+    other = generate(model, frames[:, :1], actions, seed=6, compile=True, **kw)  # another Streamer, same graph
+    assert _graphs() == before + 1
+    torch.testing.assert_close(other, generate(model, frames[:, :1], actions, seed=6, **kw), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch._inductor.cpp_builder.get_cpp_compiler(), reason="inductor needs a C++ compiler")
+def test_compiled_step_equals_eager():
+    """torch.compile's default backend (C++ kernels on a CPU): about a minute the first time on 2 cores, seconds
+    once inductor's cache holds the kernels."""
+    torch._dynamo.reset()
+    model = tiny("scd")
+    frames, actions = clip(b=1, f=4)
+    kw = dict(steps=2, window=2, guidance=Guidance(1.5, null_action=True, context_noise=0.2))
+    compiled = generate(model, frames[:, :1], actions, seed=2, compile=True, **kw)
+    torch.testing.assert_close(compiled, generate(model, frames[:, :1], actions, seed=2, **kw), atol=1e-5, rtol=1e-5)
