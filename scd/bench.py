@@ -1,31 +1,41 @@
-"""`scd bench`: streaming speed and memory of SCD against a Causal DiT of matched size, in one run.
+"""`scd bench`: streaming speed and memory of SCD against a Causal DiT of matched size, in one run, and how far
+both are from what the machine can do.
 
     scd bench                                  # scd-s vs dit-s, S=20, batch 1, context 16
     scd bench --context 16 128 --json          # several context lengths; JSON instead of the table
+    scd bench --compile --bf16                 # also the compiled per-frame step; bf16 autocast and its effect
     scd bench --checkpoint runs/scd-xs         # a trained model replaces the preset of its architecture
 
-What is measured, per context length C (both models use the real streaming path, `scd.sampling.Streamer`):
+What is measured, per context length C (both models use the real streaming path, `scd.sampling.Streamer`, with a
+window of C frames: every frame sees exactly C past frames and the KV cache is full, its steady state):
 
 - first-frame latency: building the Streamer (prefill of C random context frames) + rendering the first frame;
-- seconds per frame: the median time of `Streamer.step` over the `frames` frames after the first one
-  (history C+1 .. C+frames frames; no KV-cache eviction happens), over `repeats` repeats; frames per second
-  = batch / (seconds per frame);
-- the two models are interleaved frame by frame (A B A B ..., the order flips every repeat) so that both see
-  the same machine load; `warmup` whole repeats run first and are not recorded. On CUDA every timing is
-  bracketed by torch.cuda.synchronize();
-- KV cache: `KVCache.nbytes()` of the stream (preallocated for the window of C + frames + 2 frames): SCD caches
-  its l encoder blocks, the Causal DiT all L blocks;
-- peak memory: on CUDA, torch.cuda.max_memory_allocated() growth over one streaming run (prefill + frames);
-  on CPU, the growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs) over the resident
-  set after building the model and its inputs, for one streaming run in a fresh subprocess per model
-  (weights excluded; activations, KV cache, allocator and library workspaces included).
+- seconds per frame: the median time of `Streamer.step` over the `frames` frames after the first one, over
+  `repeats` repeats; frames per second = batch / (seconds per frame);
+- the models are interleaved frame by frame (A B A B ..., the order flips every repeat) so that all see the same
+  machine load; `warmup` whole repeats run first and are not recorded (with --compile they compile the step). On
+  CUDA every timing is bracketed by torch.cuda.synchronize();
+- with `compile`, each model runs twice, eager and with the compiled step (`Streamer(compile=True)`);
+- achieved GFLOP/s = the FLOPs of one frame (below) / seconds per frame, and its share of the machine's matmul peak:
+  the best GFLOP/s of a large square matmul at the model's dtype (fp32, or bf16 under --bf16), measured by the
+  bench at its start with the same threads;
+- the Python/dispatch share: `profile_frames` frames of each model under torch.profiler; the share of their wall
+  time spent outside the leaf ops (aten kernels and compiled kernels; on CUDA, outside the GPU's kernels): Python,
+  dispatch, guards and launches. Ops per frame counts the leaf ops;
+- KV cache: `KVCache.nbytes()` of the stream: SCD caches its l encoder blocks, the Causal DiT all L blocks;
+- peak memory (eager step): on CUDA, torch.cuda.max_memory_allocated() growth over one streaming run (prefill +
+  frames); on CPU, the growth of the peak resident set (VmHWM, reset through /proc/self/clear_refs) over the
+  resident set after building the model and its inputs, for one streaming run in a fresh subprocess per model
+  (weights excluded; activations, KV cache, allocator and library workspaces included);
+- with bf16: the effect of bf16 on the frames, the PSNR (dB, frames in [-1, 1]) of the bf16 rollout against the
+  fp32 rollout from the same inputs and seed (eager; meaningful with trained checkpoints).
 
 Expected cost per frame, as each model answers it: block passes per frame (`block_passes`) and the FLOPs of
 every matmul (QKV, projection, MLP, adaLN, embedding, head, time MLP) plus attention over the keys each query
-sees (`frame_flops`): the Causal DiT's noisy frame attends its history and itself at each of the S steps and
-once more in the pass that caches the finished frame; SCD's encoder slot attends the history once, and its
-decoder attends the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights: fine
-for speed.
+sees (`frame_flops`, with the full cache): the Causal DiT's noisy frame attends its history and itself at each of
+the S steps and once more in the pass that caches the finished frame; SCD's encoder slot attends the history once,
+and its decoder attends the 2P tokens [c_i ; x_i] at each step. Preset models have their initial (random) weights:
+fine for speed.
 
 The report records the machine's load average: on a shared CPU, more torch threads than idle cores make every
 parallel op wait for descheduled threads, which slows both models and pulls the measured ratio towards the
@@ -35,6 +45,7 @@ block-pass ratio (the cost then follows the number of ops, not their FLOPs).
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -47,10 +58,10 @@ import torch
 
 from .config import PRESETS, ModelConfig
 from .models import WorldModel, build_model
-from .sampling import Streamer
+from .sampling import Streamer, generate
 from .timing import sync, timed
 
-FORMAT = "scd-bench-v1"
+FORMAT = "scd-bench-v2"
 
 
 # -- models --------------------------------------------------------------------------------------------------
@@ -83,21 +94,18 @@ def _inputs(config: ModelConfig, context: int, frames: int, batch: int, seed: in
     return ctx.to(device), actions.to(device)
 
 
-def _window(context: int, frames: int) -> int:
-    return context + frames + 2  # room for every frame of one run: no eviction while timing
-
-
-def _first_frame(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
-    """A Streamer that has prefilled the context and made the first frame (what first-frame latency times)."""
+def _first_frame(model: WorldModel, ctx, actions, steps: int, seed: int, compile: bool = False) -> Streamer:
+    """A Streamer with a window of C frames that has prefilled the C context frames and made the first frame (what
+    first-frame latency times)."""
     c = ctx.shape[1]
-    streamer = Streamer(model, ctx, actions[:, :c], steps=steps, seed=seed, window=_window(c, frames))
+    streamer = Streamer(model, ctx, actions[:, :c], steps=steps, seed=seed, window=c, compile=compile)
     streamer.step(actions[:, c])
     return streamer
 
 
-def _stream_run(model: WorldModel, ctx, actions, steps: int, frames: int, seed: int) -> Streamer:
-    """Prefill + 1 + frames frames, the run that memory is measured on. Returns the Streamer."""
-    streamer = _first_frame(model, ctx, actions, steps, frames, seed)
+def _stream_run(model: WorldModel, ctx, actions, steps: int, seed: int) -> Streamer:
+    """Prefill + the first frame + the frames after it, the run that memory is measured on. Returns the Streamer."""
+    streamer = _first_frame(model, ctx, actions, steps, seed)
     for i in range(ctx.shape[1] + 1, actions.shape[1]):
         streamer.step(actions[:, i])
     return streamer
@@ -121,7 +129,7 @@ def memory_probe(spec: dict) -> dict:
     with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
         f.write("5")
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["bf16"]):
-        streamer = _stream_run(bm.model, ctx, actions, spec["steps"], spec["frames"], spec["seed"])
+        streamer = _stream_run(bm.model, ctx, actions, spec["steps"], spec["seed"])
     peak = _status_kib("VmHWM")
     return {"peak_bytes": (peak - base) * 1024, "kv_cache_bytes": streamer.stream.cache.nbytes()}
 
@@ -133,7 +141,7 @@ def _peak_memory(bm: BenchModel, device: torch.device, spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec["bf16"]):
-            _stream_run(bm.model, ctx, actions, spec["steps"], spec["frames"], spec["seed"])
+            _stream_run(bm.model, ctx, actions, spec["steps"], spec["seed"])
         sync(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base,
                 "measure": "torch.cuda.max_memory_allocated growth over one streaming run"}
@@ -152,7 +160,67 @@ def _peak_memory(bm: BenchModel, device: torch.device, spec: dict) -> dict:
     return result
 
 
+# -- the machine and the profile -----------------------------------------------------------------------------
+def matmul_peak(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5) -> float:
+    """The best GFLOP/s of a square (size x size) matmul at `dtype` on `device` with torch's threads: the machine's
+    matmul peak that achieved GFLOP/s are a share of (size: 2048 on a CPU, 8192 on a GPU)."""
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    out = torch.empty_like(a)
+    torch.mm(a, b, out=out)  # warm-up: kernel choice, workspaces
+    best = min(timed(lambda: torch.mm(a, b, out=out), device)[1] for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def dispatch_profile(step, frames: int, device: torch.device) -> dict:
+    """Run step() `frames` times under torch.profiler: the share of the wall time outside the leaf ops (aten kernels
+    and compiled kernels; on CUDA, outside the GPU's kernels) and the leaf ops per frame."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        _, wall = timed(lambda: [step() for _ in range(frames)], device)
+    events = prof.events()
+    leaves = [e for e in events if not e.cpu_children and (e.name.startswith("aten::") or "fused" in e.name)]
+    if cuda:  # the GPU's kernel events
+        busy = sum(e.device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+    else:
+        busy = sum(e.self_cpu_time_total for e in leaves) / 1e6
+    return {"python_share": max(0.0, 1 - busy / wall), "ops_per_frame": len(leaves) / frames}
+
+
 # -- timing --------------------------------------------------------------------------------------------------
+@dataclass
+class Variant:
+    """One timed row: a model with the eager or the compiled per-frame step."""
+
+    bench_model: BenchModel
+    compile: bool
+
+    @property
+    def label(self) -> str:
+        return self.bench_model.label + ("+compile" if self.compile else "")
+
+    @property
+    def model(self) -> WorldModel:
+        return self.bench_model.model
+
+
+def bf16_effect(model: WorldModel, ctx, actions, steps: int, seed: int) -> dict:
+    """PSNR (dB, frames in [-1, 1]) and the largest difference of the bf16 rollout against the fp32 one, from the
+    same inputs and seed."""
+    c = ctx.shape[1]
+    frames = {}
+    for bf16 in (False, True):
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            frames[bf16] = generate(model, ctx, actions, steps=steps, seed=seed, window=c).float()
+    mse = (frames[True] - frames[False]).pow(2).mean().item()
+    return {"bf16_psnr_db": 10 * math.log10(4 / mse) if mse > 0 else math.inf,
+            "bf16_max_abs": (frames[True] - frames[False]).abs().max().item()}
+
+
 def bench(
     models: list[BenchModel],
     contexts: list[int],
@@ -166,18 +234,21 @@ def bench(
     memory: bool = True,
     seed: int = 0,
     progress: bool = True,
+    compile: bool = False,
+    profile_frames: int = 2,
 ) -> dict:
-    """Time an SCD model and a Causal DiT side by side; returns the report dict (see `format_table`).
+    """Time an SCD model and a Causal DiT side by side (with compile, each also with the compiled step); returns
+    the report dict (see `format_table`).
 
     models: exactly one with arch "scd" and one with arch "causal_dit" (ratios are DiT / SCD).
-    contexts: context lengths C >= 1 (frames prefilled before the first generated frame)."""
+    contexts: context lengths C >= 1 (frames prefilled before the first generated frame, and the window)."""
     from tqdm import tqdm
 
     archs = sorted(m.model.config.arch for m in models)
     if archs != ["causal_dit", "scd"]:
         raise ValueError(f"bench needs one scd and one causal_dit model, got archs {archs}")
     for name, value, low in (("steps", steps, 1), ("batch", batch, 1), ("frames", frames, 1),
-                             ("repeats", repeats, 1), ("warmup", warmup, 0)):
+                             ("repeats", repeats, 1), ("warmup", warmup, 0), ("profile_frames", profile_frames, 0)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if not contexts or min(contexts) < 1:
@@ -192,8 +263,13 @@ def bench(
         raise ValueError("--device cuda given but torch sees no CUDA device")
     for m in models:
         m.model.to(dev).eval()
-    by_arch = {m.model.config.arch: m for m in models}
+    if compile and dev.type == "cpu":  # compiled C++ kernels show up in the profile (set before they compile)
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
+    variants = [Variant(m, False) for m in models] + ([Variant(m, True) for m in models] if compile else [])
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    dtype = torch.bfloat16 if bf16 else next(models[0].model.parameters()).dtype
 
     report = {
         "format": FORMAT,
@@ -204,6 +280,8 @@ def bench(
         "torch": torch.__version__,
         "dtype": "bf16 autocast" if bf16 else "fp32",
         "steps": steps, "batch": batch, "frames": frames, "repeats": repeats, "warmup": warmup,
+        "compile": compile, "profile_frames": profile_frames,
+        "matmul_peak_gflops": matmul_peak(dev, dtype),
         "models": [
             {"label": m.label, "source": m.source, "arch": m.model.config.arch,
              "params": sum(p.numel() for p in m.model.parameters()),
@@ -213,75 +291,96 @@ def bench(
         ],
         "runs": [],
     }
-    total = len(contexts) * (warmup + repeats) * len(models) * (1 + frames)
+    total = len(contexts) * (warmup + repeats) * len(variants) * (1 + frames)
     bar = tqdm(total=total, unit="frame", desc="bench", disable=not progress, file=sys.stderr)
     for c in contexts:
         ctx, actions = _inputs(models[0].model.config, c, frames, batch, seed, dev)
-        first = {m.label: [] for m in models}
-        per_frame = {m.label: [] for m in models}
-        kv_bytes = {}
+        first = {v.label: [] for v in variants}
+        per_frame = {v.label: [] for v in variants}
+        kv_bytes, profiles = {}, {}
         with torch.no_grad(), autocast:
             for r in range(warmup + repeats):
-                order = models if r % 2 == 0 else models[::-1]
+                order = variants if r % 2 == 0 else variants[::-1]
                 streamers = {}
-                for m in order:
-                    streamers[m.label], seconds = timed(lambda: _first_frame(m.model, ctx, actions, steps, frames,
-                                                                             seed), dev)
+                for v in order:
+                    streamers[v.label], seconds = timed(lambda: _first_frame(v.model, ctx, actions, steps, seed,
+                                                                             v.compile), dev)
                     if r >= warmup:
-                        first[m.label].append(seconds)
+                        first[v.label].append(seconds)
                     bar.update()
                 for j in range(frames):
-                    for m in order:
-                        _, seconds = timed(lambda: streamers[m.label].step(actions[:, c + 1 + j]), dev)
+                    for v in order:
+                        _, seconds = timed(lambda: streamers[v.label].step(actions[:, c + 1 + j]), dev)
                         if r >= warmup:
-                            per_frame[m.label].append(seconds)
+                            per_frame[v.label].append(seconds)
                         bar.update()
-                for label, s in streamers.items():
-                    if s.stream.cache.evicted_frames:
-                        raise RuntimeError(f"{label}: the KV cache evicted frames while timing (window too small)")
-                    kv_bytes[label] = s.stream.cache.nbytes()
+                kv_bytes = {label: s.stream.cache.nbytes() for label, s in streamers.items()}
                 del streamers
-        histories = list(range(c + 1, c + 1 + frames))
-        run = {"context": c, "histories": [histories[0], histories[-1]], "models": {}}
+            for v in variants if profile_frames else []:
+                streamer = _first_frame(v.model, ctx, actions, steps, seed, v.compile)
+                profiles[v.label] = dispatch_profile(lambda: streamer.step(actions[:, c + 1]), profile_frames, dev)
+        run = {"context": c, "window": c, "models": {}}
         spec = dict(context=c, frames=frames, batch=batch, steps=steps, seed=seed, bf16=bf16)
-        for m in models:
-            flops = statistics.mean(m.model.frame_flops(steps, h, batch)["total"] for h in histories)
-            spf = statistics.median(per_frame[m.label])
+        for v in variants:
+            m = v.model
+            flops = m.frame_flops(steps, m.cache_frames(c) - 1, batch)["total"]  # a full cache
+            spf = statistics.median(per_frame[v.label])
             entry = {
-                "first_frame_s": statistics.median(first[m.label]),
+                "model": v.bench_model.label,
+                "compile": v.compile,
+                "first_frame_s": statistics.median(first[v.label]),
                 "s_per_frame": spf,
                 "fps": batch / spf,
                 "flops_per_frame": flops,
                 "achieved_gflops": flops / spf / 1e9,
-                "block_passes_per_frame": m.model.block_passes(steps),
-                "kv_cache_bytes": kv_bytes[m.label],
-                "kv_cache_frames": m.model.cache_frames(_window(c, frames)),
-                "first_frame_times": first[m.label],
-                "frame_times": per_frame[m.label],
+                "peak_share": flops / spf / 1e9 / report["matmul_peak_gflops"],
+                "block_passes_per_frame": m.block_passes(steps),
+                "kv_cache_bytes": kv_bytes[v.label],
+                "kv_cache_frames": m.cache_frames(c),
+                "first_frame_times": first[v.label],
+                "frame_times": per_frame[v.label],
+                **profiles.get(v.label, {}),
             }
-            if memory:
-                mem = _peak_memory(m, dev, spec)
+            if memory and not v.compile:
+                mem = _peak_memory(v.bench_model, dev, spec)
                 entry.update(peak_memory_bytes=mem["peak_bytes"], peak_memory_measure=mem["measure"])
-            run["models"][m.label] = entry
-        dit, scd = run["models"][by_arch["causal_dit"].label], run["models"][by_arch["scd"].label]
-        run["ratio_dit_over_scd"] = {
-            "s_per_frame": dit["s_per_frame"] / scd["s_per_frame"],
-            "first_frame": dit["first_frame_s"] / scd["first_frame_s"],
-            "expected_block_passes": dit["block_passes_per_frame"] / scd["block_passes_per_frame"],
-            "expected_flops": dit["flops_per_frame"] / scd["flops_per_frame"],
-            "kv_cache_bytes": dit["kv_cache_bytes"] / scd["kv_cache_bytes"],
-        }
-        if memory:
-            run["ratio_dit_over_scd"]["peak_memory"] = dit["peak_memory_bytes"] / max(scd["peak_memory_bytes"], 1)
+            if bf16 and not v.compile:
+                entry.update(bf16_effect(m, ctx, actions[:, : c + 1 + frames], steps, seed))
+            run["models"][v.label] = entry
+        by_arch = {v.model.config.arch: v.label for v in variants if not v.compile}
+        run["ratio_dit_over_scd"] = _ratios(run["models"][by_arch["causal_dit"]], run["models"][by_arch["scd"]])
+        if compile:
+            dit, scd = (run["models"][by_arch[a] + "+compile"] for a in ("causal_dit", "scd"))
+            run["ratio_dit_over_scd_compiled"] = _ratios(dit, scd)
+            run["compile_speedup"] = {v.bench_model.label: run["models"][v.bench_model.label]["s_per_frame"]
+                                      / run["models"][v.label]["s_per_frame"] for v in variants if v.compile}
         report["runs"].append(run)
     bar.close()
     report["load_average_1min"]["end"] = os.getloadavg()[0]
     return report
 
 
+def _ratios(dit: dict, scd: dict) -> dict:
+    """DiT / SCD of the measured and expected costs of two entries."""
+    ratios = {
+        "s_per_frame": dit["s_per_frame"] / scd["s_per_frame"],
+        "first_frame": dit["first_frame_s"] / scd["first_frame_s"],
+        "expected_block_passes": dit["block_passes_per_frame"] / scd["block_passes_per_frame"],
+        "expected_flops": dit["flops_per_frame"] / scd["flops_per_frame"],
+        "kv_cache_bytes": dit["kv_cache_bytes"] / scd["kv_cache_bytes"],
+    }
+    if "peak_memory_bytes" in dit:
+        ratios["peak_memory"] = dit["peak_memory_bytes"] / max(scd["peak_memory_bytes"], 1)
+    return ratios
+
+
 # -- output --------------------------------------------------------------------------------------------------
 def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def format_table(report: dict) -> str:
@@ -294,36 +393,50 @@ def format_table(report: dict) -> str:
         "weights: " + ", ".join(f"{m['label']} {m['weights']}" for m in report["models"]),
         f"machine: {report['cpu_count']} cores, 1-min load average {report['load_average_1min']['start']:.1f} at "
         f"the start, {report['load_average_1min'].get('end', float('nan')):.1f} at the end (above 0 = other "
-        f"processes compete: slower, noisier timings)",
+        f"processes compete: slower, noisier timings); matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s "
+        f"({report['dtype']})",
         "",
-        f"{'context':>7} {'model':<16} {'params':>7} {'BP/F':>5} {'GFLOP/F':>8} {'first s':>8} {'s/frame':>8} "
-        f"{'FPS':>6} {'GFLOP/s':>8} {'KV MB':>7} {'peak MB':>8}",
+        f"{'context':>7} {'model':<22} {'params':>7} {'BP/F':>5} {'GFLOP/F':>8} {'first s':>8} {'s/frame':>8} "
+        f"{'FPS':>6} {'GFLOP/s':>8} {'peak':>5} {'python':>6} {'ops/F':>6} {'KV MB':>7} {'peak MB':>8}"
+        + (f" {'bf16 PSNR':>9}" if report["dtype"] != "fp32" else ""),
     ]
     for run in report["runs"]:
         hist = f"{run['context']}"
         for label, e in run["models"].items():
-            m = models[label]
+            m = models[e["model"]]
             name = f"{label} ({'scd' if m['arch'] == 'scd' else 'dit'})"
+            ops = f"{e['ops_per_frame']:.0f}" if "ops_per_frame" in e else "-"
             lines.append(
-                f"{hist:>7} {name:<16} {m['params'] / 1e6:>6.1f}M {e['block_passes_per_frame']:>5} "
+                f"{hist:>7} {name:<22} {m['params'] / 1e6:>6.1f}M {e['block_passes_per_frame']:>5} "
                 f"{e['flops_per_frame'] / 1e9:>8.2f} {e['first_frame_s']:>8.3f} {e['s_per_frame']:>8.4f} "
-                f"{e['fps']:>6.2f} {e['achieved_gflops']:>8.1f} {_mb(e['kv_cache_bytes']):>7} "
+                f"{e['fps']:>6.2f} {e['achieved_gflops']:>8.1f} {_share(e['peak_share']):>5} "
+                f"{_share(e.get('python_share')):>6} {ops:>6} {_mb(e['kv_cache_bytes']):>7} "
                 f"{_mb(e.get('peak_memory_bytes')):>8}"
+                + (f" {e['bf16_psnr_db']:>9.1f}" if "bf16_psnr_db" in e else "")
             )
             hist = ""
-        r = run["ratio_dit_over_scd"]
-        mem = f", peak memory {r['peak_memory']:.2f}x" if "peak_memory" in r else ""
-        lines.append(
-            f"{'':>7} DiT/SCD: s/frame {r['s_per_frame']:.2f}x measured vs expected {r['expected_block_passes']:.2f}x "
-            f"(block passes) / {r['expected_flops']:.2f}x (FLOPs); first frame {r['first_frame']:.2f}x; "
-            f"KV cache {r['kv_cache_bytes']:.2f}x{mem}"
-        )
-        lines.append(f"{'':>7} (history {run['histories'][0]}..{run['histories'][1]} frames while timing)")
+        for key, kind in (("ratio_dit_over_scd", ""), ("ratio_dit_over_scd_compiled", " (compiled)")):
+            if key not in run:
+                continue
+            r = run[key]
+            mem = f", peak memory {r['peak_memory']:.2f}x" if "peak_memory" in r else ""
+            lines.append(
+                f"{'':>7} DiT/SCD{kind}: s/frame {r['s_per_frame']:.2f}x measured vs expected "
+                f"{r['expected_block_passes']:.2f}x (block passes) / {r['expected_flops']:.2f}x (FLOPs); first frame "
+                f"{r['first_frame']:.2f}x; KV cache {r['kv_cache_bytes']:.2f}x{mem}"
+            )
+        if "compile_speedup" in run:
+            lines.append(f"{'':>7} compile speed-up (eager s/frame / compiled): "
+                         + ", ".join(f"{label} {x:.2f}x" for label, x in run["compile_speedup"].items()))
     first = report["runs"][0]["models"] if report["runs"] else {}
     measure = next((e.get("peak_memory_measure") for e in first.values() if "peak_memory_measure" in e), None)
     lines.append("")
-    lines.append("first s: prefill of the context + first frame. KV MB: KVCache.nbytes() for the timing window "
-                 "(context + frames + 3 frames).")
+    lines.append("window = context: every frame sees C past frames (a full KV cache). first s: prefill of the context "
+                 "+ first frame. peak: achieved GFLOP/s over the matmul peak. python: share of the wall time outside "
+                 f"the leaf ops over {report['profile_frames']} profiled frames (Python, dispatch, guards); ops/F: "
+                 "leaf ops per frame. KV MB: KVCache.nbytes().")
     if measure:
-        lines.append(f"peak MB: {measure}.")
+        lines.append(f"peak MB (eager step): {measure}.")
+    if report["dtype"] != "fp32":
+        lines.append("bf16 PSNR: dB of the bf16 rollout against the fp32 one from the same inputs and seed (eager).")
     return "\n".join(lines)

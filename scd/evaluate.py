@@ -158,17 +158,18 @@ def _check_model_fits(model, label: str, store) -> None:
 
 # -- one video -----------------------------------------------------------------------------------------------
 def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, settings: EvalSettings, seed: int,
-                          on_frame=None) -> torch.Tensor:
+                          on_frame=None, compile: bool = False) -> torch.Tensor:
     """context (C, 3, H, W) in [-1, 1], actions (C + horizon,) -> N trajectories (N, horizon, 3, H, W) in [-1, 1].
 
-    Frames are clamped to [-1, 1] (what writing them as images would do); on_frame() is called per frame."""
+    Frames are clamped to [-1, 1] (what writing them as images would do); on_frame() is called per frame;
+    compile: the compiled per-frame step (Streamer)."""
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16) if settings.bf16 else nullcontext()
     frames = []
     with autocast:
         for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
                              steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
                              num_samples=settings.trajectories, seed=seed, window=settings.window,
-                             history_noise=settings.history_noise):
+                             history_noise=settings.history_noise, compile=compile):
             frames.append(frame[0].float().cpu())
             if on_frame is not None:
                 on_frame()
@@ -278,8 +279,10 @@ def evaluate(
     fresh: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    compile: bool = False,
 ) -> dict:
     """Evaluate one or more checkpoints on the first `videos` episodes of `data`; writes and returns the report.
+    compile: roll out with the compiled per-frame step (the same numbers within float tolerance).
 
     Returns the metrics.json dict: {"format", "settings", "data", "episodes", "models": [{"label", "checkpoint",
     "arch", "params", "summary": {metric: {"best", "mean"}}, "windows": {"1-16": {metric: mean}, ...}, "fvd",
@@ -370,7 +373,8 @@ def evaluate(
             if isinstance(model, torch.nn.Module):
                 try:
                     pred, seconds = timed(lambda: generate_trajectories(
-                        model, context, actions, settings, settings.seed * 100_000 + ep, on_frame=bar.update),
+                        model, context, actions, settings, settings.seed * 100_000 + ep, on_frame=bar.update,
+                        compile=compile),
                         model.device)
                 except ValueError as err:
                     raise ValueError(f"model {label}, episode {ep}: {err}") from None

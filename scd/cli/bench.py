@@ -21,7 +21,11 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats before measuring")
     add_device_option(p)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (and its effect on the frames: PSNR against fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time each model with the compiled per-frame step (its warm-up repeat compiles)")
+    p.add_argument("--profile-frames", type=int, default=2,
+                   help="frames per model under torch.profiler for the Python/dispatch share (0: none)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -41,6 +45,7 @@ def cmd_bench(args) -> int:
     models = [load_bench_model(src, args.device, args.seed) for src in sources.values()]
     report = bench(models, args.context, steps=args.steps, batch=args.batch, frames=args.frames,
                    repeats=args.repeats, warmup=args.warmup, device=args.device, bf16=args.bf16,
-                   memory=not args.no_memory, seed=args.seed)
+                   memory=not args.no_memory, seed=args.seed, compile=args.compile,
+                   profile_frames=args.profile_frames)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import COMMANDS
-from .options import add_device_option
+from .options import add_compile_option, add_device_option
 
 
 def add_eval_parser(subparsers) -> None:
@@ -34,6 +34,7 @@ def add_eval_parser(subparsers) -> None:
                    help="flow time at which history frames are read (default: each model's trained setting)")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
+    add_compile_option(p)
     add_device_option(p)
     p.add_argument("--out", default="out/eval", help="folder for metrics.json/md/png and per-video results")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
@@ -50,7 +51,7 @@ def cmd_eval(args) -> int:
         window=args.window, history_noise=args.history_noise,
     )
     report = evaluate(args.checkpoint, args.data, args.out, settings, videos=args.videos, labels=args.label,
-                      fresh=args.fresh, device=args.device)
+                      fresh=args.fresh, device=args.device, compile=args.compile)
     print(markdown_table(report))
     print(f"wrote {Path(args.out) / 'metrics.json'}, metrics.md, metrics.png, contact_sheet.png")
     return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import COMMANDS
-from .options import (add_device_option, add_option, add_sampler_options, add_surgery_arguments, at_least, finite,
-                      surgery_from_args)
+from .options import (add_compile_option, add_device_option, add_option, add_sampler_options, add_surgery_arguments,
+                      at_least, finite, surgery_from_args)
 
 
 def parse_actions(text: str, num_actions: int, names: list[str] | None = None) -> list[int]:
@@ -73,7 +73,7 @@ def cmd_generate(args) -> int:
 
     generated, times = [], []
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
-                     num_samples=args.samples, seed=args.seed, window=window)
+                     num_samples=args.samples, seed=args.seed, window=window, compile=args.compile)
     with operated(model, surgery_from_args(args, args.steps, args.shift)), \
             torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16), \
             tqdm(total=args.frames, desc=f"generate {model.config.arch}", unit="frame") as bar:
@@ -128,6 +128,7 @@ def add_generate_parser(sub) -> None:
                type=at_least(0.0, float))
     p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    add_compile_option(p)
     add_device_option(p)
     p.add_argument("--out", default="out/generated.mp4", help=".mp4 or .gif (default: out/generated.mp4)")
     add_option(p, "--fps", write_video, "fps", "video frames per second", type=at_least(1))

@@ -113,6 +113,12 @@ def add_sampler_options(parser) -> None:
     add_option(parser, "--seed", Streamer, "seed", "noise seed", type=at_least(0))
 
 
+def add_compile_option(parser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="compile each frame's step with torch.compile (CUDA graphs on a GPU): the first frames "
+                             "wait for the compiler, the later ones run faster")
+
+
 def add_device_option(parser) -> None:
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
 

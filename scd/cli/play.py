@@ -6,7 +6,7 @@ import argparse
 import os
 
 from . import COMMANDS
-from .options import add_device_option
+from .options import add_compile_option, add_device_option
 
 EXAMPLES = """examples:
   scd play                                   # shipped Crafter SCD + Causal DiT, http://127.0.0.1:8765/
@@ -38,6 +38,7 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for a GPU and for CPUs with native bf16 instructions, where "
                         "it is ~15%% faster; off elsewhere, where it is emulated and slow)")
+    add_compile_option(p)
     add_device_option(p)
     p.add_argument("--out", default="out/play", help="folder for saved session videos (default out/play)")
     p.add_argument("--benchmark", type=int, metavar="N",
@@ -50,7 +51,8 @@ def print_benchmark(engine, results: dict, threads: int) -> None:
 
     print(f"scd play --benchmark: {next(iter(results.values()))['frames']} frames per model, S={engine.steps} "
           f"denoising steps, window {engine.window}, context {engine.context_frames}, {threads} torch thread(s), "
-          f"bf16 {'on' if engine.bf16 else 'off'}, {engine.models[next(iter(results))].device}")
+          f"bf16 {'on' if engine.bf16 else 'off'}, compile {'on' if engine.compile else 'off'}, "
+          f"{engine.models[next(iter(results))].device}")
     print(f"{'model':<11} {'blocks':>6} {'params':>7} {'BP/frame':>8} {'frames/s':>8} "
           f"{'latency ms: mean':>16} {'p50':>6} {'p90':>6} {'max':>6}")
     for name, r in results.items():
@@ -80,7 +82,7 @@ def cmd_play(args) -> int:
         models, action_names = load_models(checkpoints, context, args.untrained, args.device)
         engine = Engine(models, context, action_names=action_names, steps=args.steps, context_frames=args.context,
                         window=args.window, seed=args.seed,
-                        bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16)
+                        bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16, compile=args.compile)
         if args.benchmark is not None:
             print_benchmark(engine, benchmark(engine, args.benchmark), args.threads)
             return 0

@@ -111,11 +111,12 @@ class Engine:
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
     starts from the last `context_frames` frames of one episode. action_names: the game's (e.g. from the
     checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame;
-    window: past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU."""
+    window: past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU;
+    compile: the compiled per-frame step (the first frames of each model wait for the compiler)."""
 
     def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int = 4,
                  context_frames: int = 4, window: int = 7, seed: int = 0, bf16: bool = False,
-                 on_event: Callable | None = None):
+                 compile: bool = False, on_event: Callable | None = None):
         if not models:
             raise ValueError("no model to play: give at least one checkpoint")
         unknown = set(models) - set(MODEL_LABELS)
@@ -142,6 +143,7 @@ class Engine:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         self.models, self.context = models, context
         self.steps, self.context_frames, self.window, self.seed, self.bf16 = steps, context_frames, window, seed, bf16
+        self.compile = compile
         self.on_event = on_event or (lambda event: None)
         if bf16:  # torch notes once that RMSNorm's float32 weight meets bf16 input; expected under autocast
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
@@ -260,7 +262,7 @@ class Engine:
         frames, actions = clip_to_model(frames, actions)
         with torch.inference_mode(), self._autocast():
             self.streamer = Streamer(model, frames[None].to(model.device), actions[None].to(model.device),
-                                     steps=self.steps, seed=self.seed, window=self.window)
+                                     steps=self.steps, seed=self.seed, window=self.window, compile=self.compile)
         self._done_times.clear()
 
     def _next_action(self) -> int:
