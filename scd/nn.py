@@ -49,12 +49,13 @@ class Conditioning(nn.Module):
         self.freq_dim = freq_dim
         self.time_mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.action = nn.Embedding(num_actions + 1, hidden)
+        half = freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)  # (freq_dim/2,) built once
 
     def forward(self, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """t: (...,) in [0, 1]; actions: (...,) int in [0, num_actions] -> (..., hidden)."""
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        angles = (t.float() * 1000.0)[..., None] * freqs
+        angles = (t.float() * 1000.0)[..., None] * self.freqs
         emb = torch.cat([angles.cos(), angles.sin()], dim=-1)
         return self.time_mlp(emb.to(self.time_mlp[0].weight.dtype)) + self.action(actions)
 
