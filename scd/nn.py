@@ -185,7 +185,9 @@ class KVCache:
             run(slice(lo, hi), self.open(hi - lo))
             self.commit(hi - lo)
 
-    def allocate(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device) -> None:
+    def allocate(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device, static: bool = False):
+        """Allocate the buffers; `static`: for a compiled step, which then reads them in place at fixed addresses
+        (a CUDA graph replays without copying them)."""
         shape = (self.layers, batch, heads, self.capacity, head_dim)
         try:  # zeros: the masked-out slots still enter attention's weighted sum, with weight 0
             self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -195,7 +197,7 @@ class KVCache:
             size = 2 * math.prod(shape) * dtype.itemsize / 1e9
             raise MemoryError(f"the KV cache for {self.slots} frames needs {size:.1f} GB and does not fit in "
                               "memory: use a smaller window") from None
-        for buffer in (self.k, self.v):  # written in place at fixed addresses: a CUDA graph reads them there
+        for buffer in (self.k, self.v) if static else ():
             torch._dynamo.mark_static_address(buffer)
 
     def commit(self, n: int) -> None:

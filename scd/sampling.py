@@ -184,6 +184,9 @@ class Streamer:
                 raise ValueError(f"history_noise must be a flow time in [0, 1), got {history_noise}")
             self.stream.history_t = float(history_noise)
         self.frames_generated = 0
+        if compile:  # the compiled step finds the cache's buffers in place, in the dtype autocast gives now
+            cfg = model.config
+            self.stream.cache.allocate(n, cfg.heads, cfg.head_dim, _kv_dtype(model), self.device, static=True)
         if c0 > 0:
             with torch.no_grad():
                 model.prefill(
@@ -211,8 +214,6 @@ class Streamer:
         if self.callback is not None:
             index = self.frames_generated
             step_callback = lambda info: self.callback({"frame": index, "guided": guidance is not None, **info})  # noqa: E731
-        if self.render is not render_frame and stream.cache.k is None:  # the compiled step finds its buffers
-            stream.cache.allocate(stream.batch, cfg.heads, cfg.head_dim, _kv_dtype(model), self.device)
         frame = self.render(model, stream, self.schedule, guidance, noise, a, zeta, step_callback)
         if self.render is not render_frame:
             frame = frame.clone()  # a CUDA graph's output lives in memory its next replay overwrites
