@@ -16,8 +16,9 @@ Streaming (one frame at a time, with a KV cache):
 `frame_context` only reads the stream (any number of calls per frame); `commit` is what moves it on. Guidance
 branches run in the same passes as the frame: `frame_context(..., null_branch=True)` adds the null action's
 context (stacked after the frame's own), and `frame_velocity` takes G versions of the frame, x_t (B, G, C, H, W)
-with t and actions (B, G); a Causal DiT's G versions need a stream opened with `branches=G`. Each model also answers what it costs and what it is: `block_passes`, `frame_flops`, `describe`,
-`denoising_stack` (the blocks that run at every denoising step, for probes).
+with t and actions (B, G); a Causal DiT's G versions need a stream opened with `branches=G`. Each model also
+answers what it costs and what it is: `block_passes`, `frame_flops`, `describe`, `denoising_stack` (the blocks
+that run at every denoising step, for probes).
 
 Shapes: frames (B, F, C, H, W) in the model's data space (pixels in [-1, 1] or latents); actions (B, F) int;
 flow time t (B, F) in [0, 1] with t = 1 pure noise. actions[:, i] is the action that produced frame i.
@@ -39,10 +40,10 @@ from torch import nn
 from .config import ModelConfig
 from .flow import PREDICTIONS, FlowConfig, interpolate, repeat_batch
 from .nn import (
+    CachePass,
     Conditioning,
     DiTBlock,
     FinalLayer,
-    CachePass,
     KVCache,
     Patchify,
     RoPE,

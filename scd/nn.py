@@ -77,8 +77,8 @@ class RoPE(nn.Module):
         self.dims = (head_dim - 2 * d_space, d_space, d_space)
         freqs = [theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d) for d in self.dims]
         rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-        grid_angles = torch.cat([rows.flatten().float()[:, None] * freqs[1], cols.flatten().float()[:, None] * freqs[2]],
-                                dim=-1)
+        rows, cols = rows.flatten().float()[:, None], cols.flatten().float()[:, None]
+        grid_angles = torch.cat([rows * freqs[1], cols * freqs[2]], dim=-1)
         self.register_buffer("frame_freqs", freqs[0], persistent=False)  # (d_frame/2,)
         self.register_buffer("grid_angles", grid_angles, persistent=False)  # (P, (d_row + d_col)/2)
 

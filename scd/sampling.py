@@ -213,7 +213,8 @@ class Streamer:
         step_callback = None
         if self.callback is not None:
             index = self.frames_generated
-            step_callback = lambda info: self.callback({"frame": index, "guided": guidance is not None, **info})  # noqa: E731
+            guided = guidance is not None
+            step_callback = lambda info: self.callback({"frame": index, "guided": guided, **info})  # noqa: E731
         frame = self.render(model, stream, self.schedule, guidance, noise, a, zeta, step_callback)
         if self.render is not render_frame:
             frame = frame.clone()  # a CUDA graph's output lives in memory its next replay overwrites

@@ -58,7 +58,8 @@ def test_rollout_with_probes_attached_equals_rollout_without(arch):
 def test_a_guided_rollout_is_refused():
     model = tiny("causal_dit")
     frames, actions = clip()
-    with pytest.raises(ValueError, match="one velocity pass of one branch per denoising step"), RolloutProbe(model) as probe:
+    with pytest.raises(ValueError, match="one velocity pass of one branch per denoising step"), \
+            RolloutProbe(model) as probe:
         generate(model, frames[:, :2], actions, steps=2, guidance=Guidance(2.0, null_action=True),
                  callback=probe.callback)
 

@@ -121,7 +121,8 @@ def test_ring_buffer_attends_the_latest_frames_and_writes_after_them():
     assert fresh.open(1).mask(None).tolist() == [[True, True, False, False]]
 
 
-@pytest.mark.parametrize("arch, changes", [("causal_dit", {}), ("scd", {}), ("scd", dict(encoder_input="noisy_current"))])
+@pytest.mark.parametrize("arch, changes", [("causal_dit", {}), ("scd", {}),
+                                           ("scd", dict(encoder_input="noisy_current"))])
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_chunked_prefill_equals_one_dense_pass(arch, changes, chunk, monkeypatch):
     model = tiny(arch, **changes)

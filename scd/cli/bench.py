@@ -21,7 +21,8 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats before measuring")
     add_device_option(p)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (and its effect on the frames: PSNR against fp32)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast (and its effect on the frames: PSNR against fp32)")
     p.add_argument("--compile", action="store_true",
                    help="also time each model with the compiled per-frame step (its warm-up repeat compiles)")
     p.add_argument("--profile-frames", type=int, default=2,
