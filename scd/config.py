@@ -69,6 +69,9 @@ class ModelConfig:
     # Flow time at which history frames are read at inference (noise augmentation: trained with
     # FlowConfig.history_noise >= this); 0 = clean history.
     history_noise: float = 0.0
+    # Denoising steps S a rollout takes unless told (Streamer, scd generate / eval / probe): the S this model was
+    # found best at (change prediction: few steps; the paper: 50).
+    sample_steps: int = 20
     # Range of valid frame values (pixels: [-1, 1]); a generated frame is clamped to it before it becomes history,
     # so a rollout never reads values no training frame had. None: unbounded (latents).
     frame_range: tuple[float, float] | None = (-1.0, 1.0)
@@ -118,6 +121,8 @@ class ModelConfig:
             problems.append(f"frame_range must be (low, high) with low < high, or None, got {self.frame_range}")
         if not 0 <= self.history_noise < 1:
             problems.append(f"history_noise must be a flow time in [0, 1), got {self.history_noise}")
+        if isinstance(self.sample_steps, bool) or not isinstance(self.sample_steps, int) or self.sample_steps < 1:
+            problems.append(f"sample_steps must be an integer >= 1, got {self.sample_steps!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 

@@ -79,7 +79,7 @@ class EvalSettings:
     horizon: int | None = None
     trajectories: int = 4
     start: int = 0
-    steps: int = 20
+    steps: int | None = None  # None: each model's own config.sample_steps
     shift: float = 1.0
     cfg_scale: float = 1.0
     cfg_null_action: bool = False
@@ -93,7 +93,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         problems = []
         for name, low in (("context", 1), ("trajectories", 1), ("start", 0), ("steps", 1), ("seed", 0)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.horizon is not None and self.horizon < 1:
             problems.append(f"horizon must be >= 1, got {self.horizon}")
@@ -408,6 +408,7 @@ def evaluate(
         report["models"].append({
             "label": label, "checkpoint": ident, "arch": model.config.arch if is_model else "baseline",
             "params": sum(p.numel() for p in model.parameters()) if is_model else 0,
+            "steps": (settings.steps or model.config.sample_steps) if is_model else None,
             "rollout_seconds_per_frame": sum(done[label, ep]["rollout_seconds"] for ep in episodes)
             / (len(episodes) * settings.horizon),
             **result,
@@ -450,13 +451,17 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _steps(settings: dict) -> str:
+    return "each model's own denoising steps" if settings["steps"] is None else f"{settings['steps']} denoising steps"
+
+
 def markdown_table(report: dict) -> str:
     """metrics.md: the summary table and a best-of-N table at a few prediction horizons."""
     s = report["settings"]
     n = s["trajectories"]
     lines = [
         f"# Evaluation on {Path(report['data']['path']).name}: {len(report['episodes'])} videos, "
-        f"context {s['context']} -> horizon {s['horizon']} frames, {n} trajectories, {s['steps']} steps",
+        f"context {s['context']} -> horizon {s['horizon']} frames, {n} trajectories, {_steps(s)}",
         "",
         f"| model | arch | step | PSNR best-of-{n} | PSNR mean | SSIM best-of-{n} | SSIM mean | "
         f"LPIPS best-of-{n} | LPIPS mean | FVD | s/frame |",
@@ -533,7 +538,7 @@ def plot_curves(report: dict):
     axes[0].legend(fontsize=8)
     axes[-1].axis("off")
     fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
-                 f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps; baselines in grey")
+                 f"trajectories (solid) and their mean (dashed), {_steps(s)}; baselines in grey")
     return fig
 
 

@@ -100,7 +100,7 @@ class Streamer:
         model,
         context_frames: torch.Tensor,
         context_actions: torch.Tensor,
-        steps: int = 20,
+        steps: int | None = None,
         shift: float = 1.0,
         guidance: Guidance | None = None,
         num_samples: int = 1,
@@ -125,6 +125,7 @@ class Streamer:
         self.model, self.guidance, self.callback = model, guidance, callback
         self.batch, self.num_samples = b, num_samples
         self.device = model.device
+        steps = model.config.sample_steps if steps is None else steps
         self.schedule = flow_schedule(steps, shift, device=self.device)
         self.generator = _generator(seed)
         self.guidance_generator = _generator(seed, GUIDANCE_NOISE)

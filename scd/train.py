@@ -514,9 +514,9 @@ def train(
         trainer.resume(previous)
     elif init_from is not None:
         source = load_model(init_from)
-        # the same weights may be trained on with another prediction or inference history noise
-        if source.config.replace(prediction=model_config.prediction,
-                                 history_noise=model_config.history_noise) != model_config:
+        # the same weights may be trained on with another prediction, inference history noise or sample steps
+        if source.config.replace(prediction=model_config.prediction, history_noise=model_config.history_noise,
+                                 sample_steps=model_config.sample_steps) != model_config:
             raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from "
                              f"{model_config}")
         trainer.parallel.load_model_state(trainer.model, source.state_dict())

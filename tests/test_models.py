@@ -468,3 +468,13 @@ def test_frame_context_only_reads_the_stream_and_commit_moves_it_on(arch, kw):
         return torch.stack(out)
 
     assert torch.equal(roll(True), roll(False))
+
+
+def test_a_rollout_takes_the_models_own_sample_steps_unless_told():
+    model = tiny("scd", sample_steps=3)
+    frames, actions = clip(f=4)
+    own = generate(model, frames[:, :2], actions, seed=5)
+    torch.testing.assert_close(own, generate(model, frames[:, :2], actions, steps=3, seed=5))
+    assert (own - generate(model, frames[:, :2], actions, steps=6, seed=5)).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="sample_steps must be an integer >= 1"):
+        get_preset("scd-tiny").replace(sample_steps=0)

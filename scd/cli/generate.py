@@ -72,6 +72,7 @@ def cmd_generate(args) -> int:
         guidance = Guidance(args.cfg_scale, null_action=args.cfg_null_action, context_noise=args.cfg_context_noise)
 
     generated, times = [], []
+    args.steps = args.steps or model.config.sample_steps
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
                      num_samples=args.samples, seed=args.seed, window=window)
     with operated(model, surgery_from_args(args, args.steps, args.shift)), \

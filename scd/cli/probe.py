@@ -48,6 +48,7 @@ def cmd_probe(args) -> int:
         raise ValueError(f"--pca-frame {args.pca_frame} is not a generated frame: --frames {args.frames} makes "
                          f"0..{args.frames - 1}")
     model, info = load_checkpoint(args.checkpoint, weights=args.weights)
+    args.steps = args.steps or model.config.sample_steps
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)
@@ -119,6 +120,7 @@ def cmd_quality(args) -> int:
     from ..surgery import operated
 
     model = load_model(args.checkpoint, weights=args.weights)
+    args.steps = args.steps or model.config.sample_steps
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)

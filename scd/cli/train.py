@@ -20,18 +20,17 @@ def cmd_train(args) -> int:
     check_out_dir(args.out)
     data = ClipDataset(args.data, args.clip_len)
     inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
-    if args.init_from:  # the checkpoint's network; the prediction and history noise only when given here
+    if args.init_from:  # the checkpoint's network and settings, but those given here
         model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])
-        if args.prediction is not None:
-            model_config = model_config.replace(prediction=args.prediction)
         if args.history_noise_inference is not None:
             model_config = model_config.replace(history_noise=inference_noise)
     else:
-        model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
+        model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape,
+                                                       history_noise=inference_noise)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
-        model_config = model_config.replace(prediction=args.prediction or ModelConfig.prediction,
-                                            history_noise=inference_noise)
+    given = {"prediction": args.prediction, "sample_steps": args.sample_steps}
+    model_config = model_config.replace(**{k: v for k, v in given.items() if v is not None})
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
                       action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
                       history_noise=args.history_noise)
@@ -104,7 +103,9 @@ def add_train_parser(sub) -> None:
                "network output: the velocity (the paper), the clean frame (x-prediction) or the clean frame's change "
                "from the last history frame before or after history noise (starts as copy-last-frame); with "
                "--init-from, the checkpoint's unless given", choices=list(PREDICTIONS))
-    p.set_defaults(prediction=None)  # None: the preset's default, or the --init-from checkpoint's
+    add_option(p, "--sample-steps", ModelConfig, "sample_steps", "denoising steps S the model samples with unless "
+               "told (recorded in its config; with --init-from, the checkpoint's unless given)", type=at_least(1))
+    p.set_defaults(prediction=None, sample_steps=None)  # None: the preset's, or the --init-from checkpoint's
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
     p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",
