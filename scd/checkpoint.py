@@ -284,8 +284,8 @@ def load_checkpoint(path: str | os.PathLike, weights: str = "ema",
                     device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
     """The model a checkpoint describes, with its weights ("ema" if present, else "model"), in eval mode on
     `device` with its codec (`model.codec`: the one it was trained with, on `device`; a checkpoint that records
-    none works on pixels), and the checkpoint's info: its config.json without the file list (model and training config, step,
-    data description, ...) and the `path` it was read from.
+    none works on pixels), and the checkpoint's info: its config.json without the file list (model and training
+    config, step, data description, codec record, ...) and the `path` it was read from.
 
     path: a checkpoint or run directory, or a shipped model's name: "crafter-scd", "crafter-dit"."""
     config = read_config(path)

@@ -535,7 +535,8 @@ def train(
                                  history_noise=model_config.history_noise) != model_config:
             raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from "
                              f"{model_config}")
-        _check_same_codec({"codec": codec_record(source.codec)[0]}, trainer.model, f"--init-from {init_from}")
+        if model_codec(source) is not None:
+            _check_same_codec({"codec": codec_record(source.codec)[0]}, trainer.model, f"--init-from {init_from}")
         trainer.parallel.load_model_state(trainer.model, source.state_dict())
         trainer.parallel.load_model_state(trainer.ema.module, source.state_dict())
     trainer.run(progress, time_limit)

@@ -159,7 +159,7 @@ def test_a_codec_for_other_frames_or_channels_fails_with_a_clear_message(latent_
         (f"train --init-from {latent_run} --data {data} --out {root}/r2 --steps 1 --codec pixel",
          "the model works on frames of shape 4x8x8 (C, h, w) but the pixel codec: 32x32x3 frames <-> 3x32x32"),
         (f"train --init-from {latent_run} --data {data} --out {root}/r3 --steps 1 --codec {other}",
-         "--init-from " + str(latent_run) + ": it was trained with another codec (autoencoder codec, frames [4, 8, 8])"),
+         f"--init-from {latent_run}: it was trained with another codec (autoencoder codec, frames [4, 8, 8])"),
     ]
     for argv, message in cases:
         assert main(argv.split()) == 2, argv

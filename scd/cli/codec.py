@@ -21,8 +21,8 @@ def add_codec_parser(subparsers) -> None:
     p = sub.add_parser("train", help="train an autoencoder codec (progress bar, atomic checkpoints, exact resume)")
     p.add_argument("--data", required=True, help="training data set directory (from `scd data record`)")
     p.add_argument("--out", required=True, help="run directory: ckpt-<step> codec directories, log.csv, loss.png")
-    add_option(p, "--preset", train_codec, "architecture", "autoencoder architecture: latent shape f<factor>c<channels>",
-               choices=list(CODEC_PRESETS))
+    add_option(p, "--preset", train_codec, "architecture",
+               "autoencoder architecture: latent shape f<factor>c<channels>", choices=list(CODEC_PRESETS))
     p.add_argument("--val-data", metavar="DIR", help="held-out data set scored (PSNR, SSIM) at every checkpoint")
     add_option(p, "--steps", CodecTrainConfig, "steps", "optimizer steps", type=at_least(1))
     add_option(p, "--batch", CodecTrainConfig, "batch", "frames per step", type=at_least(1))
