@@ -2,10 +2,9 @@
 a surgery, with its leave-one-out variants (scd probe) or with a model converted from it (scd convert).
 
 Each clip gives `context` real frames; the model rolls out the next frames with the recorded actions (one
-trajectory, fixed seed) and every generated frame, decoded to pixels by the model's codec and clamped to [-1, 1], is
-compared with the recorded one: PSNR,
-SSIM and LPIPS-AlexNet (scd.metrics.frame_scores), averaged over clips and frames. Speed is measured apart, at
-batch 1 (scd.timing).
+trajectory, fixed seed) and every generated frame, decoded to pixels by the model's codec and clamped to [-1, 1],
+is compared with the recorded one: PSNR, SSIM and LPIPS-AlexNet (scd.metrics.frame_scores), averaged over clips and
+frames. Speed is measured apart, at batch 1 (scd.timing).
 """
 
 from __future__ import annotations

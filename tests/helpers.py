@@ -37,3 +37,23 @@ def write_squares(path, episodes=3, length=12, size=16, seed=0, num_actions=1):
     names = ["noop"] + [f"action_{i}" for i in range(1, num_actions)]
     writer.finish(source="squares", num_actions=num_actions, action_names=names, fps=10)
     return path
+
+
+def tiny_diffusers(kind, folder):
+    """A tiny random diffusers AutoencoderKL or AutoencoderDC (16x16 frames -> 4x8x8) saved in `folder`."""
+    import diffusers
+
+    torch.manual_seed(0)
+    if kind == "AutoencoderKL":
+        model = diffusers.AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+                                        norm_num_groups=4, sample_size=16, shift_factor=0.1)
+    else:
+        model = diffusers.AutoencoderDC(latent_channels=4, attention_head_dim=8, encoder_block_types="ResBlock",
+                                        decoder_block_types="ResBlock", encoder_block_out_channels=(8, 16),
+                                        decoder_block_out_channels=(8, 16), encoder_layers_per_block=(1, 1),
+                                        decoder_layers_per_block=(1, 1), encoder_qkv_multiscales=((), ()),
+                                        decoder_qkv_multiscales=((), ()), decoder_norm_types="rms_norm",
+                                        decoder_act_fns="silu", scaling_factor=0.5)
+    model.save_pretrained(folder)
+    return model.eval()

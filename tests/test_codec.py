@@ -14,7 +14,7 @@ from scd.codec import (AutoencoderCodec, AutoencoderConfig, CodecTrainConfig, Co
                        evaluate_codec, load_codec, train_codec)
 from scd.data import frames_to_model
 
-from helpers import squares, write_squares
+from helpers import squares, tiny_diffusers, write_squares
 
 TINY = AutoencoderConfig(latent_channels=4, widths=(8, 16))  # f2: 16x16 frames -> (4, 8, 8)
 needs_diffusers = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None,
@@ -149,29 +149,10 @@ def test_evaluate_codec_scores_decoded_frames_and_times_them(data):
 
 
 # -- diffusers ----------------------------------------------------------------------------------------------------
-def _tiny_diffusers(kind, folder):
-    import diffusers
-
-    torch.manual_seed(0)
-    if kind == "AutoencoderKL":
-        model = diffusers.AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                                        norm_num_groups=4, sample_size=16, shift_factor=0.1)
-    else:
-        model = diffusers.AutoencoderDC(latent_channels=4, attention_head_dim=8, encoder_block_types="ResBlock",
-                                        decoder_block_types="ResBlock", encoder_block_out_channels=(8, 16),
-                                        decoder_block_out_channels=(8, 16), encoder_layers_per_block=(1, 1),
-                                        decoder_layers_per_block=(1, 1), encoder_qkv_multiscales=((), ()),
-                                        decoder_qkv_multiscales=((), ()), decoder_norm_types="rms_norm",
-                                        decoder_act_fns="silu", scaling_factor=0.5)
-    model.save_pretrained(folder)
-    return model.eval()
-
-
 @needs_diffusers
 @pytest.mark.parametrize("kind", ["AutoencoderKL", "AutoencoderDC"])
 def test_diffusers_autoencoder_from_a_local_folder(tmp_path, kind):
-    model = _tiny_diffusers(kind, tmp_path / "vae")
+    model = tiny_diffusers(kind, tmp_path / "vae")
     codec = load_codec(tmp_path / "vae", pixel_shape=(16, 16, 3))
     assert codec.kind == "diffusers" and codec.frame_shape == (4, 8, 8)
     frames = torch.from_numpy(squares(6)).reshape(2, 3, 16, 16, 3)
@@ -196,7 +177,7 @@ def test_diffusers_autoencoder_from_a_local_folder(tmp_path, kind):
 
 @needs_diffusers
 def test_diffusers_folder_errors(tmp_path):
-    _tiny_diffusers("AutoencoderKL", tmp_path / "vae")
+    tiny_diffusers("AutoencoderKL", tmp_path / "vae")
     with pytest.raises(ValueError, match="give pixel_shape"):
         load_codec(tmp_path / "vae")
     with pytest.raises(ValueError, match="the data has 15x15x3 frames but the diffusers codec"):

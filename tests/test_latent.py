@@ -2,6 +2,7 @@
 `scd train --codec`, its checkpoint bringing the codec back, and every consumer (generate, eval, quality, probe, play,
 the Python API) going through it; pixel models are unchanged."""
 
+import importlib.util
 import json
 import shutil
 
@@ -18,7 +19,7 @@ from scd.data import ClipDataset, VideoStore, frames_to_model
 from scd.models import build_model
 from scd.sampling import generate
 
-from helpers import write_squares
+from helpers import squares, tiny_diffusers, write_squares
 
 SIZE = 32  # frames; the f4c4 codec makes 8x8x4 latents of them: 64 tokens per frame at patch 1
 
@@ -196,3 +197,24 @@ def test_pixel_models_are_unchanged(tmp_path):
     actions = torch.tensor([[0, 1, 2, 3]])
     assert torch.equal(generate(loaded, frames, actions, steps=2, seed=1),  # uint8 in: the pixel codec's conversion
                        generate(loaded, frames_to_model(frames), actions, steps=2, seed=1))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="diffusers not installed")
+def test_a_diffusers_codec_is_referenced_by_its_folder_and_checked_when_the_model_loads(tmp_path):
+    import diffusers
+
+    tiny_diffusers("AutoencoderKL", tmp_path / "vae")
+    codec = load_codec(tmp_path / "vae", pixel_shape=(16, 16, 3))
+    preset = get_preset("scd-tiny").replace(frame_shape=codec.frame_shape, patch_size=1, frame_range=None)
+    path = save_checkpoint(tmp_path / "ckpt", build_model(preset).use_codec(codec))
+    record = json.loads((path / "config.json").read_text())["codec"]
+    assert record["kind"] == "diffusers" and record["path"] == str((tmp_path / "vae").resolve())
+    assert "weights" not in record and "codec.safetensors" not in json.loads((path / "config.json").read_text())["files"]
+    frames = torch.from_numpy(squares(4))[None]
+    assert torch.equal(load_model(path).codec.encode(frames), codec.encode(frames))
+    changed = diffusers.AutoencoderKL.from_pretrained(tmp_path / "vae")
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.1)
+    changed.save_pretrained(tmp_path / "vae")
+    with pytest.raises(ValueError, match="is not the codec the model was trained with"):
+        load_model(path)
