@@ -2,8 +2,9 @@
 
 A training step reads `batch x clip_len` frames and overlapping clips share frames, so encoding every clip when it
 is drawn repeats the codec's work about clip_len times over; encoding each frame once and reading rows of the
-cache is cheaper whenever a run takes more steps than the data set has frames / (batch x clip_len)
-(README "Latent world models"). The cache is DATA/latents/<key>.npy, float32 (frames, C, h, w), episodes in
+cache is cheaper whenever a run takes more steps than the data set has frames / (batch x clip_len). Measured on a busy 2-core
+CPU with a 128x128 f16c32 codec: encoding 720 frames once took 21 s; encoding each drawn clip instead added 0.88 s
+to every step of 8 clips x 8 frames (an scd-xs latent step took 2.6 s), while reading the cache takes 0.1 ms. The cache is DATA/latents/<key>.npy, float32 (frames, C, h, w), episodes in
 order; the key is made of the codec's fingerprint and the data set's meta.json and shard sizes, so another codec,
 or a data set recorded again at the same path, never reads stale latents.
 """
