@@ -166,6 +166,9 @@ class ModelConfig:
 # The paper's supplementary Tab. 5 uses a DC-AE latent of 8x8x32 per 128x128 frame with patch 1: 64 tokens per frame.
 _PAPER_LATENT = dict(frame_shape=(32, 8, 8), patch_size=1, head_dim=64)
 _CRAFTER = dict(frame_shape=(3, 64, 64), patch_size=8, num_actions=17)
+# Latent Crafter: the paper's layout (8x8x32 latent, patch 1, 64 tokens per frame) from a codec such as scd.codec's
+# f16c32 on 128x128 frames (`scd codec train --preset f16c32`); latents are unbounded (no frame_range).
+_CRAFTER_LATENT = dict(frame_shape=(32, 8, 8), patch_size=1, num_actions=17, frame_range=None)
 
 PRESETS: dict[str, ModelConfig] = {
     # Paper variants (Tab. 5): #blocks, hidden; head dim 64.
@@ -182,6 +185,9 @@ PRESETS: dict[str, ModelConfig] = {
     "scd-s": ModelConfig("scd", encoder_depth=6, decoder_depth=2, hidden=256, **_CRAFTER),
     "dit-xs": ModelConfig("causal_dit", depth=6, hidden=192, **_CRAFTER),
     "scd-xs": ModelConfig("scd", encoder_depth=4, decoder_depth=2, hidden=192, **_CRAFTER),
+    # The same on 8x8x32 latents of 128x128 frames (scd train --codec sets frame_shape from the codec).
+    "dit-xs-latent": ModelConfig("causal_dit", depth=6, hidden=192, **_CRAFTER_LATENT),
+    "scd-xs-latent": ModelConfig("scd", encoder_depth=4, decoder_depth=2, hidden=192, **_CRAFTER_LATENT),
     # Tiny models for tests and smoke runs.
     "dit-tiny": ModelConfig("causal_dit", depth=3, hidden=64, head_dim=16, **_CRAFTER),
     "scd-tiny": ModelConfig("scd", encoder_depth=2, decoder_depth=1, hidden=64, head_dim=16, **_CRAFTER),

@@ -277,7 +277,8 @@ def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():
     for bad in (nan, inf):
         with pytest.raises(ValueError, match="contain NaN or infinite values"):
             generate(model, bad[:, :2], actions, steps=1)
-    with pytest.raises(ValueError, match="must be floats in \\[-1, 1\\], got torch.uint8"):
+    with pytest.raises(ValueError, match="must be uint8 frames \\(B, F, H, W, 3\\) or floats in the model's space, "
+                                         "got torch.uint8"):
         generate(model, frames[:, :2].to(torch.uint8), actions, steps=1)
     half = generate(model, frames[:, :2].half(), actions, steps=1, seed=0)  # other float dtypes are cast
     torch.testing.assert_close(half, generate(model, frames[:, :2].half().float(), actions, steps=1, seed=0))
