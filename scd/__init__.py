@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 # name -> module that defines it
 _EXPORTS = {
     "load_checkpoint": "checkpoint", "load_model": "checkpoint", "save_checkpoint": "checkpoint",
+    "load_codec": "codec",
     "PRESETS": "config", "ModelConfig": "config", "get_preset": "config",
     "FlowConfig": "flow", "flow_matching_loss": "flow",
     "SCD": "models", "CausalDiT": "models", "build_model": "models",

@@ -5,6 +5,8 @@ A checkpoint is a directory:
     model.safetensors  raw weights
     ema.safetensors    EMA weights (what generation uses by default)
     trainer.pt         optimizer, LR schedule and RNG states (only what exact resumption needs)
+    codec.safetensors  the weights of the model's frame codec when it is a trained autoencoder (config.json "codec"
+                       records every codec: see codec_record; none recorded = pixels)
 It is written under a temporary name and renamed into place, so a crash never leaves a half-written checkpoint;
 a failed write (a full disk) removes its temporary folder. A run directory holds ckpt-<step> directories and a
 `latest` file naming the newest one (for people: resumption takes the newest complete checkpoint, since a kill
@@ -28,6 +30,7 @@ from .models import WorldModel, build_model
 
 FORMAT = "scd-checkpoint-v1"
 LATEST = "latest"
+CODEC_WEIGHTS = "codec.safetensors"  # a trained autoencoder codec, stored with the model
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,8 +66,60 @@ def save_checkpoint(
     files = {"model.safetensors": model if weights is None else weights}
     if ema is not None:
         files["ema.safetensors"] = ema
-    config = {"format": FORMAT, "model": model.config.to_dict(), **(meta or {})}
-    return write_checkpoint(path, config, files, trainer_state)
+    config = {"format": FORMAT, "model": model.config.to_dict()}
+    codec = model_codec(model)
+    if codec is not None:
+        config["codec"], stored = codec_record(codec)
+        if stored:
+            files[CODEC_WEIGHTS] = codec
+    return write_checkpoint(path, {**config, **(meta or {})}, files, trainer_state)
+
+
+def model_codec(model: WorldModel):
+    """The codec of `model` (WorldModel.codec), or None for a model of non-RGB frames that has none."""
+    try:
+        return model.codec
+    except ValueError:
+        return None
+
+
+def codec_record(codec) -> tuple[dict, bool]:
+    """What a checkpoint's config.json records of its model's codec ("codec"), and whether the codec's weights are
+    stored in the checkpoint (CODEC_WEIGHTS): a trained autoencoder travels with the model, so a checkpoint stays
+    self-contained ("source": the codec directory it came from); a diffusers autoencoder is referenced by its
+    folder. "fingerprint" (Codec.fingerprint) lets loading check that a referenced codec is still the same."""
+    record = {**codec.to_dict(), "fingerprint": codec.fingerprint()}
+    stored = bool(getattr(codec, "stored_in_checkpoints", False))
+    if stored:
+        source = {k: record.pop(k) for k in ("path", "sha256") if k in record}
+        record.update(weights=CODEC_WEIGHTS, **({"source": source} if source else {}))
+    return record, stored
+
+
+def load_model_codec(config: dict, device: str | torch.device = "cpu"):
+    """The codec a checkpoint's config.json (read_config) records, on `device`; None when it records none (a
+    checkpoint from before codecs: its model works on pixels)."""
+    record = config.get("codec")
+    if record is None:
+        return None
+    from .codec import AutoencoderCodec, load_codec
+
+    where = f"checkpoint {config['path']}: the codec in config.json"
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} must be an object, got {record!r}")
+    if record.get("weights") is not None:
+        _, state = load_weights(config["path"], str(record["weights"]))
+        codec = AutoencoderCodec.from_record(record, state, where, record["weights"])
+    else:
+        try:
+            codec = load_codec(record, root=config["path"])
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"{where} cannot be loaded: {err}") from None
+    fingerprint = record.get("fingerprint")
+    if fingerprint is not None and codec.fingerprint() != fingerprint:
+        raise ValueError(f"{where} is not the codec the model was trained with: {codec.describe()} from "
+                         f"{record.get('path') or record.get('weights')} computes other latents (fingerprint differs)")
+    return codec.to(device).eval()
 
 
 def write_checkpoint(path: str | os.PathLike, config: dict,
@@ -228,8 +283,9 @@ def load_weights(path: str | os.PathLike, name: str = "ema.safetensors",
 def load_checkpoint(path: str | os.PathLike, weights: str = "ema",
                     device: str | torch.device = "cpu") -> tuple[WorldModel, dict]:
     """The model a checkpoint describes, with its weights ("ema" if present, else "model"), in eval mode on
-    `device`, and the checkpoint's info: its config.json without the file list (model and training config, step,
-    data description, ...) and the `path` it was read from.
+    `device` with its codec (`model.codec`: the one it was trained with, on `device`; a checkpoint that records
+    none works on pixels), and the checkpoint's info: its config.json without the file list (model and training
+    config, step, data description, codec record, ...) and the `path` it was read from.
 
     path: a checkpoint or run directory, or a shipped model's name: "crafter-scd", "crafter-dit"."""
     config = read_config(path)
@@ -241,6 +297,12 @@ def load_checkpoint(path: str | os.PathLike, weights: str = "ema",
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {config['path']} does not fit its config: missing {missing}, unexpected {unexpected}")
+    codec = load_model_codec(config, device)
+    if codec is not None:
+        try:
+            model.use_codec(codec)
+        except ValueError as err:
+            raise ValueError(f"checkpoint {config['path']}: {err}") from None
     info = {k: v for k, v in config.items() if k != "files"}
     return model.to(device).eval(), info
 
@@ -268,13 +330,16 @@ def load_trainer_state(path: str | os.PathLike, format: str = FORMAT) -> dict:
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, sample_steps: int | None = None) -> Path:
     """A lean, shippable copy of a checkpoint: the EMA weights as the model's only weights, the config and
-    data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary).
-    An existing `dst` is replaced only with `overwrite`, and never when it is (or holds) the source."""
+    data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary);
+    `sample_steps` replaces the model's default denoising steps. An existing `dst` is replaced only with
+    `overwrite`, and never when it is (or holds) the source."""
     check_output(dst, overwrite, [src])
     model, info = load_checkpoint(src)
-    meta = {k: v for k, v in info.items() if k not in ("format", "model", "path")}
+    if sample_steps is not None:
+        model.config = model.config.replace(sample_steps=sample_steps)
+    meta = {k: v for k, v in info.items() if k not in ("format", "model", "path", "codec")}  # the model's codec
     meta["exported_from"] = {"path": info["path"], "step": info.get("step")}
     meta.update(extra or {})
     return save_checkpoint(dst, model, meta=meta)

@@ -69,6 +69,9 @@ class ModelConfig:
     # Flow time at which history frames are read at inference (noise augmentation: trained with
     # FlowConfig.history_noise >= this); 0 = clean history.
     history_noise: float = 0.0
+    # Denoising steps S a rollout takes unless told (Streamer, scd generate / eval / probe): the S this model was
+    # found best at (change prediction: few steps; the paper: 50).
+    sample_steps: int = 20
     # Range of valid frame values (pixels: [-1, 1]); a generated frame is clamped to it before it becomes history,
     # so a rollout never reads values no training frame had. None: unbounded (latents).
     frame_range: tuple[float, float] | None = (-1.0, 1.0)
@@ -118,6 +121,8 @@ class ModelConfig:
             problems.append(f"frame_range must be (low, high) with low < high, or None, got {self.frame_range}")
         if not 0 <= self.history_noise < 1:
             problems.append(f"history_noise must be a flow time in [0, 1), got {self.history_noise}")
+        if isinstance(self.sample_steps, bool) or not isinstance(self.sample_steps, int) or self.sample_steps < 1:
+            problems.append(f"sample_steps must be an integer >= 1, got {self.sample_steps!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -161,6 +166,9 @@ class ModelConfig:
 # The paper's supplementary Tab. 5 uses a DC-AE latent of 8x8x32 per 128x128 frame with patch 1: 64 tokens per frame.
 _PAPER_LATENT = dict(frame_shape=(32, 8, 8), patch_size=1, head_dim=64)
 _CRAFTER = dict(frame_shape=(3, 64, 64), patch_size=8, num_actions=17)
+# Latent Crafter: the paper's layout (8x8x32 latent, patch 1, 64 tokens per frame) from a codec such as scd.codec's
+# f16c32 on 128x128 frames (`scd codec train --preset f16c32`); latents are unbounded (no frame_range).
+_CRAFTER_LATENT = dict(frame_shape=(32, 8, 8), patch_size=1, num_actions=17, frame_range=None)
 
 PRESETS: dict[str, ModelConfig] = {
     # Paper variants (Tab. 5): #blocks, hidden; head dim 64.
@@ -177,6 +185,9 @@ PRESETS: dict[str, ModelConfig] = {
     "scd-s": ModelConfig("scd", encoder_depth=6, decoder_depth=2, hidden=256, **_CRAFTER),
     "dit-xs": ModelConfig("causal_dit", depth=6, hidden=192, **_CRAFTER),
     "scd-xs": ModelConfig("scd", encoder_depth=4, decoder_depth=2, hidden=192, **_CRAFTER),
+    # The same on 8x8x32 latents of 128x128 frames (scd train --codec sets frame_shape from the codec).
+    "dit-xs-latent": ModelConfig("causal_dit", depth=6, hidden=192, **_CRAFTER_LATENT),
+    "scd-xs-latent": ModelConfig("scd", encoder_depth=4, decoder_depth=2, hidden=192, **_CRAFTER_LATENT),
     # Tiny models for tests and smoke runs.
     "dit-tiny": ModelConfig("causal_dit", depth=3, hidden=64, head_dim=16, **_CRAFTER),
     "scd-tiny": ModelConfig("scd", encoder_depth=2, decoder_depth=1, hidden=64, head_dim=16, **_CRAFTER),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import check_output, load_checkpoint, save_checkpoint
+from .checkpoint import check_output, load_checkpoint, model_codec, save_checkpoint
 from .models import SCD, CausalDiT
 
 
@@ -47,6 +47,9 @@ def convert_causal_dit(dit: CausalDiT, encoder_depth: int, decoder_prefix: int, 
     config = dit.config.replace(arch="scd", depth=0, encoder_depth=encoder_depth, fusion=fusion,
                                 decoder_depth=decoder_prefix + decoder_suffix, encoder_input=encoder_input)
     scd = SCD(config).to(dit.device)
+    codec = model_codec(dit)
+    if codec is not None:  # the same frames: the same codec
+        scd.use_codec(codec)
     with torch.no_grad():
         for half in (scd.encoder, scd.decoder):
             half.embed.load_state_dict(dit.embed.state_dict())

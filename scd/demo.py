@@ -12,7 +12,7 @@ import torch
 from .checkpoint import load_checkpoint, load_model, trained_window
 from .config import SHIPPED_MODELS, ModelConfig
 from .data.record import record
-from .data.store import ClipDataset, VideoStore, frames_to_uint8
+from .data.store import ClipDataset, VideoStore
 from .flow import FlowConfig
 from .metrics import psnr
 from .play.engine import fast_bf16
@@ -41,7 +41,7 @@ def demo(out: str | Path, minutes: float = 5.0, episodes: int = 10, held_out: in
         raise ValueError(f"--held-out {held_out} leaves no episode of {store.num_episodes} to train on")
     shipped, info = load_checkpoint(SHIPPED_MODELS["crafter-scd"])
     clip_len = info["train"]["clip_len"]
-    clips = ClipDataset(store, clip_len, episodes=range(store.num_episodes - held_out))
+    clips = ClipDataset(store, clip_len, episodes=range(store.num_episodes - held_out), codec=shipped.codec)
     run = out / "run"
     print(f"fine-tuning the shipped Crafter SCD for {minutes:g} min on {len(clips)} clips of {clip_len} frames "
           f"(episodes 0-{shown[0] - 1}; {shown} held out) -> {run}")
@@ -63,14 +63,17 @@ def demo(out: str | Path, minutes: float = 5.0, episodes: int = 10, held_out: in
         raise ValueError(f"no held-out episode has {total} frames: lower --frames or raise --length")
     columns, scores, captions = {}, {"shipped": [], "fine-tuned": []}, []
     for e in shown:
-        truth, actions = (x[None] for x in store.clip(e, 0, total))
-        columns.setdefault("ground truth", []).append(frames_to_uint8(truth[0]))
+        recorded, recorded_actions = store.episode(e)
+        truth = torch.from_numpy(np.array(recorded[:total]))  # uint8 (total, H, W, 3): each model's codec encodes it
+        actions = torch.from_numpy(np.array(recorded_actions[:total], dtype=np.int64))[None]
+        columns.setdefault("ground truth", []).append(truth.numpy())
         captions += [f"episode {e}: {'context' if i < context else 'generated'} {i + 1}/{total}" for i in range(total)]
         for name, model in (("shipped", shipped), ("fine-tuned", tuned)):
-            pred = generate(model, truth[:, :context], actions, steps=steps, seed=0, window=trained_window(info))
-            pred = pred[0, 0].clamp(-1, 1)
-            scores[name].append(float(psnr(pred[None], truth[:, context:]).mean()))
-            columns.setdefault(name, []).append(frames_to_uint8(torch.cat([truth[0, :context], pred])))
+            pred = generate(model, truth[None, :context], actions, steps=steps, seed=0, window=trained_window(info))
+            pixels = model.codec.decode_pixels(pred[0, 0])  # (frames, 3, H, W) in [-1, 1]
+            scores[name].append(float(psnr(pixels[None], model.codec.as_pixels(truth[None, context:])).mean()))
+            columns.setdefault(name, []).append(np.concatenate([truth[:context].numpy(),
+                                                                model.codec.decode(pred[0, 0]).numpy()]))
     given = [i % total < context for i in range(len(captions))]
     video = rollout_video({k: np.concatenate(v) for k, v in columns.items()}, captions, given)
     path = write_video(out / "demo.mp4", video, fps=fps)

@@ -8,8 +8,9 @@ Protocol, for each of the first `videos` episodes of the data set:
   1. the frames start .. start+C-1 are the given context; the recorded actions drive the next H frames;
   2. `trajectories` = N rollouts are drawn at once (`rollout(..., num_samples=N)`, seed `seed * 100000 + episode`,
      so a video's trajectories do not depend on which other videos were evaluated);
-  3. generated frames are clamped to [-1, 1] and scored against the recorded ones, frame by frame, on the tensors
-     (no video-file round trip): PSNR and SSIM (scd.metrics, data range 1) and LPIPS with AlexNet;
+  3. the recorded context frames go through the model's codec (model.codec: pixels, or a latent codec), generated
+     frames are decoded by it to pixels, clamped to [-1, 1] and scored against the recorded ones, frame by frame,
+     on the tensors (no video-file round trip): PSNR and SSIM (scd.metrics, data range 1) and LPIPS with AlexNet;
   4. best of N, per video and per metric, as in FAR's code: the trajectory with the best horizon-averaged value
      (max PSNR, max SSIM, min LPIPS) is picked, separately for each metric; its per-frame values make the
      best-of-N curve. "mean" averages all N trajectories instead. Both are then averaged over videos;
@@ -79,7 +80,7 @@ class EvalSettings:
     horizon: int | None = None
     trajectories: int = 4
     start: int = 0
-    steps: int = 20
+    steps: int | None = None  # None: each model's own config.sample_steps
     shift: float = 1.0
     cfg_scale: float = 1.0
     cfg_null_action: bool = False
@@ -93,7 +94,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         problems = []
         for name, low in (("context", 1), ("trajectories", 1), ("start", 0), ("steps", 1), ("seed", 0)):
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:
                 problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.horizon is not None and self.horizon < 1:
             problems.append(f"horizon must be >= 1, got {self.horizon}")
@@ -147,10 +148,11 @@ def _default_labels(checkpoints: list[str]) -> list[str]:
 
 
 def _check_model_fits(model, label: str, store) -> None:
-    h, w, _ = store.frame_shape
-    if tuple(model.config.frame_shape) != (3, h, w):
-        raise ValueError(f"model {label} takes frames of shape {tuple(model.config.frame_shape)}, the data set "
-                         f"{store.path} has RGB frames of shape (3, {h}, {w})")
+    """The model's codec must take the data set's frames (a pixel model: frames of its size)."""
+    try:
+        model.codec.check_pixel_shape(store.frame_shape, f"the data set {store.path}")
+    except ValueError as err:
+        raise ValueError(f"model {label}: {err}") from None
     if store.num_actions > model.config.num_actions:
         raise ValueError(f"data set {store.path} has {store.num_actions} actions, model {label} knows "
                          f"{model.config.num_actions}")
@@ -159,7 +161,8 @@ def _check_model_fits(model, label: str, store) -> None:
 # -- one video -----------------------------------------------------------------------------------------------
 def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, settings: EvalSettings, seed: int,
                           on_frame=None, compile: bool = False) -> torch.Tensor:
-    """context (C, 3, H, W) in [-1, 1], actions (C + horizon,) -> N trajectories (N, horizon, 3, H, W) in [-1, 1].
+    """context (C, H, W, 3) uint8 recorded frames (or (C, ...) in the model's space), actions (C + horizon,) -> N
+    trajectories of pixels (N, horizon, 3, H, W) in [-1, 1], decoded by the model's codec.
 
     Frames are clamped to [-1, 1] (what writing them as images would do); on_frame() is called per frame;
     compile: the compiled per-frame step (Streamer)."""
@@ -176,7 +179,7 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
     out = torch.stack(frames, dim=1)
     if not torch.isfinite(out).all():
         raise ValueError("the model produced NaN or inf frames")
-    return out.clamp(-1.0, 1.0)
+    return model.codec.decode_pixels(out)  # the pixel codec: the frames clamped to [-1, 1]
 
 
 def sheet_horizons(horizon: int) -> list[int]:
@@ -362,8 +365,10 @@ def evaluate(
         pending = [(label, model, ident) for label, model, ident in models if (label, ep) not in done]
         if not pending:
             continue
-        clip, actions = store.clip(ep, settings.start, clip_len)  # (C + H, 3, h, w), (C + H,)
+        clip, actions = store.clip(ep, settings.start, clip_len)  # pixels (C + H, 3, h, w) in [-1, 1], (C + H,)
         context, target = clip[: settings.context], clip[settings.context :]
+        first = settings.start
+        recorded = torch.from_numpy(np.array(store.episode(ep)[0][first : first + settings.context]))  # uint8
         real_features = None
         if settings.fvd:
             known = [done[lab, ep]["i3d_real"] for lab, _, _ in models if (lab, ep) in done]
@@ -372,8 +377,8 @@ def evaluate(
             bar.set_postfix_str(f"{label} episode {ep}")
             if isinstance(model, torch.nn.Module):
                 try:
-                    pred, seconds = timed(lambda: generate_trajectories(
-                        model, context, actions, settings, settings.seed * 100_000 + ep, on_frame=bar.update,
+                    pred, seconds = timed(lambda: generate_trajectories(  # encoded and decoded by its codec
+                        model, recorded, actions, settings, settings.seed * 100_000 + ep, on_frame=bar.update,
                         compile=compile),
                         model.device)
                 except ValueError as err:
@@ -412,6 +417,7 @@ def evaluate(
         report["models"].append({
             "label": label, "checkpoint": ident, "arch": model.config.arch if is_model else "baseline",
             "params": sum(p.numel() for p in model.parameters()) if is_model else 0,
+            "steps": (settings.steps or model.config.sample_steps) if is_model else None,
             "rollout_seconds_per_frame": sum(done[label, ep]["rollout_seconds"] for ep in episodes)
             / (len(episodes) * settings.horizon),
             **result,
@@ -454,13 +460,17 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _steps(settings: dict) -> str:
+    return "each model's own denoising steps" if settings["steps"] is None else f"{settings['steps']} denoising steps"
+
+
 def markdown_table(report: dict) -> str:
     """metrics.md: the summary table and a best-of-N table at a few prediction horizons."""
     s = report["settings"]
     n = s["trajectories"]
     lines = [
         f"# Evaluation on {Path(report['data']['path']).name}: {len(report['episodes'])} videos, "
-        f"context {s['context']} -> horizon {s['horizon']} frames, {n} trajectories, {s['steps']} steps",
+        f"context {s['context']} -> horizon {s['horizon']} frames, {n} trajectories, {_steps(s)}",
         "",
         f"| model | arch | step | PSNR best-of-{n} | PSNR mean | SSIM best-of-{n} | SSIM mean | "
         f"LPIPS best-of-{n} | LPIPS mean | FVD | s/frame |",
@@ -537,7 +547,7 @@ def plot_curves(report: dict):
     axes[0].legend(fontsize=8)
     axes[-1].axis("off")
     fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
-                 f"trajectories (solid) and their mean (dashed), {s['steps']} denoising steps; baselines in grey")
+                 f"trajectories (solid) and their mean (dashed), {_steps(s)}; baselines in grey")
     return fig
 
 

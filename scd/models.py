@@ -140,6 +140,27 @@ class WorldModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def codec(self):
+        """The frame codec (scd.codec) between uint8 game frames and this model's frames: the one it was trained
+        with (load_checkpoint and training attach it, `use_codec`), else the pixel codec of its RGB frame_shape.
+        Not a submodule: its weights are not the model's (state_dict, optimiser, `.to()`; it keeps its device)."""
+        if self.__dict__.get("_codec") is None:
+            from .codec import PixelCodec
+
+            c, h, w = self.config.frame_shape
+            if c != 3:
+                raise ValueError(f"this model works on {c}x{h}x{w} frames and has no codec to turn game frames into "
+                                 "them: train it with a codec (scd train --codec) or attach one with use_codec()")
+            self.__dict__["_codec"] = PixelCodec((h, w, 3))
+        return self.__dict__["_codec"]
+
+    def use_codec(self, codec) -> "WorldModel":
+        """Attach the codec whose latents this model works on (checked against its frame_shape); returns the model."""
+        codec.check_frame_shape(self.config.frame_shape)
+        self.__dict__["_codec"] = codec
+        return self
+
     def check_frames(self, frames: torch.Tensor, name: str = "frames") -> None:
         """frames: (B, F, C, H, W) with the configured (C, H, W)."""
         expected = tuple(self.config.frame_shape)

@@ -418,7 +418,9 @@ def plot_leave_one_out(loo: dict, path: Path, title: str) -> None:
 @torch.no_grad()
 def probe_rollout(model, frames, actions, context: int, steps: int = 20, shift: float = 1.0, seed: int = 0,
                   pca_frame: int = 0):
-    """One rollout with a RolloutProbe attached: (probe result dict, PCA features, generated video (N, H, ...))."""
+    """One rollout with a RolloutProbe attached: (probe result dict, PCA features, generated video (N, H, ...) in the
+    model's space). frames: uint8 (N, F, H, W, 3) recorded frames (the model's codec encodes them) or frames in the
+    model's space."""
     device = model.device
     with RolloutProbe(model, pca_frame=pca_frame) as probe:
         video = generate(model, frames[:, :context].to(device), actions.to(device), steps=steps, shift=shift,
@@ -433,9 +435,10 @@ def training_flow(info: dict) -> FlowConfig:
     return dataclasses.replace(saved, action_dropout=0.0, context_noise=0.0, K=1)
 
 
-def loss_clips(data, count: int, clip_len: int, episodes=None):
-    """`count` non-overlapping clips spread evenly over the data set: (frames (N, F, C, H, W), actions (N, F))."""
-    clips = ClipDataset(data, clip_len, episodes, stride=clip_len)
+def loss_clips(data, count: int, clip_len: int, episodes=None, codec=None):
+    """`count` non-overlapping clips spread evenly over the data set: (frames (N, F, C, H, W), actions (N, F)), the
+    frames in `codec`'s space (a model's codec; default pixels), encoded clip by clip."""
+    clips = ClipDataset(data, clip_len, episodes, stride=clip_len, codec=codec, cache_latents=False)
     if len(clips) < count:
         raise ValueError(f"{data} has {len(clips)} non-overlapping clips of {clip_len} frames; {count} were asked for")
     index = np.linspace(0, len(clips) - 1, count).round().astype(int)

@@ -54,11 +54,14 @@ class Guidance:
 
 
 def _checked_frames(model, frames: torch.Tensor, name: str) -> torch.Tensor:
-    """Given frames (B, F, C, H, W) as floats in [-1, 1]: shape, dtype and finiteness checked, cast to the model's."""
+    """Given frames: uint8 game frames (B, F, H, W, 3), encoded by the model's codec, or frames in the model's space
+    (B, F, C, H, W) as floats; shape, dtype and finiteness checked, cast to the model's dtype."""
+    if isinstance(frames, torch.Tensor) and frames.dtype == torch.uint8 and frames.ndim == 5 and frames.shape[-1] == 3:
+        frames = model.codec.encode(frames)
     model.check_frames(frames, name)
     if not frames.dtype.is_floating_point:
-        raise ValueError(f"{name} must be floats in [-1, 1], got {frames.dtype} (uint8 pixels: use "
-                         "scd.data.store.frames_to_model)")
+        raise ValueError(f"{name} must be uint8 frames (B, F, H, W, 3) or floats in the model's space, got "
+                         f"{frames.dtype}")
     if not torch.isfinite(frames).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     return frames.to(next(model.parameters()).dtype)
@@ -129,7 +132,9 @@ def _kv_dtype(model) -> torch.dtype:
 class Streamer:
     """Interactive autoregressive generation: `step(action)` renders the next frame (Algorithm 2, one frame).
 
-    context_frames: (B, C0, C, H, W) given frames (C0 may be 0) with context_actions (B, C0). Each of the
+    context_frames: (B, C0, C, H, W) given frames in the model's space, or uint8 game frames (B, C0, H, W, 3) that
+    the model's codec encodes (C0 may be 0), with context_actions (B, C0). Frames come out in the model's space:
+    `model.codec.decode(frame)` gives uint8 pixels. Each of the
     num_samples trajectories per video draws its own noise from one CPU generator seeded by `seed`, so a
     seed gives the same video on every device; guidance and history noise draw from streams of their own. `window`:
     how many past frames the next frame sees (older ones leave the KV cache; a model trained on clips of F frames
@@ -145,7 +150,7 @@ class Streamer:
         model,
         context_frames: torch.Tensor,
         context_actions: torch.Tensor,
-        steps: int = 20,
+        steps: int | None = None,
         shift: float = 1.0,
         guidance: Guidance | None = None,
         num_samples: int = 1,
@@ -175,6 +180,7 @@ class Streamer:
         self.render = compiled_render_frame(model.device.type) if compile else render_frame
         self.batch, self.num_samples = b, num_samples
         self.device = model.device
+        steps = model.config.sample_steps if steps is None else steps
         self.schedule = flow_schedule(steps, shift, device=self.device)
         self.generator = _generator(seed)
         self.guidance_generator = _generator(seed, GUIDANCE_NOISE)

@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     LATEST,
     check_resumable,
+    codec_record,
     latest_checkpoint,
     load_model,
     load_trainer_state,
     load_weights,
+    model_codec,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -221,8 +223,18 @@ def _barrier(procs: Processes) -> None:
         torch.distributed.barrier()
 
 
+def _check_same_codec(config: dict, model: WorldModel, what: str) -> None:
+    """A checkpoint's config (its "codec" record) and `model` must work in the same codec's space."""
+    record = config.get("codec") if isinstance(config.get("codec"), dict) else {}
+    mine = model_codec(model)
+    if record.get("fingerprint") and mine is not None and record["fingerprint"] != mine.fingerprint():
+        raise ValueError(f"{what}: it was trained with another codec ({record.get('kind')} codec, frames "
+                         f"{record.get('frame_shape')}) than this run's {mine.describe()}")
+
+
 class Trainer:
-    """Trains `model` on a clip dataset whose items are (frames (F, C, H, W) in [-1, 1], actions (F,)).
+    """Trains `model` on a clip dataset whose items are (frames (F, C, H, W) in the model's space, actions (F,)); a
+    dataset with a `codec` (ClipDataset(codec=...)) attaches it to the model, and checkpoints record it.
 
     Built from parts, each replaceable from Python: the model; the objective (`objective(model, frames, actions)
     -> loss`, default cfg.objective()); the optimiser (default AdamW over the model's parameters, built after the
@@ -239,6 +251,9 @@ class Trainer:
                  parallel: str | SingleProcess = "ddp"):
         if len(dataset) == 0:
             raise ValueError("the training dataset has no clips")
+        codec = getattr(dataset, "codec", None)  # a ClipDataset's: its frames are in this codec's space
+        if codec is not None:
+            model.use_codec(codec)  # recorded in every checkpoint
         frames, actions = dataset[0]
         if frames.shape[0] != cfg.clip_len:
             raise ValueError(f"dataset clips have {frames.shape[0]} frames, the training config says {cfg.clip_len}")
@@ -338,6 +353,7 @@ class Trainer:
         saved = ModelConfig.from_dict(config["model"])
         if saved != self.model.config:
             raise ValueError(f"cannot resume {config['path']}: its model config {saved} differs from {self.model.config}")
+        _check_same_codec(config, self.model, f"cannot resume {config['path']}")
         self.parallel.load_model_state(self.model, weights)
         self.parallel.load_model_state(self.ema.module, load_weights(path, "ema.safetensors")[1])
         state = load_trainer_state(path)
@@ -514,11 +530,13 @@ def train(
         trainer.resume(previous)
     elif init_from is not None:
         source = load_model(init_from)
-        # the same weights may be trained on with another prediction or inference history noise
-        if source.config.replace(prediction=model_config.prediction,
-                                 history_noise=model_config.history_noise) != model_config:
+        # the same weights may be trained on with another prediction, inference history noise or sample steps
+        if source.config.replace(prediction=model_config.prediction, history_noise=model_config.history_noise,
+                                 sample_steps=model_config.sample_steps) != model_config:
             raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from "
                              f"{model_config}")
+        if model_codec(source) is not None:
+            _check_same_codec({"codec": codec_record(source.codec)[0]}, trainer.model, f"--init-from {init_from}")
         trainer.parallel.load_model_state(trainer.model, source.state_dict())
         trainer.parallel.load_model_state(trainer.ema.module, source.state_dict())
     trainer.run(progress, time_limit)

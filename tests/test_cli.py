@@ -213,7 +213,7 @@ def test_the_readme_python_example_runs_as_written(capsys):
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out.split("\n")
-    assert printed[:4] == ["torch.Size([1, 2, 3, 64, 64])"] * 4
+    assert printed[:4] == ["torch.Size([1, 2, 3, 64, 64]) torch.Size([1, 2, 64, 64, 3])"] * 4  # model frames, uint8
 
 
 def test_demo_fine_tunes_the_shipped_model_and_compares_on_held_out_episodes(tmp_path, capfd):
@@ -255,3 +255,17 @@ def test_damaged_or_foreign_context_files_are_one_line_errors(trained, tmp_path,
         with pytest.raises(SystemExit):
             main(f"{command} --device foo".split())
         assert "unknown device 'foo'" in capsys.readouterr().err
+
+
+def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(trained, crafter, tmp_path):
+    from scd.checkpoint import export_checkpoint, read_config
+
+    out = tmp_path / "ft"
+    args = f"train --init-from {trained} --data {crafter} --out {out} --steps 2 --batch 2 --clip-len 4 " \
+           f"--prediction change --sample-steps 3 --log-every 1"
+    assert main(args.split()) == 0
+    source, tuned = read_config(trained)["model"], read_config(out)["model"]
+    assert (tuned["prediction"], tuned["sample_steps"]) == ("change", 3)
+    assert {k: v for k, v in tuned.items() if k not in ("prediction", "sample_steps")} == \
+        {k: v for k, v in source.items() if k not in ("prediction", "sample_steps")}
+    assert read_config(export_checkpoint(out, tmp_path / "lean", sample_steps=2))["model"]["sample_steps"] == 2

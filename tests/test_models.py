@@ -277,7 +277,8 @@ def test_python_api_rejects_bad_rollout_inputs_with_clear_errors():
     for bad in (nan, inf):
         with pytest.raises(ValueError, match="contain NaN or infinite values"):
             generate(model, bad[:, :2], actions, steps=1)
-    with pytest.raises(ValueError, match="must be floats in \\[-1, 1\\], got torch.uint8"):
+    with pytest.raises(ValueError, match="must be uint8 frames \\(B, F, H, W, 3\\) or floats in the model's space, "
+                                         "got torch.uint8"):
         generate(model, frames[:, :2].to(torch.uint8), actions, steps=1)
     half = generate(model, frames[:, :2].half(), actions, steps=1, seed=0)  # other float dtypes are cast
     torch.testing.assert_close(half, generate(model, frames[:, :2].half().float(), actions, steps=1, seed=0))
@@ -468,3 +469,13 @@ def test_frame_context_only_reads_the_stream_and_commit_moves_it_on(arch, kw):
         return torch.stack(out)
 
     assert torch.equal(roll(True), roll(False))
+
+
+def test_a_rollout_takes_the_models_own_sample_steps_unless_told():
+    model = tiny("scd", sample_steps=3)
+    frames, actions = clip(f=4)
+    own = generate(model, frames[:, :2], actions, seed=5)
+    torch.testing.assert_close(own, generate(model, frames[:, :2], actions, steps=3, seed=5))
+    assert (own - generate(model, frames[:, :2], actions, steps=6, seed=5)).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="sample_steps must be an integer >= 1"):
+        get_preset("scd-tiny").replace(sample_steps=0)

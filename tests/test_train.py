@@ -219,19 +219,25 @@ def test_ema_is_an_exponential_moving_average_of_the_weights(tmp_path):
     assert any(not torch.equal(e, p) for e, p in zip(trainer.ema.parameters(), trainer.model.parameters()))
 
 
+def untrained_change_model_on_a_static_clip(arch: str, prediction: str):
+    """An untrained change-prediction model (d_hat = 0) and a static clip (2, 4, 3, 16, 16) with its actions."""
+    from scd.models import build_model
+
+    depth = dict(depth=2) if arch == "causal_dit" else dict(encoder_depth=1, decoder_depth=1)
+    model = build_model(ModelConfig(arch, frame_shape=(3, 16, 16), patch_size=4, hidden=32, head_dim=16,
+                                    num_actions=5, prediction=prediction, **depth))
+    torch.manual_seed(0)
+    frames = torch.rand(2, 1, 3, 16, 16).mul(2).sub(1).expand(2, 4, 3, 16, 16)
+    return model, frames, torch.randint(0, 5, (2, 4))
+
+
 @pytest.mark.parametrize("arch", ["causal_dit", "scd"])
 def test_change_prediction_starts_at_copy_last_and_frame_zero_carries_no_loss(arch):
     """On a static clip (every frame equal) an untrained change-prediction model is already right for frames 1..F-1
     (x_hat = x_{i-1} = x_i), so its loss is ~0; counting frame 0 (no x_{i-1}) would add |x|^2 / t^2 >> 1."""
     from scd.flow import flow_matching_loss
-    from scd.models import build_model
 
-    depth = dict(depth=2) if arch == "causal_dit" else dict(encoder_depth=1, decoder_depth=1)
-    model = build_model(ModelConfig(arch, frame_shape=(3, 16, 16), patch_size=4, hidden=32, head_dim=16,
-                                    num_actions=5, prediction="change", **depth))
-    torch.manual_seed(0)
-    frames = torch.rand(2, 1, 3, 16, 16).mul(2).sub(1).expand(2, 4, 3, 16, 16)
-    actions = torch.randint(0, 5, (2, 4))
+    model, frames, actions = untrained_change_model_on_a_static_clip(arch, "change")
     flow = FlowConfig(history_noise=0.3, K=2)
     assert flow_matching_loss(model, frames, actions, flow).item() < 0.02
     moving = frames + torch.linspace(0, 0.5, 4).view(1, 4, 1, 1, 1)  # brighter every frame: copy-last is wrong
@@ -240,16 +246,10 @@ def test_change_prediction_starts_at_copy_last_and_frame_zero_carries_no_loss(ar
 
 @pytest.mark.parametrize("arch", ["causal_dit", "scd"])
 def test_noisy_change_prediction_changes_from_the_corrupted_history_frame(arch):
-    """The "change-noisy" prediction anchors on x_{i-1} as read, after history noise: on a static clip the untrained model
-    (d_hat = 0) is now wrong by the corruption, and right again without history noise."""
+    """The "change-noisy" prediction anchors on x_{i-1} as read, after history noise: on a static clip the
+    untrained model (d_hat = 0) is now wrong by the corruption, and right again without history noise."""
     from scd.flow import flow_matching_loss
-    from scd.models import build_model
 
-    depth = dict(depth=2) if arch == "causal_dit" else dict(encoder_depth=1, decoder_depth=1)
-    model = build_model(ModelConfig(arch, frame_shape=(3, 16, 16), patch_size=4, hidden=32, head_dim=16,
-                                    num_actions=5, prediction="change-noisy", **depth))
-    torch.manual_seed(0)
-    frames = torch.rand(2, 1, 3, 16, 16).mul(2).sub(1).expand(2, 4, 3, 16, 16)
-    actions = torch.randint(0, 5, (2, 4))
+    model, frames, actions = untrained_change_model_on_a_static_clip(arch, "change-noisy")
     assert flow_matching_loss(model, frames, actions, FlowConfig(history_noise=0.0, K=2)).item() < 0.02
     assert flow_matching_loss(model, frames, actions, FlowConfig(history_noise=0.3, K=2)).item() > 0.04  # ~0.06

@@ -33,6 +33,8 @@ COMMANDS = {
                 "scd.cli.checkpoints:add_convert_parser"),
     "weights": ("check or install the LPIPS and I3D (FVD) weights that `scd eval` needs",
                 "scd.cli.evaluate:add_weights_parser"),
+    "codec": ("train a frame autoencoder for latent world models, or score a codec's reconstructions",
+              "scd.cli.codec:add_codec_parser"),
 }
 
 

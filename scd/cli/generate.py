@@ -34,10 +34,9 @@ def cmd_generate(args) -> int:
     from ..checkpoint import load_checkpoint, trained_window
     from ..config import SHIPPED_CONTEXT, SHIPPED_MODELS
     from ..data.context import load_episode
-    from ..data.store import clip_to_model, frames_to_uint8
     from ..sampling import Guidance, rollout
     from ..surgery import operated
-    from ..timing import frame_seconds, timed_frames
+    from ..timing import frame_seconds, timed, timed_frames
     from ..video import rollout_video, write_video
 
     if Path(args.out).suffix not in (".mp4", ".gif"):
@@ -53,6 +52,8 @@ def cmd_generate(args) -> int:
     if args.data is None and (data is None or not Path(data).exists()):
         data = str(SHIPPED_CONTEXT)
     frames, recorded = load_episode(data, args.episode, model.config.num_actions)
+    codec = model.codec  # game frames <-> the model's frames (pixels, or a latent codec's)
+    codec.check_pixel_shape(frames.shape[1:], f"--data {data}")
     total = args.context + args.frames
     if args.actions == "recorded":
         if args.start + total > len(frames):
@@ -66,12 +67,15 @@ def cmd_generate(args) -> int:
         given = parse_actions(args.actions, model.config.num_actions, info.get("data", {}).get("action_names"))
         given = (given * (args.frames // len(given) + 1))[: args.frames]  # repeat the pattern to fill the horizon
         actions = np.concatenate([recorded[args.start : args.start + args.context], given])
-    context, actions = (x[None] for x in clip_to_model(frames[args.start : args.start + args.context], actions))
+    context_u8 = np.asarray(frames[args.start : args.start + args.context])
+    context = torch.from_numpy(context_u8.copy())[None]  # uint8: the rollout encodes it with the model's codec
+    actions = torch.from_numpy(np.array(actions, dtype=np.int64))[None]
     guidance = None
     if args.cfg_scale != 1.0:
         guidance = Guidance(args.cfg_scale, null_action=args.cfg_null_action, context_noise=args.cfg_context_noise)
 
     generated, times = [], []
+    args.steps = args.steps or model.config.sample_steps
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
                      num_samples=args.samples, seed=args.seed, window=window, compile=args.compile)
     with operated(model, surgery_from_args(args, args.steps, args.shift)), \
@@ -81,19 +85,21 @@ def cmd_generate(args) -> int:
             generated.append(frame[0])
             times.append(seconds)
             bar.update(1)
-    pred = torch.stack(generated, dim=1)  # (samples, H, C, H, W)
+    pred = torch.stack(generated, dim=1)  # (samples, H, C, h, w) in the model's space
+    pixels, decode_seconds = timed(lambda: codec.decode(pred).cpu().numpy(), codec.device)  # (samples, H, h, w, 3)
     speed = frame_seconds(times)
+    decoding = "" if codec.kind == "pixel" else \
+        f"; the {codec.kind} codec decodes a frame in {1000 * decode_seconds / len(times):.1f} ms (not included)"
     print(f"{model.config.arch}: {len(times)} frames x {args.samples} samples, first frame "
           f"{speed['first_frame_s']:.3f} s (context prefill included), then {speed['seconds_per_frame']:.3f} s per "
-          f"frame")
+          f"frame{decoding}")
 
-    ctx_u8 = frames_to_uint8(context[0])
     columns = {}
     if args.actions == "recorded":
         columns["ground truth"] = np.asarray(frames[args.start : args.start + total])
     for s in range(args.samples):
         columns[f"{model.config.arch} #{s}" if args.samples > 1 else model.config.arch] = np.concatenate(
-            [ctx_u8, frames_to_uint8(pred[s])])
+            [context_u8, pixels[s]])
     names = info.get("data", {}).get("action_names") or []
     captions = [f"{'context' if i < args.context else 'generated'} {i + 1}/{total}  action: "
                 f"{names[a] if a < len(names) else a}" for i, a in enumerate(actions[0].tolist())]

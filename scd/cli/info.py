@@ -33,10 +33,10 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<12} {'arch':<10} {'blocks':>6} {'hidden':>6} {'params':>9} {'tokens/F':>8} "
+    print(f"{'model':<13} {'arch':<10} {'blocks':>6} {'hidden':>6} {'params':>9} {'tokens/F':>8} "
           f"{'BP/frame (S=' + str(args.steps) + ')':>18}")
     for r, model in zip(rows, models):
-        print(f"{r['name']:<12} {r['arch']:<10} {r['blocks']:>6} {r['hidden']:>6} {r['params'] / 1e6:>8.1f}M "
+        print(f"{r['name']:<13} {r['arch']:<10} {r['blocks']:>6} {r['hidden']:>6} {r['params'] / 1e6:>8.1f}M "
               f"{r['tokens_per_frame']:>8} {r['block_passes_per_frame']:>8} = {model.block_pass_formula(args.steps)}")
     for note in dict.fromkeys(m.cost_note for m in models if m.cost_note):  # each once, in order
         print(note)

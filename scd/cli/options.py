@@ -108,7 +108,8 @@ def add_sampler_options(parser) -> None:
     """--steps, --shift and --seed of a rollout, with the Streamer's defaults (generate, probe, quality)."""
     from ..sampling import Streamer
 
-    add_option(parser, "--steps", Streamer, "steps", "denoising steps S", type=at_least(1))
+    add_option(parser, "--steps", Streamer, "steps", "denoising steps S (default: the model's config.sample_steps, "
+               "20 unless its checkpoint says)", type=at_least(1))
     add_option(parser, "--shift", Streamer, "shift", "schedule shift k", type=positive())
     add_option(parser, "--seed", Streamer, "seed", "noise seed", type=at_least(0))
 

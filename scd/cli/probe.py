@@ -38,7 +38,6 @@ def add_probe_parser(subparsers) -> None:
 
 def cmd_probe(args) -> int:
     from ..checkpoint import load_checkpoint
-    from ..data.store import frames_to_uint8
     from ..probe import (leave_one_out, loss_clips, plot_depth_curves, plot_leave_one_out, plot_pca, plot_similarity,
                          probe_rollout, training_flow)
     from ..quality import heldout_clips
@@ -48,11 +47,13 @@ def cmd_probe(args) -> int:
         raise ValueError(f"--pca-frame {args.pca_frame} is not a generated frame: --frames {args.frames} makes "
                          f"0..{args.frames - 1}")
     model, info = load_checkpoint(args.checkpoint, weights=args.weights)
+    args.steps = args.steps or model.config.sample_steps
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)
     episodes = parse_episodes(args.episodes)
     frames, actions = heldout_clips(args.data, args.clips, args.context + args.frames, episodes)
+    model.codec.check_pixel_shape(tuple(frames.shape[-3:]), f"--data {args.data}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kind = model.denoising_stack().name
@@ -68,7 +69,7 @@ def cmd_probe(args) -> int:
     plot_similarity(sim, labels, out / "similarity.png", title)
     plot_depth_curves(sim, labels, out / "depth.png", title)
     if pca:
-        frame = frames_to_uint8(video[0, args.pca_frame].clamp(-1, 1).cpu())
+        frame = model.codec.decode(video[0, args.pca_frame][None].cpu())[0].numpy()
         plot_pca(pca, labels, model.config.grid, out / "pca.png", f"{title}, frame {args.pca_frame}", frame)
     print(f"{title}: {sim['frames']} frames x {sim['rollouts']} rollouts x {sim['steps']} steps probed")
     print(f"{'block':>6} {'cos(s,s`)':>10} {'mse(s,s`)':>10} {'attn. mass':>11}")
@@ -78,7 +79,8 @@ def cmd_probe(args) -> int:
 
     if not args.no_leave_one_out:
         clip_len = args.loss_clip_len or info.get("train", {}).get("clip_len", 8)
-        loo = leave_one_out(model, loss_clips(args.data, args.loss_clips, clip_len, episodes), (frames, actions),
+        loo = leave_one_out(model, loss_clips(args.data, args.loss_clips, clip_len, episodes, model.codec),
+                            (frames, actions),
                             args.context, args.steps, args.shift, args.seed, training_flow(info), args.loss_draws)
         result["leave_one_out"] = loo
         plot_leave_one_out(loo, out / "leave_one_out.png", title)
@@ -119,11 +121,13 @@ def cmd_quality(args) -> int:
     from ..surgery import operated
 
     model = load_model(args.checkpoint, weights=args.weights)
+    args.steps = args.steps or model.config.sample_steps
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)
     frames, actions = heldout_clips(args.data, args.clips, args.context + args.frames, parse_episodes(args.episodes),
                                     args.start)
+    model.codec.check_pixel_shape(tuple(frames.shape[-3:]), f"--data {args.data}")
     result = {"checkpoint": str(args.checkpoint), "arch": model.config.arch, "data": str(args.data),
               "clips": args.clips, "context": args.context, "frames": args.frames, "steps": args.steps,
               "seed": args.seed, "surgery": None if surgery is None else dataclasses.asdict(surgery)}

@@ -10,28 +10,50 @@ from .options import (add_device_option, add_option, add_surgery_arguments, at_l
                       surgery_from_args)
 
 
+def latent_patch_size(preset, frame_shape) -> int:
+    """The patch size that gives a model of `preset` on frames of `frame_shape` (a codec's latents) the preset's
+    token grid: 64 tokens per frame for the small presets (an 8x8 latent: patch 1)."""
+    (gh, gw), (_, h, w) = preset.grid, frame_shape
+    if h % gh or w % gw or h // gh != w // gw:
+        raise ValueError(f"the codec's {h}x{w} latents do not split into the preset's {gh}x{gw} token grid: give "
+                         "--patch-size")
+    return h // gh
+
+
 def cmd_train(args) -> int:
-    from ..checkpoint import read_config
+    from ..checkpoint import load_model_codec, read_config
+    from ..codec import load_codec
     from ..config import ModelConfig, get_preset
-    from ..data.store import ClipDataset
+    from ..data.store import ClipDataset, VideoStore
     from ..flow import FlowConfig
     from ..train import TrainConfig, train
 
     check_out_dir(args.out)
-    data = ClipDataset(args.data, args.clip_len)
+    store = VideoStore(args.data)
+    codec = None  # pixels, or with --init-from the checkpoint's codec
+    if args.codec:
+        codec = load_codec(args.codec, pixel_shape=store.frame_shape)  # a codec for other frames fails here
+    elif args.init_from:
+        codec = load_model_codec(read_config(args.init_from))
+    data = ClipDataset(store, args.clip_len, codec=codec)  # a latent codec encodes the data once (cached)
     inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
-    if args.init_from:  # the checkpoint's network; the prediction and history noise only when given here
+    if args.init_from:  # the checkpoint's network and settings, but those given here
         model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])
-        if args.prediction is not None:
-            model_config = model_config.replace(prediction=args.prediction)
         if args.history_noise_inference is not None:
             model_config = model_config.replace(history_noise=inference_noise)
     else:
-        model_config = get_preset(args.preset).replace(num_actions=data.num_actions, frame_shape=data.frame_shape)
+        preset = get_preset(args.preset)
+        model_config = preset.replace(num_actions=data.num_actions, frame_shape=data.frame_shape,
+                                      history_noise=inference_noise)
+        if codec is not None and codec.kind != "pixel":  # latents: the preset's token grid, unbounded values
+            model_config = model_config.replace(
+                patch_size=args.patch_size or latent_patch_size(preset, codec.frame_shape), frame_range=None)
+        elif args.patch_size:
+            model_config = model_config.replace(patch_size=args.patch_size)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
-        model_config = model_config.replace(prediction=args.prediction or ModelConfig.prediction,
-                                            history_noise=inference_noise)
+    given = {"prediction": args.prediction, "sample_steps": args.sample_steps}
+    model_config = model_config.replace(**{k: v for k, v in given.items() if v is not None})
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
                       action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
                       history_noise=args.history_noise)
@@ -43,8 +65,10 @@ def cmd_train(args) -> int:
     main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
     world = int(os.environ.get("WORLD_SIZE", 1))
     if main_process:
+        space = "" if codec is None or codec.kind == "pixel" else \
+            f" in the latent space of the {codec.describe()}, patch {model_config.patch_size}"
         print(f"training {model_config.arch} ({args.init_from or args.preset}) on {len(data)} clips of "
-              f"{args.clip_len} frames from {args.data} -> {args.out} on {args.device}"
+              f"{args.clip_len} frames from {args.data}{space} -> {args.out} on {args.device}"
               + (f" x {world} processes ({args.parallel})" if world > 1 else ""))
     start = time.perf_counter()
     trainer = train(model_config, data, args.out, cfg, resume=not args.no_resume, init_from=args.init_from,
@@ -64,6 +88,13 @@ def add_train_parser(sub) -> None:
     p.add_argument("--preset", default="scd-s", help="model preset, any case (see `scd info all`; default: scd-s)")
     p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
+    p.add_argument("--codec", metavar="DIR",
+                   help="train a latent world model in this codec's space: a codec or `scd codec train` run "
+                        "directory, or a diffusers autoencoder folder; stored with every checkpoint (default: pixels; "
+                        "with --init-from, the checkpoint's codec). The data is encoded once, cached in DATA/latents")
+    p.add_argument("--patch-size", type=at_least(1), metavar="P",
+                   help="patch size (default: the preset's; with --codec, the one that keeps the preset's token "
+                        "grid, e.g. 1 on an 8x8 latent)")
     add_option(p, "--steps", TrainConfig, "steps", "optimizer steps")
     add_option(p, "--batch", TrainConfig, "batch", "clips per step (the global batch: under torchrun each process "
                "draws batch / processes of them)")
@@ -104,7 +135,9 @@ def add_train_parser(sub) -> None:
                "network output: the velocity (the paper), the clean frame (x-prediction) or the clean frame's change "
                "from the last history frame before or after history noise (starts as copy-last-frame); with "
                "--init-from, the checkpoint's unless given", choices=list(PREDICTIONS))
-    p.set_defaults(prediction=None)  # None: the preset's default, or the --init-from checkpoint's
+    add_option(p, "--sample-steps", ModelConfig, "sample_steps", "denoising steps S the model samples with unless "
+               "told (recorded in its config; with --init-from, the checkpoint's unless given)", type=at_least(1))
+    p.set_defaults(prediction=None, sample_steps=None)  # None: the preset's, or the --init-from checkpoint's
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
     p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",

@@ -125,6 +125,7 @@ class AutoencoderCodec(Codec):
     """A trained convolutional autoencoder: (H, W, 3) frames <-> (C, H / f, W / f) standardised latents."""
 
     kind = "autoencoder"
+    stored_in_checkpoints = True  # a world model's checkpoint holds a copy (scd.checkpoint.codec_record)
 
     def __init__(self, config: AutoencoderConfig, pixel_shape=(64, 64, 3)):
         super().__init__(pixel_shape)
@@ -198,17 +199,22 @@ class AutoencoderCodec(Codec):
                                         "with checkpoints")
             path = newest
         config, state = load_weights(path, "model.safetensors", CODEC_FORMAT)
-        record = config.get("codec")
+        codec = cls.from_record(config.get("codec"), state, f"codec {path}: config.json", "model.safetensors")
+        codec.source = {"path": str(Path(config["path"]).resolve()), "sha256": config["files"]["model.safetensors"]}
+        codec.checkpoint_info = {k: v for k, v in config.items() if k != "files"}
+        return codec
+
+    @classmethod
+    def from_record(cls, record, state: dict[str, torch.Tensor], where: str, file: str) -> "AutoencoderCodec":
+        """The codec a record (to_dict()) describes, with the weights `state` read from `file`; `where` names the
+        record in errors."""
         if not isinstance(record, dict) or record.get("kind") != cls.kind:
-            raise ValueError(f"codec {path}: config.json does not describe an autoencoder codec")
+            raise ValueError(f"{where} does not describe an autoencoder codec")
         try:
             codec = cls(AutoencoderConfig.from_dict(record.get("config")), record.get("pixel_shape"))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"codec {path}: config.json is invalid ({err})") from None
+            raise ValueError(f"{where} is invalid ({err})") from None
         missing, unexpected = codec.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"codec {path}: model.safetensors does not fit its config.json: missing {missing}, "
-                             f"unexpected {unexpected}")
-        codec.source = {"path": str(Path(config["path"]).resolve()), "sha256": config["files"]["model.safetensors"]}
-        codec.checkpoint_info = {k: v for k, v in config.items() if k != "files"}
+            raise ValueError(f"{file} does not fit {where}: missing {missing}, unexpected {unexpected}")
         return codec.eval()

@@ -7,6 +7,7 @@ and to uint8 (scd.data.store.frames_to_model / frames_to_uint8) and the checks l
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -18,6 +19,8 @@ import torch
 from scd.data.store import frames_to_model, frames_to_uint8
 
 CODEC_FORMAT = "scd-codec-v1"  # config.json "format" of a saved codec (scd.codec.autoencoder)
+# Keys of a codec record that say where it was loaded from, not what it computes.
+LOCATION_KEYS = ("path", "sha256", "source", "weights", "fingerprint")
 
 
 def _shape(value, what: str) -> tuple[int, int, int]:
@@ -90,6 +93,34 @@ class Codec(torch.nn.Module):
         z = latents.reshape(-1, *self.frame_shape).to(self.device or latents.device, torch.float32)
         pixels = torch.from_numpy(frames_to_uint8(self.decode_float(z)))  # (N, H, W, 3), clamped and rounded
         return pixels.reshape(*lead, *self.pixel_shape).to(latents.device)
+
+    @torch.no_grad()
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """float (..., C, h, w) -> float32 pixels (..., 3, H, W) clamped to [-1, 1], not rounded, on the latents'
+        device: what the metrics score (for the pixel codec exactly the clamped frames)."""
+        self.check_latents(latents)
+        lead = latents.shape[:-3]
+        z = latents.reshape(-1, *self.frame_shape).to(self.device or latents.device, torch.float32)
+        pixels = self.decode_float(z).float().clamp(-1.0, 1.0)
+        return pixels.reshape(*lead, 3, *self.pixel_shape[:2]).to(latents.device)
+
+    def as_pixels(self, frames: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] (..., 3, H, W) to score: uint8 game frames (..., H, W, 3) as they are, float frames
+        (..., C, h, w) in this codec's space decoded (decode_pixels)."""
+        if isinstance(frames, torch.Tensor) and frames.dtype == torch.uint8:
+            return frames_to_model(self.check_pixels(frames))
+        return self.decode_pixels(frames)
+
+    def fingerprint(self) -> str:
+        """sha256 of what the codec computes: its record (without where it was loaded from) and its tensors. Two
+        codecs with the same fingerprint give the same latents; it keys the latent caches of data sets."""
+        record = {k: v for k, v in self.to_dict().items() if k not in LOCATION_KEYS}
+        digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+        for name, tensor in self.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     # -- checks -------------------------------------------------------------------------------------------------
     def check_pixels(self, frames) -> torch.Tensor:

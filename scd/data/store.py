@@ -19,8 +19,9 @@ Action convention (the models rely on it): ``actions[i]`` is the action that pro
 from frame ``i - 1``. The first frame of an episode (the reset observation) has ``actions[0] == 0``,
 the no-op.
 
-Frames enter a model as float32 ``(..., 3, H, W)`` in ``[-1, 1]`` (see :func:`frames_to_model`) and
-leave it through :func:`frames_to_uint8`.
+Pixels enter a model as float32 ``(..., 3, H, W)`` in ``[-1, 1]`` (see :func:`frames_to_model`) and
+leave it through :func:`frames_to_uint8`; these are the pixel codec's conversions (scd.codec.PixelCodec), and
+consumers of a model go through its codec (``model.codec``), which may be a latent one.
 """
 
 from __future__ import annotations
@@ -511,6 +512,10 @@ class ClipDataset(torch.utils.data.Dataset):
 
     ``episodes`` restricts the clips to these episode indices (e.g. a train/validation split);
     episodes shorter than ``clip_len`` are skipped.
+
+    ``codec`` (scd.codec): frames in its space instead, ``(clip_len, *codec.frame_shape)`` (the pixel codec's are
+    the frames above). A latent codec encodes the whole data set once (``cache_latents``: into a cache file next
+    to the data, scd.codec.latents) or, without caching, each clip when it is read.
     """
 
     def __init__(
@@ -519,8 +524,13 @@ class ClipDataset(torch.utils.data.Dataset):
         clip_len: int,
         episodes: Iterable[int] | None = None,
         stride: int = 1,
+        codec=None,
+        cache_latents: bool = True,
     ) -> None:
         self.store = path_or_store if isinstance(path_or_store, VideoStore) else VideoStore(path_or_store)
+        self.codec, self._latents = codec, None
+        if codec is not None:
+            codec.check_pixel_shape(self.store.frame_shape, f"the data set {self.store.path}")
         if clip_len < 1:
             raise ValueError(f"clip_len must be >= 1, got {clip_len}")
         if stride < 1:
@@ -540,6 +550,10 @@ class ClipDataset(torch.utils.data.Dataset):
             )
         counts = np.array([(lengths[e] - self.clip_len) // self.stride + 1 for e in self.episodes], dtype=np.int64)
         self._ends = np.cumsum(counts)  # clip i belongs to the first episode with _ends > i
+        if codec is not None and codec.kind != "pixel" and cache_latents:
+            from scd.codec.latents import encode_store, episode_rows
+
+            self._latents, self._rows = encode_store(self.store, codec), episode_rows(self.store)
 
     def __len__(self) -> int:
         return int(self._ends[-1])
@@ -554,7 +568,17 @@ class ClipDataset(torch.utils.data.Dataset):
         return self.episodes[k], (i - before) * self.stride
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.store.clip(*self.clip_location(i), self.clip_len)
+        episode, start = self.clip_location(i)
+        if self.codec is None or self.codec.kind == "pixel":  # the pixel codec's frames, as they always were
+            return self.store.clip(episode, start, self.clip_len)
+        frames, actions = self.store.episode(episode)
+        window = slice(start, start + self.clip_len)
+        if self._latents is not None:
+            first = int(self._rows[episode]) + start
+            latents = torch.from_numpy(np.array(self._latents[first : first + self.clip_len]))
+        else:
+            latents = self.codec.encode(frames[window]).cpu()
+        return latents, torch.from_numpy(np.array(actions[window], dtype=np.int64))
 
     @property
     def num_actions(self) -> int:
@@ -572,6 +596,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
-        """``(3, H, W)``: the shape of one model-side frame."""
+        """``(C, H, W)``: the shape of one model-side frame (``(3, H, W)`` pixels, or the codec's)."""
+        if self.codec is not None:
+            return self.codec.frame_shape
         h, w, c = self.store.frame_shape
         return (c, h, w)

@@ -33,7 +33,6 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset
 from ..data.context import ContextSet
-from ..data.store import clip_to_model, frames_to_uint8
 from ..models import build_model
 from ..sampling import Streamer
 from ..timing import timed
@@ -101,7 +100,7 @@ class Frame:
     episode: int
     action: int
     pixels: np.ndarray  # uint8 (H, W, 3)
-    latency: float  # seconds spent in Streamer.step (and the conversion to uint8)
+    latency: float  # seconds spent in Streamer.step (and decoding to uint8 pixels)
     fps: float  # generation rate over the last FPS_WINDOW frames (0 until there are two)
 
 
@@ -123,15 +122,15 @@ class Engine:
         if unknown:
             raise ValueError(f"unknown model names {sorted(unknown)}; use {sorted(MODEL_LABELS)}")
         first = next(iter(models.values())).config
+        pixels = next(iter(models.values())).codec.pixel_shape  # game frames (H, W, 3), whatever each model's space
         for name, model in models.items():
-            if model.config.frame_shape != first.frame_shape or model.config.num_actions != first.num_actions:
-                raise ValueError(f"the models do not play the same game: {name} has frames {model.config.frame_shape} "
-                                 f"and {model.config.num_actions} actions, another has {first.frame_shape} and "
+            if model.codec.pixel_shape != pixels or model.config.num_actions != first.num_actions:
+                raise ValueError(f"the models do not play the same game: {name} has frames {model.codec.pixel_shape} "
+                                 f"and {model.config.num_actions} actions, another has {pixels} and "
                                  f"{first.num_actions}")
-        c, h, w = first.frame_shape
-        if context.frames.shape[2:] != (h, w, c):
+        if context.frames.shape[2:] != pixels:
             raise ValueError(f"{context.source}: context frames are {context.frames.shape[2:]}, the models make "
-                             f"{(h, w, c)} frames")
+                             f"{pixels} frames")
         if context.actions.max() >= first.num_actions:
             raise ValueError(f"{context.source}: context actions go up to {context.actions.max()}, the models know "
                              f"{first.num_actions} actions")
@@ -259,7 +258,7 @@ class Engine:
                 self._presses.clear()
             self.frames_generated = 0
         model = self.models[self.model_name]
-        frames, actions = clip_to_model(frames, actions)
+        frames, actions = torch.from_numpy(np.array(frames)), torch.from_numpy(actions)  # uint8: the codec encodes
         with torch.inference_mode(), self._autocast():
             self.streamer = Streamer(model, frames[None].to(model.device), actions[None].to(model.device),
                                      steps=self.steps, seed=self.seed, window=self.window, compile=self.compile)
@@ -275,7 +274,8 @@ class Engine:
             self.reset()
         action = self._next_action()
         with torch.inference_mode(), self._autocast():
-            pixels, latency = timed(lambda: frames_to_uint8(self.streamer.step(action)[0, 0]))
+            codec = self.streamer.model.codec
+            pixels, latency = timed(lambda: codec.decode(self.streamer.step(action)[0, 0][None])[0].cpu().numpy())
         self._done_times.append(time.perf_counter())
         times = self._done_times
         fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
