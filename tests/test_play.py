@@ -4,6 +4,7 @@ Tiny untrained checkpoints and a tiny context file are written to a tmp dir; the
 free port (or, for Ctrl-C, as an `scd play` subprocess)."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -112,6 +113,17 @@ def test_a_tap_between_two_frames_still_drives_one_frame_then_the_held_key_rules
         engine.set_action(17)
 
 
+def test_without_steps_each_model_renders_with_its_own_sample_steps(assets, tmp_path):
+    models = {"scd": load_model(assets["scd"]), "dit": load_model(assets["dit"])}
+    models["scd"].config = dataclasses.replace(models["scd"].config, sample_steps=3)
+    engine = Engine(models, load_context_npz(assets["context"]), context_frames=3, window=4, steps=None)
+    assert (engine.steps_for("scd"), engine.steps_for("dit")) == (3, models["dit"].config.sample_steps)
+    engine.reset()
+    assert len(engine.streamer.schedule) == 4  # S = 3 steps: 4 flow times
+    assert Engine(models, load_context_npz(assets["context"]), context_frames=3, window=4,
+                  steps=1).steps_for("scd") == 1
+
+
 def test_switching_model_continues_from_the_session_and_reset_restarts_from_real_frames(assets):
     engine = make_engine(assets)
     engine.reset(episode=1)
@@ -207,6 +219,7 @@ def test_the_server_answers_bad_messages_with_errors_and_keeps_streaming(served)
             async with http.ws_connect(served.url + "ws") as ws:
                 hello = await ws.receive_json(timeout=10)
                 assert hello["type"] == "hello" and [a["name"] for a in hello["actions"]] == CRAFTER_ACTIONS
+                assert hello["steps"] == {"scd": 2, "dit": 2}  # --steps 2 overrides each model's own
                 errors = []
                 for message in bad:
                     await (ws.send_bytes(message) if isinstance(message, bytes) else ws.send_str(message))

@@ -29,7 +29,8 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the shipped scd/assets/crafter-context.npz)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps S per frame (default 4)")
+    p.add_argument("--steps", type=int, help="denoising steps S per frame (default: each model's own, 2 for the "
+                                                 "shipped models)")
     p.add_argument("--context", type=int, default=4, help="real frames each session starts from (default 4)")
     p.add_argument("--window", type=int, default=7, help="past frames the next frame sees (default 7: the shipped "
                                                           "models trained on 8-frame clips)")
@@ -49,15 +50,15 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
 def print_benchmark(engine, results: dict, threads: int) -> None:
     from ..play.engine import MODEL_LABELS
 
-    print(f"scd play --benchmark: {next(iter(results.values()))['frames']} frames per model, S={engine.steps} "
-          f"denoising steps, window {engine.window}, context {engine.context_frames}, {threads} torch thread(s), "
-          f"bf16 {'on' if engine.bf16 else 'off'}, compile {'on' if engine.compile else 'off'}, "
-          f"{engine.models[next(iter(results))].device}")
-    print(f"{'model':<11} {'blocks':>6} {'params':>7} {'BP/frame':>8} {'frames/s':>8} "
+    print(f"scd play --benchmark: {next(iter(results.values()))['frames']} frames per model, window {engine.window}, "
+          f"context {engine.context_frames}, {threads} torch thread(s), bf16 {'on' if engine.bf16 else 'off'}, "
+          f"compile {'on' if engine.compile else 'off'}, {engine.models[next(iter(results))].device}")
+    print(f"{'model':<11} {'blocks':>6} {'params':>7} {'S':>3} {'BP/frame':>8} {'frames/s':>8} "
           f"{'latency ms: mean':>16} {'p50':>6} {'p90':>6} {'max':>6}")
     for name, r in results.items():
-        info = engine.models[name].describe(engine.steps)
-        print(f"{MODEL_LABELS[name]:<11} {info['blocks']:>6} {info['params'] / 1e6:>6.1f}M "
+        steps = engine.steps_for(name)
+        info = engine.models[name].describe(steps)
+        print(f"{MODEL_LABELS[name]:<11} {info['blocks']:>6} {info['params'] / 1e6:>6.1f}M {steps:>3} "
               f"{info['block_passes_per_frame']:>8} {r['fps']:>8.1f} {r['mean_ms']:>16.1f} {r['p50_ms']:>6.1f} "
               f"{r['p90_ms']:>6.1f} {r['max_ms']:>6.1f}")
     if {"scd", "dit"} <= set(results):

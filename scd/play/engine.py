@@ -109,11 +109,12 @@ class Engine:
 
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
     starts from the last `context_frames` frames of one episode. action_names: the game's (e.g. from the
-    checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame;
+    checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame
+    (default: each model's own `config.sample_steps`);
     window: past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU;
     compile: the compiled per-frame step (the first frames of each model wait for the compiler)."""
 
-    def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int = 4,
+    def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int | None = None,
                  context_frames: int = 4, window: int = 7, seed: int = 0, bf16: bool = False,
                  compile: bool = False, on_event: Callable | None = None):
         if not models:
@@ -138,7 +139,7 @@ class Engine:
             raise ValueError(f"--context {context_frames}: {context.source} holds 1..{context.length} frames per episode")
         if context_frames > window:
             raise ValueError(f"--context {context_frames} exceeds the history --window {window}")
-        if steps < 1:
+        if steps is not None and steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         self.models, self.context = models, context
         self.steps, self.context_frames, self.window, self.seed, self.bf16 = steps, context_frames, window, seed, bf16
@@ -168,6 +169,10 @@ class Engine:
         self.frames_generated = 0
         self._done_times: deque[float] = deque(maxlen=FPS_WINDOW)
         self.streamer: Streamer | None = None
+
+    def steps_for(self, name: str) -> int:
+        """The denoising steps model `name` renders with: --steps, else the model's own `config.sample_steps`."""
+        return self.models[name].config.sample_steps if self.steps is None else self.steps
 
     def _action_names(self, names, num_actions: int) -> tuple[str, ...]:
         """The given names, else the context source's, else action_<id> (names of another game are passed over)."""
@@ -261,7 +266,8 @@ class Engine:
         frames, actions = torch.from_numpy(np.array(frames)), torch.from_numpy(actions)  # uint8: the codec encodes
         with torch.inference_mode(), self._autocast():
             self.streamer = Streamer(model, frames[None].to(model.device), actions[None].to(model.device),
-                                     steps=self.steps, seed=self.seed, window=self.window, compile=self.compile)
+                                     steps=self.steps_for(self.model_name), seed=self.seed, window=self.window,
+                                     compile=self.compile)
         self._done_times.clear()
 
     def _next_action(self) -> int:

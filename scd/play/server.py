@@ -300,7 +300,7 @@ class PlayServer:
         models = [{"id": name, "label": MODEL_LABELS[name], "arch": m.config.arch,
                    "params": sum(p.numel() for p in m.parameters())} for name, m in engine.models.items()]
         return {**engine.status(), "type": "hello", "actions": key_bindings(engine.action_names), "models": models,
-                "steps": engine.steps, "window": engine.window, "context": engine.context_frames,
+                "steps": {name: engine.steps_for(name) for name in engine.models}, "window": engine.window, "context": engine.context_frames,
                 "max_message_bytes": MAX_MESSAGE_BYTES}
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:

@@ -143,7 +143,8 @@ function onMessage(event) {
     buildModels(msg.models);
     showStatus(msg);
     for (const id of ["pause", "reset", "next", "save"]) $(id).disabled = false;
-    say(`${msg.steps} denoising steps per frame, ${msg.window} frames of history`);
+    const steps = msg.models.map((m) => `${m.label} ${msg.steps[m.id]}`).join(", ");
+    say(`denoising steps per frame: ${steps}; ${msg.window} frames of history`);
   } else if (msg.type === "status") {
     showStatus(msg);
   } else if (msg.type === "saved") {
