@@ -70,7 +70,7 @@ MUTATIONS = [
     Mutation("change prediction trains frame 0 (no x_{i-1})", "scd/flow.py",
              "        error = error[:, 1:]", "        error = error", ("tests/test_train.py",)),
     Mutation("change prediction anchored on x_i instead of x_{i-1}", "scd/flow.py",
-             "history[:, :1]), history[:, :-1]], dim=1)", "history[:, :1]), history[:, 1:]], dim=1)",
+             "past[:, :1]), past[:, :-1]], dim=1)", "past[:, :1]), past[:, 1:]], dim=1)",
              ("tests/test_train.py",)),
     Mutation("change prediction's sample not added to x_{i-1}", "scd/flow.py",
              "return _required(anchor).to(sample.dtype) + sample", "return sample", ("tests/test_models.py",)),
