@@ -87,12 +87,8 @@ class Codec(torch.nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """float (..., C, h, w) -> uint8 (..., H, W, 3) on the latents' device."""
-        self.check_latents(latents)
-        lead = latents.shape[:-3]
-        z = latents.reshape(-1, *self.frame_shape).to(self.device or latents.device, torch.float32)
-        pixels = torch.from_numpy(frames_to_uint8(self.decode_float(z)))  # (N, H, W, 3), clamped and rounded
-        return pixels.reshape(*lead, *self.pixel_shape).to(latents.device)
+        """float (..., C, h, w) -> uint8 (..., H, W, 3) on the latents' device: decode_pixels, rounded."""
+        return torch.from_numpy(frames_to_uint8(self.decode_pixels(latents))).to(latents.device)
 
     @torch.no_grad()
     def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
