@@ -101,6 +101,20 @@ def test_record_is_deterministic(crafter_dir, tmp_path):
     assert dataset_bytes(again) == dataset_bytes(crafter_dir)
 
 
+def test_record_with_workers_is_the_same_dataset(crafter_dir, tmp_path):
+    parallel = tmp_path / "parallel"
+    record("crafter", parallel, episodes=2, steps=STEPS, seed=0, progress=False, workers=2)
+    assert dataset_bytes(parallel) == dataset_bytes(crafter_dir)
+
+
+def test_record_full_length_with_workers_keeps_the_serial_seeds(tmp_path):
+    serial = record("atari:Breakout", tmp_path / "a", episodes=2, steps=230, seed=0, progress=False, full_length=True)
+    parallel = record("atari:Breakout", tmp_path / "b", episodes=2, steps=230, seed=0, progress=False,
+                      full_length=True, workers=3)
+    assert [ep.seed for ep in parallel.episodes] == [ep.seed for ep in serial.episodes]
+    assert dataset_bytes(tmp_path / "a") == dataset_bytes(tmp_path / "b")
+
+
 def test_record_atari(atari_dir, tmp_path):
     store = VideoStore(atari_dir)
     assert store.meta.source == "atari:Breakout" and store.action_names == ("NOOP", "FIRE", "RIGHT", "LEFT")
@@ -136,6 +150,8 @@ def test_record_rejects_bad_arguments(tmp_path):
         record("atari:NoSuchGame", tmp_path / "x", episodes=1, steps=5, seed=0, progress=False)
     with pytest.raises(ValueError, match="steps"):
         record("crafter", tmp_path / "x", episodes=1, steps=0, seed=0, progress=False)
+    with pytest.raises(ValueError, match="workers"):
+        record("crafter", tmp_path / "x", episodes=1, steps=5, seed=0, progress=False, workers=0)
     with pytest.raises(ValueError, match="unknown benchmark"):
         record_benchmark("nope", tmp_path / "x")
 

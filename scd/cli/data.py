@@ -32,6 +32,8 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
     rec.add_argument("--full-length", action="store_true", help="drop episodes that end early, try further seeds")
     rec.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    rec.add_argument("--workers", type=int, default=1,
+                     help="processes rolling episodes out (the dataset is the same for any number)")
     rec.set_defaults(func=_record)
 
     teco = sub.add_parser("import-teco", help="import TECO-style .npz episodes (video, actions)")
@@ -76,6 +78,7 @@ def _record(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             overwrite=args.overwrite,
             full_length=args.full_length,
+            workers=args.workers,
         )
     _summary(meta, args.out)
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import importlib.metadata
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -395,6 +396,47 @@ def _make_source(source: str, size: int):
 # Entry points
 
 
+_WORKER_SOURCE = None  # each recording worker process builds its source once (see _worker_rollout)
+
+
+def _start_worker(source: str, size: int) -> None:
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = _make_source(source, size)
+
+
+def _worker_rollout(ep_seed: int, steps: int) -> _Episode:
+    return _WORKER_SOURCE.rollout(ep_seed, steps, lambda n: None)
+
+
+def _episodes(src, source: str, size: int, seeds: Iterable[int], steps: int, workers: int, tick):
+    """Yield (seed, episode) for `seeds` in order: rolled out here, or by `workers` processes (the same episodes,
+    since a seed fixes its episode; the pool reads ahead of the consumer and is stopped when it stops)."""
+    if workers == 1:
+        for ep_seed in seeds:
+            yield ep_seed, src.rollout(ep_seed, steps, tick)
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    # fork keeps the caller's imports; a pool made by threads that hold locks would want spawn (not the case here)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                                initargs=(source, size)) as pool:
+        seeds = iter(seeds)
+        pending = collections.deque((s, pool.submit(_worker_rollout, s, steps))
+                                    for s in itertools.islice(seeds, 2 * workers))
+        try:
+            while pending:
+                ep_seed, future = pending.popleft()
+                episode = future.result()
+                pending.extend((s, pool.submit(_worker_rollout, s, steps)) for s in itertools.islice(seeds, 1))
+                tick(len(episode.frames))
+                yield ep_seed, episode
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
 def record(
     source: str,
     out_dir: str | os.PathLike,
@@ -408,6 +450,7 @@ def record(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     full_length: bool = False,
     benchmark: str | None = None,
+    workers: int = 1,
 ) -> DatasetMeta:
     """Roll out ``source`` for ``episodes`` episodes of at most ``steps`` frames and write a dataset.
 
@@ -416,9 +459,11 @@ def record(
     candidate seed is tried, so every episode has exactly ``steps`` frames; candidate ``j`` always uses
     ``episode_seed(seed, j)`` and meta.json lists the seeds kept, so this stays deterministic.
     Frames are uint8 ``(size, size, 3)``; ``actions[0] = 0`` and ``actions[t]`` produced frame ``t``.
+    ``workers`` > 1 rolls episodes out in that many processes; the dataset is the same bit for bit.
     Returns the metadata written to ``out_dir/meta.json``. ``benchmark`` only labels the recording.
     """
-    for name, value, low in (("episodes", episodes, 1), ("steps", steps, 1), ("seed", seed, 0), ("size", size, 8)):
+    for name, value, low in (("episodes", episodes, 1), ("steps", steps, 1), ("seed", seed, 0), ("size", size, 8),
+                             ("workers", workers, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if episodes > EPISODE_SEED_STRIDE:
@@ -429,11 +474,9 @@ def record(
     kept = discarded = 0
     try:
         with tqdm(total=episodes * steps, disable=not progress, unit="frame", desc=f"record {source}") as bar:
-            for candidate in range(max_candidates):
-                if kept == episodes:
-                    break
-                ep_seed = episode_seed(seed, candidate)
-                episode = src.rollout(ep_seed, steps, bar.update)
+            seeds = (episode_seed(seed, candidate) for candidate in range(max_candidates))
+            rollouts = _episodes(src, source, size, seeds, steps, workers, bar.update)
+            for ep_seed, episode in rollouts:
                 if len(episode.frames) < steps and full_length:
                     discarded += 1
                     bar.total += len(episode.frames)  # wasted work stays visible
@@ -442,6 +485,9 @@ def record(
                 bar.update(steps - len(episode.frames))  # an episode that ended early frees its budget
                 writer.add_episode(episode.frames, episode.actions, ep_seed)
                 kept += 1
+                if kept == episodes:
+                    rollouts.close()  # stops the workers' read-ahead
+                    break
     finally:
         if hasattr(src, "close"):
             src.close()
