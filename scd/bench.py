@@ -5,6 +5,7 @@ both are from what the machine can do.
     scd bench --context 16 128 --json          # several context lengths; JSON instead of the table
     scd bench --compile --bf16                 # also the compiled per-frame step; bf16 autocast and its effect
     scd bench --checkpoint runs/scd-xs         # a trained model replaces the preset of its architecture
+    scd bench --device cuda --cfg 1.5          # on a GPU (CUDA graphs under --compile), with guidance
 
 What is measured, per context length C (both models use the real streaming path, `scd.sampling.Streamer`, with a
 window of C frames: every frame sees exactly C past frames and the KV cache is full, its steady state):
@@ -58,7 +59,7 @@ import torch
 
 from .config import PRESETS, ModelConfig
 from .models import WorldModel, build_model
-from .sampling import Streamer, generate
+from .sampling import Guidance, Streamer, generate
 from .timing import sync, timed
 
 FORMAT = "scd-bench-v2"
@@ -94,18 +95,26 @@ def _inputs(config: ModelConfig, context: int, frames: int, batch: int, seed: in
     return ctx.to(device), actions.to(device)
 
 
-def _first_frame(model: WorldModel, ctx, actions, steps: int, seed: int, compile: bool = False) -> Streamer:
+def _guidance(scale: float | None) -> Guidance | None:
+    """The guidance a bench run streams with: classifier-free guidance whose negative branch drops the action
+    (both models run both branches in every pass), or none."""
+    return None if scale is None else Guidance(scale=scale, null_action=True)
+
+
+def _first_frame(model: WorldModel, ctx, actions, steps: int, seed: int, compile: bool = False,
+                 guidance: float | None = None) -> Streamer:
     """A Streamer with a window of C frames that has prefilled the C context frames and made the first frame (what
     first-frame latency times)."""
     c = ctx.shape[1]
-    streamer = Streamer(model, ctx, actions[:, :c], steps=steps, seed=seed, window=c, compile=compile)
+    streamer = Streamer(model, ctx, actions[:, :c], steps=steps, seed=seed, window=c, compile=compile,
+                        guidance=_guidance(guidance))
     streamer.step(actions[:, c])
     return streamer
 
 
-def _stream_run(model: WorldModel, ctx, actions, steps: int, seed: int) -> Streamer:
+def _stream_run(model: WorldModel, ctx, actions, steps: int, seed: int, guidance: float | None = None) -> Streamer:
     """Prefill + the first frame + the frames after it, the run that memory is measured on. Returns the Streamer."""
-    streamer = _first_frame(model, ctx, actions, steps, seed)
+    streamer = _first_frame(model, ctx, actions, steps, seed, guidance=guidance)
     for i in range(ctx.shape[1] + 1, actions.shape[1]):
         streamer.step(actions[:, i])
     return streamer
@@ -129,7 +138,7 @@ def memory_probe(spec: dict) -> dict:
     with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS
         f.write("5")
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["bf16"]):
-        streamer = _stream_run(bm.model, ctx, actions, spec["steps"], spec["seed"])
+        streamer = _stream_run(bm.model, ctx, actions, spec["steps"], spec["seed"], spec["guidance"])
     peak = _status_kib("VmHWM")
     return {"peak_bytes": (peak - base) * 1024, "kv_cache_bytes": streamer.stream.cache.nbytes()}
 
@@ -141,7 +150,7 @@ def _peak_memory(bm: BenchModel, device: torch.device, spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=spec["bf16"]):
-            _stream_run(bm.model, ctx, actions, spec["steps"], spec["seed"])
+            _stream_run(bm.model, ctx, actions, spec["steps"], spec["seed"], spec["guidance"])
         sync(device)
         return {"peak_bytes": torch.cuda.max_memory_allocated(device) - base,
                 "measure": "torch.cuda.max_memory_allocated growth over one streaming run"}
@@ -208,14 +217,15 @@ class Variant:
         return self.bench_model.model
 
 
-def bf16_effect(model: WorldModel, ctx, actions, steps: int, seed: int) -> dict:
+def bf16_effect(model: WorldModel, ctx, actions, steps: int, seed: int, guidance: float | None = None) -> dict:
     """PSNR (dB, frames in [-1, 1]) and the largest difference of the bf16 rollout against the fp32 one, from the
     same inputs and seed."""
     c = ctx.shape[1]
     frames = {}
     for bf16 in (False, True):
         with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
-            frames[bf16] = generate(model, ctx, actions, steps=steps, seed=seed, window=c).float()
+            frames[bf16] = generate(model, ctx, actions, steps=steps, seed=seed, window=c,
+                                    guidance=_guidance(guidance)).float()
     mse = (frames[True] - frames[False]).pow(2).mean().item()
     return {"bf16_psnr_db": 10 * math.log10(4 / mse) if mse > 0 else math.inf,
             "bf16_max_abs": (frames[True] - frames[False]).abs().max().item()}
@@ -236,12 +246,14 @@ def bench(
     progress: bool = True,
     compile: bool = False,
     profile_frames: int = 2,
+    guidance: float | None = None,
 ) -> dict:
     """Time an SCD model and a Causal DiT side by side (with compile, each also with the compiled step); returns
     the report dict (see `format_table`).
 
     models: exactly one with arch "scd" and one with arch "causal_dit" (ratios are DiT / SCD).
-    contexts: context lengths C >= 1 (frames prefilled before the first generated frame, and the window)."""
+    contexts: context lengths C >= 1 (frames prefilled before the first generated frame, and the window).
+    guidance: a classifier-free guidance scale (negative branch: the null action), or None for none."""
     from tqdm import tqdm
 
     archs = sorted(m.model.config.arch for m in models)
@@ -280,7 +292,7 @@ def bench(
         "torch": torch.__version__,
         "dtype": "bf16 autocast" if bf16 else "fp32",
         "steps": steps, "batch": batch, "frames": frames, "repeats": repeats, "warmup": warmup,
-        "compile": compile, "profile_frames": profile_frames,
+        "compile": compile, "profile_frames": profile_frames, "guidance": guidance,
         "matmul_peak_gflops": matmul_peak(dev, dtype),
         "models": [
             {"label": m.label, "source": m.source, "arch": m.model.config.arch,
@@ -304,7 +316,7 @@ def bench(
                 streamers = {}
                 for v in order:
                     streamers[v.label], seconds = timed(lambda: _first_frame(v.model, ctx, actions, steps, seed,
-                                                                             v.compile), dev)
+                                                                             v.compile, guidance), dev)
                     if r >= warmup:
                         first[v.label].append(seconds)
                     bar.update()
@@ -317,13 +329,14 @@ def bench(
                 kv_bytes = {label: s.stream.cache.nbytes() for label, s in streamers.items()}
                 del streamers
             for v in variants if profile_frames else []:
-                streamer = _first_frame(v.model, ctx, actions, steps, seed, v.compile)
+                streamer = _first_frame(v.model, ctx, actions, steps, seed, v.compile, guidance)
                 profiles[v.label] = dispatch_profile(lambda: streamer.step(actions[:, c + 1]), profile_frames, dev)
         run = {"context": c, "window": c, "models": {}}
-        spec = dict(context=c, frames=frames, batch=batch, steps=steps, seed=seed, bf16=bf16)
+        spec = dict(context=c, frames=frames, batch=batch, steps=steps, seed=seed, bf16=bf16, guidance=guidance)
         for v in variants:
             m = v.model
-            flops = m.frame_flops(steps, m.cache_frames(c) - 1, batch)["total"]  # a full cache
+            branches = 1 if guidance is None else 2  # guidance runs both branches in every pass
+            flops = m.frame_flops(steps, m.cache_frames(c) - 1, batch, branches)["total"]  # a full cache
             spf = statistics.median(per_frame[v.label])
             entry = {
                 "model": v.bench_model.label,
@@ -345,7 +358,7 @@ def bench(
                 mem = _peak_memory(v.bench_model, dev, spec)
                 entry.update(peak_memory_bytes=mem["peak_bytes"], peak_memory_measure=mem["measure"])
             if bf16 and not v.compile:
-                entry.update(bf16_effect(m, ctx, actions[:, : c + 1 + frames], steps, seed))
+                entry.update(bf16_effect(m, ctx, actions[:, : c + 1 + frames], steps, seed, guidance))
             run["models"][v.label] = entry
         by_arch = {v.model.config.arch: v.label for v in variants if not v.compile}
         run["ratio_dit_over_scd"] = _ratios(run["models"][by_arch["causal_dit"]], run["models"][by_arch["scd"]])
@@ -387,7 +400,9 @@ def format_table(report: dict) -> str:
     """The report as a plain-text table (one block per context length) with the DiT / SCD ratios."""
     models = {m["label"]: m for m in report["models"]}
     lines = [
-        f"scd bench: S={report['steps']} steps, batch {report['batch']}, {report['device']} "
+        f"scd bench: S={report['steps']} steps"
+        + (f", guidance {report['guidance']} (both branches)" if report.get("guidance") is not None else "")
+        + f", batch {report['batch']}, {report['device']} "
         f"({report['threads']} threads), {report['dtype']}, torch {report['torch']}; s/frame = median of "
         f"{report['repeats']} x {report['frames']} frames, models interleaved, {report['warmup']} warm-up repeat(s)",
         "weights: " + ", ".join(f"{m['label']} {m['weights']}" for m in report["models"]),

@@ -339,15 +339,21 @@ class CausalDiT(WorldModel):
     def block_pass_formula(self, steps: int) -> str:
         return f"{self.config.depth}x{steps} + {self.config.depth}"
 
-    def frame_flops(self, steps: int, history: int, batch: int = 1) -> dict[str, int]:
+    def frame_flops(self, steps: int, history: int, batch: int = 1, branches: int = 1) -> dict[str, int]:
         """Analytical FLOPs to stream one frame whose history holds `history` frames: "context", the clean pass
         that writes the finished frame's K/V; "denoise", the S steps; "total". Matmuls and attention only (what
-        torch.utils.flop_counter counts); the noisy frame attends its history and itself."""
+        torch.utils.flop_counter counts); the noisy frame attends its history and itself. With guidance the S
+        steps run the frame in `branches` versions; every pass, the clean one too, attends the history and the
+        cache's slots of all versions (static shapes; a mask hides the others)."""
         p = self.config.tokens_per_frame
-        keys = (history + 1) * p
-        trunk = (self.cond.flops(batch) + linear_flops(self.embed, batch * p)
-                 + sum(block.flops(batch, p, keys) for block in self.blocks))
-        return _frame_cost(trunk, trunk + self.head.flops(batch, p), steps)
+
+        def trunk(n: int, keys: int) -> int:
+            return (self.cond.flops(n) + linear_flops(self.embed, n * p)
+                    + sum(block.flops(n, p, keys) for block in self.blocks))
+
+        g = branches
+        step = trunk(batch * g, (history + g) * p) + self.head.flops(batch * g, p)
+        return _frame_cost(trunk(batch, (history + g) * p), step, steps)
 
     def describe(self, steps: int) -> dict:
         return {**super().describe(steps), "blocks": str(self.config.depth)}
@@ -452,18 +458,26 @@ class SCD(WorldModel):
         passes = self.encoder_input.passes_per_frame
         return f"{f'{passes}x' if passes > 1 else ''}{self.config.encoder_depth} + {steps}x{self.config.decoder_depth}"
 
-    def frame_flops(self, steps: int, history: int, batch: int = 1) -> dict[str, int]:
+    def frame_flops(self, steps: int, history: int, batch: int = 1, branches: int = 1) -> dict[str, int]:
         """Analytical FLOPs to stream one frame whose history holds `history` frames: "context", the encoder's
         passes (its slot attends the history); "denoise", the S decoder steps over the fused tokens; "total".
-        Matmuls and attention only (what torch.utils.flop_counter counts)."""
-        p = self.config.tokens_per_frame
+        Matmuls and attention only (what torch.utils.flop_counter counts). With guidance the encoder pass that
+        reads c_i and the S steps run the frame in `branches` versions; encoder passes attend the history and the
+        slots of all versions (static shapes; a mask hides the others)."""
+        p, g = self.config.tokens_per_frame, branches
         enc, dec = self.encoder, self.decoder
-        encoder_pass = (linear_flops(enc.embed, batch * p) + enc.cond.flops(batch)
-                        + sum(block.flops(batch, p, (history + 1) * p) for block in enc.blocks))
+
+        def encoder_pass(versions: int) -> int:
+            return (linear_flops(enc.embed, batch * p) + enc.cond.flops(batch * versions)
+                    + sum(block.flops(batch * versions, p, (history + g) * p) for block in enc.blocks))
+
+        n = batch * g
         tokens = dec.fuse.tokens(p)
-        step = (dec.cond.flops(batch) + linear_flops(dec.embed, batch * p) + dec.fuse.flops(batch * p)
-                + sum(block.flops(batch, tokens, tokens) for block in dec.blocks) + dec.head.flops(batch, p))
-        return _frame_cost(self.encoder_input.passes_per_frame * encoder_pass, step, steps)
+        step = (dec.cond.flops(n) + linear_flops(dec.embed, n * p) + dec.fuse.flops(n * p)
+                + sum(block.flops(n, tokens, tokens) for block in dec.blocks) + dec.head.flops(n, p))
+        # the pass that reads c_i runs every version; a second pass (noisy_current) caches the finished frame
+        context = encoder_pass(g) + (self.encoder_input.passes_per_frame - 1) * encoder_pass(1)
+        return _frame_cost(context, step, steps)
 
     def describe(self, steps: int) -> dict:
         cfg = self.config

@@ -13,13 +13,14 @@ from scd.checkpoint import save_checkpoint
 from scd.cli import main
 from scd.config import get_preset
 from scd.models import build_model
-from scd.sampling import Streamer
+from scd.sampling import Guidance, Streamer
 
 
+@pytest.mark.parametrize("guided", [False, True])
 @pytest.mark.parametrize("preset, changes", [("dit-tiny", {}), ("scd-tiny", {}), ("scd-tiny", {"fusion": "channel"}),
                                              ("scd-tiny", {"fusion": "seq_same"}),
                                              ("scd-tiny", {"encoder_input": "noisy_current"})])
-def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset, changes):
+def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset, changes, guided):
     config = get_preset(preset).replace(**changes)
     model = build_model(config).eval()
     batch, context, steps = 2, 3, 2
@@ -28,13 +29,15 @@ def test_analytical_flops_match_a_brute_force_count_of_one_streamed_frame(preset
     # The counted frame has a history of context + 1 frames; with this window they fill the KV cache, whose every
     # slot attention reads (static shapes).
     window = context + 2 - (model.cache_frames(1) - 1)
-    streamer = Streamer(model, frames, actions[:, :context], steps=steps, window=window)
+    guidance = Guidance(scale=1.5, null_action=True) if guided else None  # both branches in every pass
+    streamer = Streamer(model, frames, actions[:, :context], steps=steps, window=window, guidance=guidance)
     streamer.step(actions[:, context])
     assert streamer.stream.cache.slots == context + 2
     # The math backend spells attention out as bmm, which the counter sees (it skips the fused CPU kernel).
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         streamer.step(actions[:, context + 1])
-    assert counter.get_total_flops() == model.frame_flops(steps, history=context + 1, batch=batch)["total"]
+    expected = model.frame_flops(steps, history=context + 1, batch=batch, branches=2 if guided else 1)["total"]
+    assert counter.get_total_flops() == expected
 
 
 def test_bench_interleaves_both_models_and_reports_sane_numbers(monkeypatch):
@@ -73,6 +76,20 @@ def test_bench_interleaves_both_models_and_reports_sane_numbers(monkeypatch):
     table = format_table(report)
     assert "DiT/SCD: s/frame" in table and "scd-tiny (scd)" in table and "random (preset initialisation)" in table
     assert "scd-tiny+compile (scd)" in table and "compile speed-up" in table
+
+
+def test_bench_with_guidance_counts_both_branches(capsys):
+    argv = ("bench --scd scd-tiny --dit dit-tiny --context 2 --steps 2 --frames 1 --repeats 1 --warmup 0 "
+            "--profile-frames 0 --cfg 1.5 --json").split()
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["guidance"] == 1.5
+    models = {m["label"]: m for m in report["models"]}
+    for label, e in report["runs"][0]["models"].items():
+        model = load_bench_model(label).model
+        assert e["flops_per_frame"] == model.frame_flops(2, model.cache_frames(2) - 1, 1, branches=2)["total"]
+        assert e["flops_per_frame"] > model.frame_flops(2, model.cache_frames(2) - 1, 1)["total"]
+        assert e["peak_memory_bytes"] > 0 and models[label]["block_passes_per_frame"] > 0
 
 
 def test_bf16_effect_is_measured_against_fp32():

@@ -27,6 +27,9 @@ def add_bench_parser(subparsers) -> None:
                    help="also time each model with the compiled per-frame step (its warm-up repeat compiles)")
     p.add_argument("--profile-frames", type=int, default=2,
                    help="frames per model under torch.profiler for the Python/dispatch share (0: none)")
+    p.add_argument("--cfg", type=float, default=None, metavar="SCALE",
+                   help="stream with classifier-free guidance at this scale (negative branch: the null action; "
+                        "both branches run in every pass)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -47,6 +50,6 @@ def cmd_bench(args) -> int:
     report = bench(models, args.context, steps=args.steps, batch=args.batch, frames=args.frames,
                    repeats=args.repeats, warmup=args.warmup, device=args.device, bf16=args.bf16,
                    memory=not args.no_memory, seed=args.seed, compile=args.compile,
-                   profile_frames=args.profile_frames)
+                   profile_frames=args.profile_frames, guidance=args.cfg)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
