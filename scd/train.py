@@ -215,6 +215,8 @@ class Processes:
                 raise ValueError(f"device {requested}: CUDA is not available on this machine")
             if (device.index or 0) >= torch.cuda.device_count():
                 raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            if device.index is None:  # an index, which torch.random.fork_rng needs (torch 2.11)
+                device = torch.device("cuda", torch.cuda.current_device())
         return device
 
 

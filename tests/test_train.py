@@ -253,3 +253,16 @@ def test_noisy_change_prediction_changes_from_the_corrupted_history_frame(arch):
     model, frames, actions = untrained_change_model_on_a_static_clip(arch, "change-noisy")
     assert flow_matching_loss(model, frames, actions, FlowConfig(history_noise=0.0, K=2)).item() < 0.02
     assert flow_matching_loss(model, frames, actions, FlowConfig(history_noise=0.3, K=2)).item() > 0.04  # ~0.06
+
+
+def test_a_cuda_device_gets_an_index(monkeypatch):
+    # torch.random.fork_rng (each micro-batch's noise stream) needs cuda:N; `--device cuda` once crashed there.
+    from scd.train import Processes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert Processes().device("cuda") == torch.device("cuda", 1)
+    assert Processes().device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="2 CUDA device"):
+        Processes().device("cuda:2")
