@@ -131,7 +131,7 @@ def test_latents_are_cached_next_to_the_data_once_per_codec(data, codec_run, mon
     store = VideoStore(data)
     path = cache_path(store, codec)
     path.unlink(missing_ok=True)
-    cached = ClipDataset(store, 4, codec=codec)
+    cached = ClipDataset(store, 4, codec=codec, encode_device="cpu")  # the training device encodes
     assert path.exists() and path.parent == data / "latents"
     fresh = ClipDataset(store, 4, codec=codec, cache_latents=False)  # each clip encoded when read
     for i in (0, 7, len(cached) - 1):

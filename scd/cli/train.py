@@ -35,7 +35,8 @@ def cmd_train(args) -> int:
         codec = load_codec(args.codec, pixel_shape=store.frame_shape)  # a codec for other frames fails here
     elif args.init_from:
         codec = load_model_codec(read_config(args.init_from))
-    data = ClipDataset(store, args.clip_len, codec=codec)  # a latent codec encodes the data once (cached)
+    # a latent codec encodes the data once (cached), on the training device
+    data = ClipDataset(store, args.clip_len, codec=codec, encode_device=args.device)
     inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
     if args.init_from:  # the checkpoint's network and settings, but those given here
         model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])

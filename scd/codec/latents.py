@@ -11,12 +11,14 @@ or a data set recorded again at the same path, never reads stale latents.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from scd.data.store import META_FILE, VideoStore, frames_file
@@ -40,11 +42,13 @@ def episode_rows(store: VideoStore) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(store.episode_lengths)[:-1]]).astype(np.int64)
 
 
-def encode_store(store: VideoStore, codec: Codec, *, cache: bool = True, batch: int = 64,
-                 progress: bool = True) -> np.ndarray:
+def encode_store(store: VideoStore, codec: Codec, *, cache: bool = True, batch: int = 256,
+                 progress: bool = True, device: str | torch.device | None = None) -> np.ndarray:
     """Every frame of `store` encoded by `codec`: float32 (num_frames, C, h, w), episode i at rows
     episode_rows(store)[i] onwards. With `cache` it is read from (or, the first time, written to) cache_path,
-    memory-mapped; a data directory that cannot be written to keeps the latents in memory, with a warning."""
+    memory-mapped; a data directory that cannot be written to keeps the latents in memory, with a warning.
+    device: where a copy of the codec encodes (the training GPU: a CPU-side codec shared by several runs encoded
+    ~60 frames/s on the lent H200's host); `codec` itself stays where it is."""
     codec.check_pixel_shape(store.frame_shape, f"the data set {store.path}")
     shape = (store.num_frames, *codec.frame_shape)
     path = cache_path(store, codec) if cache else None
@@ -57,6 +61,8 @@ def encode_store(store: VideoStore, codec: Codec, *, cache: bool = True, batch: 
             pass  # a damaged cache file: encode again and replace it
     latents = np.empty(shape, np.float32)
     rows = episode_rows(store)
+    if device is not None and codec.device is not None and codec.device != torch.device(device):
+        codec = copy.deepcopy(codec).to(device)
     with tqdm(total=store.num_frames, desc="encode latents", unit="frame", disable=not progress) as bar:
         for e in range(store.num_episodes):
             frames, _ = store.episode(e)

@@ -515,7 +515,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     ``codec`` (scd.codec): frames in its space instead, ``(clip_len, *codec.frame_shape)`` (the pixel codec's are
     the frames above). A latent codec encodes the whole data set once (``cache_latents``: into a cache file next
-    to the data, scd.codec.latents) or, without caching, each clip when it is read.
+    to the data, scd.codec.latents; on ``encode_device``, e.g. the training GPU) or, without caching, each clip
+    when it is read.
     """
 
     def __init__(
@@ -526,6 +527,7 @@ class ClipDataset(torch.utils.data.Dataset):
         stride: int = 1,
         codec=None,
         cache_latents: bool = True,
+        encode_device: str | torch.device | None = None,
     ) -> None:
         self.store = path_or_store if isinstance(path_or_store, VideoStore) else VideoStore(path_or_store)
         self.codec, self._latents = codec, None
@@ -553,7 +555,8 @@ class ClipDataset(torch.utils.data.Dataset):
         if codec is not None and codec.kind != "pixel" and cache_latents:
             from scd.codec.latents import encode_store, episode_rows
 
-            self._latents, self._rows = encode_store(self.store, codec), episode_rows(self.store)
+            self._latents = encode_store(self.store, codec, device=encode_device)
+            self._rows = episode_rows(self.store)
 
     def __len__(self) -> int:
         return int(self._ends[-1])
