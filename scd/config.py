@@ -208,3 +208,5 @@ SHIPPED_CHECKPOINTS = {"scd": ASSETS_DIR / "crafter-scd-xs", "dit": ASSETS_DIR /
 SHIPPED_CONTEXT = ASSETS_DIR / "crafter-context.npz"
 # Names that load_model (and every --checkpoint) accepts for the shipped checkpoints.
 SHIPPED_MODELS = {"crafter-scd": SHIPPED_CHECKPOINTS["scd"], "crafter-dit": SHIPPED_CHECKPOINTS["dit"]}
+# Names that load_codec (and every --codec) accepts for the shipped codecs: the Crafter autoencoder, 64x64 -> 4x16x16.
+SHIPPED_CODECS = {"crafter": ASSETS_DIR / "crafter-codec"}

@@ -44,8 +44,8 @@ def add_codec_parser(subparsers) -> None:
     e = sub.add_parser("eval", help="reconstruction PSNR, SSIM, LPIPS and encode/decode ms per frame of a codec")
     e.add_argument("--data", required=True, help="data set directory whose frames are coded (held-out frames)")
     e.add_argument("--codec", default="pixel",
-                   help="a codec or `scd codec train` run directory, a diffusers autoencoder folder, or 'pixel' "
-                        "(default: pixel, the exact identity)")
+                   help="a codec or `scd codec train` run directory, a diffusers autoencoder folder, 'crafter' "
+                        "(the shipped Crafter autoencoder) or 'pixel' (default: pixel, the exact identity)")
     add_option(e, "--frames", evaluate_codec, "frames", "frames spread evenly over the data set", type=at_least(1))
     add_option(e, "--batch", evaluate_codec, "batch", "frames per encode / decode call (the timing's batch)",
                type=at_least(1))

@@ -91,7 +91,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
     p.add_argument("--codec", metavar="DIR",
                    help="train a latent world model in this codec's space: a codec or `scd codec train` run "
-                        "directory, or a diffusers autoencoder folder; stored with every checkpoint (default: pixels; "
+                        "directory, a diffusers autoencoder folder, or 'crafter' (the shipped Crafter autoencoder); "
+                        "stored with every checkpoint (default: pixels; "
                         "with --init-from, the checkpoint's codec). The data is encoded once, cached in DATA/latents")
     p.add_argument("--patch-size", type=at_least(1), metavar="P",
                    help="patch size (default: the preset's; with --codec, the one that keeps the preset's token "

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scd.config import SHIPPED_CODECS
 from scd.data.store import frames_to_model, frames_to_uint8
 
 CODEC_FORMAT = "scd-codec-v1"  # config.json "format" of a saved codec (scd.codec.autoencoder)
@@ -175,7 +176,7 @@ def load_codec(spec: Codec | dict | str | os.PathLike, *, pixel_shape=None, root
     """A codec from what describes it:
     - a Codec (returned as it is);
     - a dict from Codec.to_dict() (a world-model checkpoint's record); a relative "path" is taken from `root`;
-    - "pixel": a PixelCodec of `pixel_shape`;
+    - "pixel": a PixelCodec of `pixel_shape`; "crafter": the shipped Crafter autoencoder (config.SHIPPED_CODECS);
     - a folder: a saved codec (scd.codec.autoencoder; a training run directory gives its newest checkpoint) or a
       diffusers autoencoder (its config.json names AutoencoderKL or AutoencoderDC; needs `pixel_shape`).
     `pixel_shape` (H, W, 3), when given, must be the codec's (ValueError otherwise): the data's frame size."""
@@ -187,6 +188,8 @@ def load_codec(spec: Codec | dict | str | os.PathLike, *, pixel_shape=None, root
         if pixel_shape is None:
             raise ValueError("the pixel codec needs pixel_shape (H, W, 3): the data's frame size")
         codec = PixelCodec(pixel_shape)
+    elif str(spec) in SHIPPED_CODECS and not Path(spec).exists():
+        codec = _from_folder(SHIPPED_CODECS[str(spec)], pixel_shape)
     else:
         codec = _from_folder(Path(spec), pixel_shape)
     if pixel_shape is not None:
