@@ -98,6 +98,16 @@ MUTATIONS = [
              "return 0.5 * (histogram(pred) - histogram(target)).abs().sum(dim=2)",
              "return (histogram(pred) - histogram(target)).abs().sum(dim=2)", ("tests/test_metrics.py",
                                                                                  "tests/test_eval.py")),
+    Mutation("parallel recording keeps episodes in completion order", "scd/data/record.py",
+             "ep_seed, future = pending.popleft()", "ep_seed, future = pending.pop()", ("tests/test_data.py",)),
+    Mutation("guided Causal DiT FLOPs: the clean pass sees one version", "scd/models.py",
+             "return _frame_cost(trunk(batch, (history + g) * p), step, steps)",
+             "return _frame_cost(trunk(batch, (history + 1) * p), step, steps)", ("tests/test_bench.py",)),
+    Mutation("cuda device without an index", "scd/train.py",
+             'device = torch.device("cuda", torch.cuda.current_device())', "pass", ("tests/test_train.py",)),
+    Mutation("the shipped codec name is not resolved", "scd/codec/base.py",
+             "codec = _from_folder(SHIPPED_CODECS[str(spec)], pixel_shape)",
+             "codec = _from_folder(Path(spec), pixel_shape)", ("tests/test_codec.py",)),
 ]
 
 
