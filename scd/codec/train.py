@@ -114,7 +114,7 @@ class CodecTrainer:
     def train_step(self, indices: list[int]) -> tuple[float, dict[str, float], float]:
         """One optimiser step on the frames at `indices`: (loss, its parts, gradient norm)."""
         self.codec.train()
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        devices = [self.device.index] if self.device.type == "cuda" else []  # Processes.device gives cuda:N
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(stream_seed(self.cfg.seed, self.step, 0))
             loss, parts = self.loss(self.frames.batch(indices))
