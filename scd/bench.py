@@ -282,6 +282,7 @@ def bench(
     variants = [Variant(m, False) for m in models] + ([Variant(m, True) for m in models] if compile else [])
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     dtype = torch.bfloat16 if bf16 else next(models[0].model.parameters()).dtype
+    branches = 1 if guidance is None else 2  # guidance runs both branches in every pass (the FLOPs count them)
 
     report = {
         "format": FORMAT,
@@ -335,7 +336,6 @@ def bench(
         spec = dict(context=c, frames=frames, batch=batch, steps=steps, seed=seed, bf16=bf16, guidance=guidance)
         for v in variants:
             m = v.model
-            branches = 1 if guidance is None else 2  # guidance runs both branches in every pass
             flops = m.frame_flops(steps, m.cache_frames(c) - 1, batch, branches)["total"]  # a full cache
             spf = statistics.median(per_frame[v.label])
             entry = {
