@@ -330,15 +330,16 @@ def load_trainer_state(path: str | os.PathLike, format: str = FORMAT) -> dict:
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None,
-                      overwrite: bool = False, sample_steps: int | None = None) -> Path:
+                      overwrite: bool = False, sample_steps: int | None = None,
+                      sample_temperature: float | None = None) -> Path:
     """A lean, shippable copy of a checkpoint: the EMA weights as the model's only weights, the config and
     data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary);
-    `sample_steps` replaces the model's default denoising steps. An existing `dst` is replaced only with
+    `sample_steps` and `sample_temperature` replace the model's default sampler settings. An existing `dst` is replaced only with
     `overwrite`, and never when it is (or holds) the source."""
     check_output(dst, overwrite, [src])
     model, info = load_checkpoint(src)
-    if sample_steps is not None:
-        model.config = model.config.replace(sample_steps=sample_steps)
+    given = {"sample_steps": sample_steps, "sample_temperature": sample_temperature}
+    model.config = model.config.replace(**{k: v for k, v in given.items() if v is not None})
     meta = {k: v for k, v in info.items() if k not in ("format", "model", "path", "codec")}  # the model's codec
     meta["exported_from"] = {"path": info["path"], "step": info.get("step")}
     meta.update(extra or {})

@@ -9,6 +9,7 @@ One frozen dataclass describes either architecture:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,11 @@ ENCODER_INPUTS = ("previous_frame", "noisy_current")
 # the clean frame's change from the last history frame before history noise, "change-noisy" from it as read (with
 # the noise). Names only: config stays importable without torch.
 PREDICTIONS = ("velocity", "x", "change", "change-noisy")
+
+
+def is_temperature(value) -> bool:
+    """A valid sampling temperature (the starting noise's standard deviation): a finite number >= 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def _json_value_fits(annotation: str, value) -> bool:
@@ -72,6 +78,10 @@ class ModelConfig:
     # Denoising steps S a rollout takes unless told (Streamer, scd generate / eval / probe): the S this model was
     # found best at (change prediction: few steps; the paper: 50).
     sample_steps: int = 20
+    # Standard deviation of each generated frame's starting noise unless told (Streamer, scd generate / eval / play):
+    # < 1 lets less of the noise through the few denoising steps into the frame, where change prediction keeps it
+    # as speckle that later frames inherit (less diversity, less drift); 1 = the trained noise.
+    sample_temperature: float = 1.0
     # Range of valid frame values (pixels: [-1, 1]); a generated frame is clamped to it before it becomes history,
     # so a rollout never reads values no training frame had. None: unbounded (latents).
     frame_range: tuple[float, float] | None = (-1.0, 1.0)
@@ -123,6 +133,8 @@ class ModelConfig:
             problems.append(f"history_noise must be a flow time in [0, 1), got {self.history_noise}")
         if isinstance(self.sample_steps, bool) or not isinstance(self.sample_steps, int) or self.sample_steps < 1:
             problems.append(f"sample_steps must be an integer >= 1, got {self.sample_steps!r}")
+        if not is_temperature(self.sample_temperature):
+            problems.append(f"sample_temperature must be a finite number >= 0, got {self.sample_temperature!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 

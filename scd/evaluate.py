@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, read_config
+from .config import is_temperature
 from .baselines import BASELINES
 from .fileio import atomic_write, atomic_write_text, sha256_file
 from .metrics.scores import DRIFT_METRICS, LPIPS_NET, METRICS, frame_scores
@@ -90,6 +91,7 @@ class EvalSettings:
     bf16: bool = False
     window: int | None = None
     history_noise: float | None = None  # flow time of the history frames (None: the model's own setting)
+    temperature: float | None = None  # starting-noise std (None: each model's own config.sample_temperature)
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,6 +100,8 @@ class EvalSettings:
                 problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.horizon is not None and self.horizon < 1:
             problems.append(f"horizon must be >= 1, got {self.horizon}")
+        if self.temperature is not None and not is_temperature(self.temperature):
+            problems.append(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.window is not None and self.window < self.context:
             problems.append(f"window ({self.window}) must hold the context ({self.context} frames)")
         if problems:
@@ -172,7 +176,8 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
         for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
                              steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
                              num_samples=settings.trajectories, seed=seed, window=settings.window,
-                             history_noise=settings.history_noise, compile=compile):
+                             history_noise=settings.history_noise, temperature=settings.temperature,
+                             compile=compile):
             frames.append(frame[0].float().cpu())
             if on_frame is not None:
                 on_frame()
@@ -418,6 +423,8 @@ def evaluate(
             "label": label, "checkpoint": ident, "arch": model.config.arch if is_model else "baseline",
             "params": sum(p.numel() for p in model.parameters()) if is_model else 0,
             "steps": (settings.steps or model.config.sample_steps) if is_model else None,
+            "temperature": (model.config.sample_temperature if settings.temperature is None
+                            else settings.temperature) if is_model else None,
             "rollout_seconds_per_frame": sum(done[label, ep]["rollout_seconds"] for ep in episodes)
             / (len(episodes) * settings.horizon),
             **result,
@@ -460,8 +467,10 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _steps(settings: dict) -> str:
-    return "each model's own denoising steps" if settings["steps"] is None else f"{settings['steps']} denoising steps"
+def _sampler(settings: dict) -> str:
+    steps = "each model's own denoising steps" if settings["steps"] is None else f"{settings['steps']} denoising steps"
+    temperature = settings.get("temperature")  # reports written before the option have none
+    return steps + ("" if temperature is None else f", temperature {temperature:g}")
 
 
 def markdown_table(report: dict) -> str:
@@ -470,7 +479,7 @@ def markdown_table(report: dict) -> str:
     n = s["trajectories"]
     lines = [
         f"# Evaluation on {Path(report['data']['path']).name}: {len(report['episodes'])} videos, "
-        f"context {s['context']} -> horizon {s['horizon']} frames, {n} trajectories, {_steps(s)}",
+        f"context {s['context']} -> horizon {s['horizon']} frames, {n} trajectories, {_sampler(s)}",
         "",
         f"| model | arch | step | PSNR best-of-{n} | PSNR mean | SSIM best-of-{n} | SSIM mean | "
         f"LPIPS best-of-{n} | LPIPS mean | FVD | s/frame |",
@@ -547,7 +556,7 @@ def plot_curves(report: dict):
     axes[0].legend(fontsize=8)
     axes[-1].axis("off")
     fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
-                 f"trajectories (solid) and their mean (dashed), {_steps(s)}; baselines in grey")
+                 f"trajectories (solid) and their mean (dashed), {_sampler(s)}; baselines in grey")
     return fig
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import is_temperature
 from .flow import shift_time
 
 
@@ -140,8 +141,10 @@ class Streamer:
     how many past frames the next frame sees (older ones leave the KV cache; a model trained on clips of F frames
     saw at most F - 1). History frames (the context and every finished frame) are corrupted to a fixed flow time
     before the model reads them, as in training: `history_noise`, by default the model's `config.history_noise`.
-    callback(dict(frame, guided, step, t, x, v)) sees every denoising step (for probing; with guidance, v is the
-    guided velocity and each pass ran both branches). compile: each frame's context pass and denoising steps run
+    temperature: the standard deviation of each frame's starting noise, by default the model's
+    `config.sample_temperature` (1: the noise it was trained on; lower: less of it reaches the frame, less
+    diversity). callback(dict(frame, guided, step, t, x, v)) sees every denoising step (for probing; with
+    guidance, v is the guided velocity and each pass ran both branches). compile: each frame's context pass and denoising steps run
     as one torch.compile graph (`render_frame`; CUDA graphs on a GPU), the commit eagerly; the first frames
     compile (seconds to minutes), the later ones replay."""
 
@@ -159,6 +162,7 @@ class Streamer:
         callback: Callable | None = None,
         history_noise: float | None = None,
         compile: bool = False,
+        temperature: float | None = None,
     ):
         context_frames = _checked_frames(model, context_frames, "context_frames")
         b, c0 = context_frames.shape[:2]
@@ -182,6 +186,9 @@ class Streamer:
         self.device = model.device
         steps = model.config.sample_steps if steps is None else steps
         self.schedule = flow_schedule(steps, shift, device=self.device)
+        self.temperature = model.config.sample_temperature if temperature is None else temperature
+        if not is_temperature(self.temperature):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         self.generator = _generator(seed)
         self.guidance_generator = _generator(seed, GUIDANCE_NOISE)
         self.stream.history_generator = _generator(seed, HISTORY_NOISE)
@@ -211,7 +218,8 @@ class Streamer:
         _check_user_actions(model, action)
         a = action.to(self.device).repeat_interleave(self.num_samples, dim=0)
         cfg = model.config
-        noise = torch.randn((stream.batch, *cfg.frame_shape), generator=self.generator).to(self.device)
+        noise = self.temperature * torch.randn((stream.batch, *cfg.frame_shape), generator=self.generator)
+        noise = noise.to(self.device)
         zeta = None
         if guidance is not None and guidance.context_noise > 0:
             zeta = torch.randn((stream.batch, cfg.tokens_per_frame, cfg.hidden), generator=self.guidance_generator)

@@ -532,9 +532,10 @@ def train(
         trainer.resume(previous)
     elif init_from is not None:
         source = load_model(init_from)
-        # the same weights may be trained on with another prediction, inference history noise or sample steps
+        # the same weights may be trained on with another prediction or other inference settings
         if source.config.replace(prediction=model_config.prediction, history_noise=model_config.history_noise,
-                                 sample_steps=model_config.sample_steps) != model_config:
+                                 sample_steps=model_config.sample_steps,
+                                 sample_temperature=model_config.sample_temperature) != model_config:
             raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from "
                              f"{model_config}")
         if model_codec(source) is not None:

@@ -23,10 +23,13 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=40, help="frames per episode: 4 of context + 36 of ground truth")
     p.add_argument("--start", type=int, default=20, help="first frame taken from each episode")
     p.add_argument("--sample-steps", type=int, help="the models' default denoising steps (default: their configs')")
+    p.add_argument("--sample-temperature", type=float,
+                   help="the models' default starting-noise std (default: their configs')")
     args = p.parse_args()
 
     for name, src in (("scd", args.scd), ("dit", args.dit)):
-        path = export_checkpoint(src, SHIPPED_CHECKPOINTS[name], overwrite=True, sample_steps=args.sample_steps)
+        path = export_checkpoint(src, SHIPPED_CHECKPOINTS[name], overwrite=True, sample_steps=args.sample_steps,
+                                  sample_temperature=args.sample_temperature)
         print(f"{name}: {path} ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")
     store = VideoStore(args.bench)
     span = slice(args.start, args.start + args.frames)

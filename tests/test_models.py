@@ -479,3 +479,20 @@ def test_a_rollout_takes_the_models_own_sample_steps_unless_told():
     assert (own - generate(model, frames[:, :2], actions, steps=6, seed=5)).abs().max() > 1e-4
     with pytest.raises(ValueError, match="sample_steps must be an integer >= 1"):
         get_preset("scd-tiny").replace(sample_steps=0)
+
+
+def test_temperature_scales_the_starting_noise_and_defaults_to_the_models_own():
+    model = tiny("scd", sample_temperature=0.5)
+    frames, actions = clip(f=4)
+    own = generate(model, frames[:, :2], actions, seed=5)
+    torch.testing.assert_close(own, generate(model, frames[:, :2], actions, temperature=0.5, seed=5))
+    assert (own - generate(model, frames[:, :2], actions, temperature=1.0, seed=5)).abs().max() > 1e-4
+    # at temperature 0 every seed starts from the same (zero) noise: the rollout no longer depends on the seed
+    cold = generate(model, frames[:, :2], actions, temperature=0.0, seed=5)
+    torch.testing.assert_close(cold, generate(model, frames[:, :2], actions, temperature=0.0, seed=6))
+    assert (own - generate(model, frames[:, :2], actions, seed=6)).abs().max() > 1e-4
+    for bad in (-0.1, float("nan"), True):
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            generate(model, frames[:, :2], actions, temperature=bad)
+        with pytest.raises(ValueError, match="sample_temperature must be a finite number >= 0"):
+            get_preset("scd-tiny").replace(sample_temperature=bad)

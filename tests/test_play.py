@@ -124,6 +124,18 @@ def test_without_steps_each_model_renders_with_its_own_sample_steps(assets, tmp_
                   steps=1).steps_for("scd") == 1
 
 
+def test_play_renders_at_the_given_temperature_else_each_models_own(assets):
+    models = {"scd": load_model(assets["scd"])}
+    models["scd"].config = dataclasses.replace(models["scd"].config, sample_temperature=0.25)
+    context = load_context_npz(assets["context"])
+    for given, used in ((None, 0.25), (0.5, 0.5)):
+        engine = Engine(models, context, context_frames=3, window=4, temperature=given)
+        engine.reset()
+        assert engine.streamer.temperature == used
+    with pytest.raises(ValueError, match="--temperature must be a finite number >= 0"):
+        Engine(models, context, context_frames=3, window=4, temperature=-1.0)
+
+
 def test_switching_model_continues_from_the_session_and_reset_restarts_from_real_frames(assets):
     engine = make_engine(assets)
     engine.reset(episode=1)

@@ -77,7 +77,8 @@ def cmd_generate(args) -> int:
     generated, times = [], []
     args.steps = args.steps or model.config.sample_steps
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
-                     num_samples=args.samples, seed=args.seed, window=window, compile=args.compile)
+                     num_samples=args.samples, seed=args.seed, window=window, compile=args.compile,
+                     temperature=args.temperature)
     with operated(model, surgery_from_args(args, args.steps, args.shift)), \
             torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=args.bf16), \
             tqdm(total=args.frames, desc=f"generate {model.config.arch}", unit="frame") as bar:
@@ -127,6 +128,8 @@ def add_generate_parser(sub) -> None:
                    help="'recorded', or ids/names like '1,1,2' (repeated to fill --frames; default: recorded)")
     add_sampler_options(p)
     add_option(p, "--samples", Streamer, "num_samples", "trajectories", type=at_least(1))
+    add_option(p, "--temperature", Streamer, "temperature", "std of each frame's starting noise (default: the "
+               "model's config.sample_temperature)", type=at_least(0.0, float))
     p.add_argument("--window", type=at_least(1), help="past frames the next frame sees (default: the checkpoint's "
                                                       "training clip length - 1, the most any training frame saw)")
     p.add_argument("--cfg-scale", type=finite, default=1.0, help="guidance scale (default: 1 = off)")

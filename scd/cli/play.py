@@ -31,6 +31,8 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     p.add_argument("--steps", type=int, help="denoising steps S per frame (default: each model's own, 2 for the "
                                                  "shipped models)")
+    p.add_argument("--temperature", type=float, help="std of each frame's starting noise (default: each model's own "
+                   "sample_temperature)")
     p.add_argument("--context", type=int, default=4, help="real frames each session starts from (default 4)")
     p.add_argument("--window", type=int, default=7, help="past frames the next frame sees (default 7: the shipped "
                                                           "models trained on 8-frame clips)")
@@ -83,7 +85,8 @@ def cmd_play(args) -> int:
         models, action_names = load_models(checkpoints, context, args.untrained, args.device)
         engine = Engine(models, context, action_names=action_names, steps=args.steps, context_frames=args.context,
                         window=args.window, seed=args.seed,
-                        bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16, compile=args.compile)
+                        bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16, compile=args.compile,
+                        temperature=args.temperature)
         if args.benchmark is not None:
             print_benchmark(engine, benchmark(engine, args.benchmark), args.threads)
             return 0

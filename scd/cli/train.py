@@ -53,7 +53,8 @@ def cmd_train(args) -> int:
             model_config = model_config.replace(patch_size=args.patch_size)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
-    given = {"prediction": args.prediction, "sample_steps": args.sample_steps}
+    given = {"prediction": args.prediction, "sample_steps": args.sample_steps,
+             "sample_temperature": args.sample_temperature}
     model_config = model_config.replace(**{k: v for k, v in given.items() if v is not None})
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
                       action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
@@ -139,7 +140,11 @@ def add_train_parser(sub) -> None:
                "--init-from, the checkpoint's unless given", choices=list(PREDICTIONS))
     add_option(p, "--sample-steps", ModelConfig, "sample_steps", "denoising steps S the model samples with unless "
                "told (recorded in its config; with --init-from, the checkpoint's unless given)", type=at_least(1))
-    p.set_defaults(prediction=None, sample_steps=None)  # None: the preset's, or the --init-from checkpoint's
+    add_option(p, "--sample-temperature", ModelConfig, "sample_temperature", "std of the starting noise the model "
+               "samples with unless told (recorded in its config; with --init-from, the checkpoint's unless given)",
+               type=at_least(0.0, float))
+    # None: the preset's, or the --init-from checkpoint's
+    p.set_defaults(prediction=None, sample_steps=None, sample_temperature=None)
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
     p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset
+from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset, is_temperature
 from ..data.context import ContextSet
 from ..models import build_model
 from ..sampling import Streamer
@@ -110,13 +110,14 @@ class Engine:
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
     starts from the last `context_frames` frames of one episode. action_names: the game's (e.g. from the
     checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame
-    (default: each model's own `config.sample_steps`);
+    (default: each model's own `config.sample_steps`); temperature: the starting noise's std (default: each
+    model's own `config.sample_temperature`);
     window: past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU;
     compile: the compiled per-frame step (the first frames of each model wait for the compiler)."""
 
     def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int | None = None,
                  context_frames: int = 4, window: int = 7, seed: int = 0, bf16: bool = False,
-                 compile: bool = False, on_event: Callable | None = None):
+                 compile: bool = False, on_event: Callable | None = None, temperature: float | None = None):
         if not models:
             raise ValueError("no model to play: give at least one checkpoint")
         unknown = set(models) - set(MODEL_LABELS)
@@ -141,9 +142,11 @@ class Engine:
             raise ValueError(f"--context {context_frames} exceeds the history --window {window}")
         if steps is not None and steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
+        if temperature is not None and not is_temperature(temperature):
+            raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
         self.models, self.context = models, context
         self.steps, self.context_frames, self.window, self.seed, self.bf16 = steps, context_frames, window, seed, bf16
-        self.compile = compile
+        self.compile, self.temperature = compile, temperature
         self.on_event = on_event or (lambda event: None)
         if bf16:  # torch notes once that RMSNorm's float32 weight meets bf16 input; expected under autocast
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
@@ -267,7 +270,7 @@ class Engine:
         with torch.inference_mode(), self._autocast():
             self.streamer = Streamer(model, frames[None].to(model.device), actions[None].to(model.device),
                                      steps=self.steps_for(self.model_name), seed=self.seed, window=self.window,
-                                     compile=self.compile)
+                                     compile=self.compile, temperature=self.temperature)
         self._done_times.clear()
 
     def _next_action(self) -> int:
