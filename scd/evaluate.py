@@ -468,9 +468,12 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def _sampler(settings: dict) -> str:
-    steps = "each model's own denoising steps" if settings["steps"] is None else f"{settings['steps']} denoising steps"
-    temperature = settings.get("temperature")  # reports written before the option have none
-    return steps + ("" if temperature is None else f", temperature {temperature:g}")
+    """How the rollouts were sampled, e.g. "each model's own denoising steps and temperature"."""
+    steps, temperature = settings["steps"], settings.get("temperature")  # older reports have no temperature
+    if steps is None and temperature is None:
+        return "each model's own denoising steps and temperature"
+    return (f"{steps} denoising steps" if steps is not None else "each model's own denoising steps") + \
+        (f", temperature {temperature:g}" if temperature is not None else ", each model's own temperature")
 
 
 def markdown_table(report: dict) -> str:
