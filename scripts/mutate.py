@@ -111,6 +111,8 @@ MUTATIONS = [
     Mutation("sampling temperature ignores the model's own default", "scd/sampling.py",
              "self.temperature = model.config.sample_temperature if temperature is None else temperature",
              "self.temperature = 1.0 if temperature is None else temperature", ("tests/test_models.py",)),
+    Mutation("sampling temperature does not scale the noise", "scd/sampling.py",
+             "noise = self.temperature * torch.randn(", "noise = torch.randn(", ("tests/test_models.py",)),
 ]
 
 
