@@ -331,14 +331,14 @@ def load_trainer_state(path: str | os.PathLike, format: str = FORMAT) -> dict:
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None,
                       overwrite: bool = False, sample_steps: int | None = None,
-                      sample_temperature: float | None = None) -> Path:
+                      sample_temperature: float | None = None, sample_shift: float | None = None) -> Path:
     """A lean, shippable copy of a checkpoint: the EMA weights as the model's only weights, the config and
     data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary);
-    `sample_steps` and `sample_temperature` replace the model's default sampler settings. An existing `dst` is replaced only with
+    `sample_steps`, `sample_temperature` and `sample_shift` replace the model's default sampler settings. An existing `dst` is replaced only with
     `overwrite`, and never when it is (or holds) the source."""
     check_output(dst, overwrite, [src])
     model, info = load_checkpoint(src)
-    given = {"sample_steps": sample_steps, "sample_temperature": sample_temperature}
+    given = {"sample_steps": sample_steps, "sample_temperature": sample_temperature, "sample_shift": sample_shift}
     model.config = model.config.replace(**{k: v for k, v in given.items() if v is not None})
     meta = {k: v for k, v in info.items() if k not in ("format", "model", "path", "codec")}  # the model's codec
     meta["exported_from"] = {"path": info["path"], "step": info.get("step")}

@@ -32,6 +32,10 @@ ENCODER_INPUTS = ("previous_frame", "noisy_current")
 PREDICTIONS = ("velocity", "x", "change", "change-noisy")
 
 
+# The sampler settings a model carries as its defaults (a checkpoint's may change without touching its weights).
+SAMPLER_DEFAULTS = ("sample_steps", "sample_temperature", "sample_shift")
+
+
 def is_temperature(value) -> bool:
     """A valid sampling temperature (the starting noise's standard deviation): a finite number >= 0."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
@@ -82,6 +86,9 @@ class ModelConfig:
     # < 1 lets less of the noise through the few denoising steps into the frame, where change prediction keeps it
     # as speckle that later frames inherit (less diversity, less drift); 1 = the trained noise.
     sample_temperature: float = 1.0
+    # Shift k of the sampler's schedule unless told (t' = k t / (1 + (k - 1) t)): k < 1 puts the later steps at low
+    # noise, where they sharpen the first step's estimate instead of adding detail from noise.
+    sample_shift: float = 1.0
     # Range of valid frame values (pixels: [-1, 1]); a generated frame is clamped to it before it becomes history,
     # so a rollout never reads values no training frame had. None: unbounded (latents).
     frame_range: tuple[float, float] | None = (-1.0, 1.0)
@@ -135,6 +142,8 @@ class ModelConfig:
             problems.append(f"sample_steps must be an integer >= 1, got {self.sample_steps!r}")
         if not is_temperature(self.sample_temperature):
             problems.append(f"sample_temperature must be a finite number >= 0, got {self.sample_temperature!r}")
+        if not (is_temperature(self.sample_shift) and self.sample_shift > 0):
+            problems.append(f"sample_shift must be a finite number > 0, got {self.sample_shift!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 

@@ -73,7 +73,7 @@ class EvalSettings:
 
     context C >= 1 given frames; horizon H >= 1 generated frames (None: the rest of the shortest evaluated
     episode after start + C); trajectories N >= 1 per video; start: first context frame in each episode;
-    steps/shift: Euler sampler; cfg_*: classifier-free guidance as in `scd generate` (scale 1 = off); window:
+    steps/shift/temperature: Euler sampler (None: each model's own defaults); cfg_*: classifier-free guidance as in `scd generate` (scale 1 = off); window:
     past frames the next frame sees (None: all; a model trained on clips of F frames stays within the frame
     distances it saw with window = F - 1)."""
 
@@ -82,7 +82,7 @@ class EvalSettings:
     trajectories: int = 4
     start: int = 0
     steps: int | None = None  # None: each model's own config.sample_steps
-    shift: float = 1.0
+    shift: float | None = None  # None: each model's own config.sample_shift
     cfg_scale: float = 1.0
     cfg_null_action: bool = False
     cfg_context_noise: float = 0.0
@@ -100,6 +100,8 @@ class EvalSettings:
                 problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.horizon is not None and self.horizon < 1:
             problems.append(f"horizon must be >= 1, got {self.horizon}")
+        if self.shift is not None and not (is_temperature(self.shift) and self.shift > 0):
+            problems.append(f"shift must be a finite number > 0, got {self.shift!r}")
         if self.temperature is not None and not is_temperature(self.temperature):
             problems.append(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.window is not None and self.window < self.context:
@@ -425,6 +427,7 @@ def evaluate(
             "steps": (settings.steps or model.config.sample_steps) if is_model else None,
             "temperature": (model.config.sample_temperature if settings.temperature is None
                             else settings.temperature) if is_model else None,
+            "shift": (model.config.sample_shift if settings.shift is None else settings.shift) if is_model else None,
             "rollout_seconds_per_frame": sum(done[label, ep]["rollout_seconds"] for ep in episodes)
             / (len(episodes) * settings.horizon),
             **result,
@@ -468,12 +471,13 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def _sampler(settings: dict) -> str:
-    """How the rollouts were sampled, e.g. "each model's own denoising steps and temperature"."""
-    steps, temperature = settings["steps"], settings.get("temperature")  # older reports have no temperature
-    if steps is None and temperature is None:
-        return "each model's own denoising steps and temperature"
-    return (f"{steps} denoising steps" if steps is not None else "each model's own denoising steps") + \
-        (f", temperature {temperature:g}" if temperature is not None else ", each model's own temperature")
+    """How the rollouts were sampled: "denoising steps: 4, temperature: each model's own, shift: 1"."""
+    own = "each model's own"
+    parts = []
+    for name, key in (("denoising steps", "steps"), ("temperature", "temperature"), ("shift", "shift")):
+        value = settings.get(key)  # reports older than the temperature option have none
+        parts.append(f"{name}: {own if value is None else format(value, 'g')}")
+    return ", ".join(parts)
 
 
 def markdown_table(report: dict) -> str:

@@ -141,6 +141,7 @@ class Streamer:
     how many past frames the next frame sees (older ones leave the KV cache; a model trained on clips of F frames
     saw at most F - 1). History frames (the context and every finished frame) are corrupted to a fixed flow time
     before the model reads them, as in training: `history_noise`, by default the model's `config.history_noise`.
+    steps, shift: the Euler sampler's, by default the model's `config.sample_steps` and `config.sample_shift`.
     temperature: the standard deviation of each frame's starting noise, by default the model's
     `config.sample_temperature` (1: the noise it was trained on; lower: less of it reaches the frame, less
     diversity). callback(dict(frame, guided, step, t, x, v)) sees every denoising step (for probing; with
@@ -154,7 +155,7 @@ class Streamer:
         context_frames: torch.Tensor,
         context_actions: torch.Tensor,
         steps: int | None = None,
-        shift: float = 1.0,
+        shift: float | None = None,
         guidance: Guidance | None = None,
         num_samples: int = 1,
         seed: int | None = 0,
@@ -185,6 +186,7 @@ class Streamer:
         self.batch, self.num_samples = b, num_samples
         self.device = model.device
         steps = model.config.sample_steps if steps is None else steps
+        shift = model.config.sample_shift if shift is None else shift
         self.schedule = flow_schedule(steps, shift, device=self.device)
         self.temperature = model.config.sample_temperature if temperature is None else temperature
         if not is_temperature(self.temperature):

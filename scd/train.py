@@ -33,7 +33,7 @@ from .checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from .config import ModelConfig
+from .config import SAMPLER_DEFAULTS, ModelConfig
 from .fileio import atomic_write_text
 from .flow import FlowConfig
 from .models import WorldModel, build_model
@@ -533,9 +533,8 @@ def train(
     elif init_from is not None:
         source = load_model(init_from)
         # the same weights may be trained on with another prediction or other inference settings
-        if source.config.replace(prediction=model_config.prediction, history_noise=model_config.history_noise,
-                                 sample_steps=model_config.sample_steps,
-                                 sample_temperature=model_config.sample_temperature) != model_config:
+        given = {k: getattr(model_config, k) for k in ("prediction", "history_noise", *SAMPLER_DEFAULTS)}
+        if source.config.replace(**given) != model_config:
             raise ValueError(f"--init-from {init_from}: its model config {source.config} differs from "
                              f"{model_config}")
         if model_codec(source) is not None:

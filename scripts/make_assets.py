@@ -25,11 +25,12 @@ def main() -> None:
     p.add_argument("--sample-steps", type=int, help="the models' default denoising steps (default: their configs')")
     p.add_argument("--sample-temperature", type=float,
                    help="the models' default starting-noise std (default: their configs')")
+    p.add_argument("--sample-shift", type=float, help="the models' default schedule shift (default: their configs')")
     args = p.parse_args()
 
     for name, src in (("scd", args.scd), ("dit", args.dit)):
         path = export_checkpoint(src, SHIPPED_CHECKPOINTS[name], overwrite=True, sample_steps=args.sample_steps,
-                                  sample_temperature=args.sample_temperature)
+                                  sample_temperature=args.sample_temperature, sample_shift=args.sample_shift)
         print(f"{name}: {path} ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")
     store = VideoStore(args.bench)
     span = slice(args.start, args.start + args.frames)

@@ -113,6 +113,9 @@ MUTATIONS = [
              "self.temperature = 1.0 if temperature is None else temperature", ("tests/test_models.py",)),
     Mutation("sampling temperature does not scale the noise", "scd/sampling.py",
              "noise = self.temperature * torch.randn(", "noise = torch.randn(", ("tests/test_models.py",)),
+    Mutation("schedule shift ignores the model's own default", "scd/sampling.py",
+             "shift = model.config.sample_shift if shift is None else shift",
+             "shift = 1.0 if shift is None else shift", ("tests/test_models.py",)),
 ]
 
 

@@ -262,12 +262,13 @@ def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(tra
 
     out = tmp_path / "ft"
     args = f"train --init-from {trained} --data {crafter} --out {out} --steps 2 --batch 2 --clip-len 4 " \
-           f"--prediction change --sample-steps 3 --sample-temperature 0.5 --log-every 1"
+           f"--prediction change --sample-steps 3 --sample-temperature 0.5 --sample-shift 0.2 --log-every 1"
     assert main(args.split()) == 0
     source, tuned = read_config(trained)["model"], read_config(out)["model"]
-    settings = ("prediction", "sample_steps", "sample_temperature")
-    assert tuple(tuned[k] for k in settings) == ("change", 3, 0.5)
+    settings = ("prediction", "sample_steps", "sample_temperature", "sample_shift")
+    assert tuple(tuned[k] for k in settings) == ("change", 3, 0.5, 0.2)
     assert {k: v for k, v in tuned.items() if k not in settings} == \
         {k: v for k, v in source.items() if k not in settings}
-    lean = read_config(export_checkpoint(out, tmp_path / "lean", sample_steps=2, sample_temperature=0.25))["model"]
-    assert (lean["sample_steps"], lean["sample_temperature"]) == (2, 0.25)
+    lean = read_config(export_checkpoint(out, tmp_path / "lean", sample_steps=2, sample_temperature=0.25,
+                                         sample_shift=0.1))["model"]
+    assert (lean["sample_steps"], lean["sample_temperature"], lean["sample_shift"]) == (2, 0.25, 0.1)

@@ -67,6 +67,7 @@ def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpt
     assert [m["label"] for m in report["models"]] == ["scd", "dit", "copy-last-frame", "context-mean"]
     assert [m["arch"] for m in report["models"]][2:] == ["baseline", "baseline"]
     assert [m["temperature"] for m in report["models"]] == [1.0, 1.0, None, None]  # each model's own
+    assert [m["shift"] for m in report["models"]] == [1.0, 1.0, None, None]
     for m in report["models"][:2]:
         s, curves = m["summary"], m["curves"]
         assert all(len(curves[k][w]) == 5 for k in ("psnr", "ssim", "lpips") for w in ("best", "mean"))
@@ -184,6 +185,7 @@ def test_fvd_compares_recorded_clips_with_every_trajectory_context_included(craf
         ("--context 4 --window 3", "window (3) must hold the context (4 frames)"),
         ("--cfg-scale 2", "guidance needs a negative branch"),
         ("--temperature -1", "temperature must be a finite number >= 0"),
+        ("--shift 0", "shift must be a finite number > 0"),
         ("--checkpoint {tmp}/missing", "checkpoint not found"),
         ("--checkpoint {small} --no-fvd", "has 64x64x3 frames but the pixel codec: 32x32x3 frames"),
         ("--label a --label b", "one distinct label per checkpoint"),

@@ -496,3 +496,14 @@ def test_temperature_scales_the_starting_noise_and_defaults_to_the_models_own():
             generate(model, frames[:, :2], actions, temperature=bad)
         with pytest.raises(ValueError, match="sample_temperature must be a finite number >= 0"):
             get_preset("scd-tiny").replace(sample_temperature=bad)
+
+
+def test_a_rollout_takes_the_models_own_schedule_shift_unless_told():
+    model = tiny("scd", sample_steps=2, sample_shift=0.25)
+    frames, actions = clip(f=4)
+    own = generate(model, frames[:, :2], actions, seed=5)
+    torch.testing.assert_close(own, generate(model, frames[:, :2], actions, shift=0.25, seed=5))
+    assert (own - generate(model, frames[:, :2], actions, shift=1.0, seed=5)).abs().max() > 1e-4
+    for bad in (0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="sample_shift must be a finite number > 0"):
+            get_preset("scd-tiny").replace(sample_shift=bad)

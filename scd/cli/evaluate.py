@@ -25,7 +25,8 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--trajectories", type=int, default=4, help="rollouts per video (best of N)")
     p.add_argument("--steps", type=int, help="denoising steps S (default: each model's own, its config's "
                    "sample_steps: 20 unless its checkpoint says)")
-    p.add_argument("--shift", type=float, default=1.0, help="timestep shift of the sampler")
+    p.add_argument("--shift", type=float, help="timestep shift of the sampler (default: each model's own "
+                   "sample_shift)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (1 = off)")
     p.add_argument("--cfg-context-noise", type=float, default=0.0, help="eta_cfg for context guidance (SCD)")
     p.add_argument("--cfg-null-action", action="store_true", help="negative branch uses the null action")

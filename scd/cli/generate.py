@@ -76,6 +76,7 @@ def cmd_generate(args) -> int:
 
     generated, times = [], []
     args.steps = args.steps or model.config.sample_steps
+    args.shift = args.shift or model.config.sample_shift
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
                      num_samples=args.samples, seed=args.seed, window=window, compile=args.compile,
                      temperature=args.temperature)

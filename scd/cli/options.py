@@ -110,7 +110,8 @@ def add_sampler_options(parser) -> None:
 
     add_option(parser, "--steps", Streamer, "steps", "denoising steps S (default: the model's config.sample_steps, "
                "20 unless its checkpoint says)", type=at_least(1))
-    add_option(parser, "--shift", Streamer, "shift", "schedule shift k", type=positive())
+    add_option(parser, "--shift", Streamer, "shift", "schedule shift k (default: the model's config.sample_shift, "
+               "1 unless its checkpoint says)", type=positive())
     add_option(parser, "--seed", Streamer, "seed", "noise seed", type=at_least(0))
 
 

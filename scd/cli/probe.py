@@ -48,6 +48,7 @@ def cmd_probe(args) -> int:
                          f"0..{args.frames - 1}")
     model, info = load_checkpoint(args.checkpoint, weights=args.weights)
     args.steps = args.steps or model.config.sample_steps
+    args.shift = args.shift or model.config.sample_shift
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)
@@ -122,6 +123,7 @@ def cmd_quality(args) -> int:
 
     model = load_model(args.checkpoint, weights=args.weights)
     args.steps = args.steps or model.config.sample_steps
+    args.shift = args.shift or model.config.sample_shift
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)

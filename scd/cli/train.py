@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
     given = {"prediction": args.prediction, "sample_steps": args.sample_steps,
-             "sample_temperature": args.sample_temperature}
+             "sample_temperature": args.sample_temperature, "sample_shift": args.sample_shift}
     model_config = model_config.replace(**{k: v for k, v in given.items() if v is not None})
     flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
                       action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
@@ -143,8 +143,10 @@ def add_train_parser(sub) -> None:
     add_option(p, "--sample-temperature", ModelConfig, "sample_temperature", "std of the starting noise the model "
                "samples with unless told (recorded in its config; with --init-from, the checkpoint's unless given)",
                type=at_least(0.0, float))
+    add_option(p, "--sample-shift", ModelConfig, "sample_shift", "schedule shift k the model samples with unless "
+               "told (recorded in its config; with --init-from, the checkpoint's unless given)", type=positive())
     # None: the preset's, or the --init-from checkpoint's
-    p.set_defaults(prediction=None, sample_steps=None, sample_temperature=None)
+    p.set_defaults(prediction=None, sample_steps=None, sample_temperature=None, sample_shift=None)
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
     p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",
