@@ -471,39 +471,30 @@ def test_frame_context_only_reads_the_stream_and_commit_moves_it_on(arch, kw):
     assert torch.equal(roll(True), roll(False))
 
 
-def test_a_rollout_takes_the_models_own_sample_steps_unless_told():
-    model = tiny("scd", sample_steps=3)
+@pytest.mark.parametrize("field, option, own, other, bad, message", [
+    ("sample_steps", "steps", 3, 6, 0, "sample_steps must be an integer >= 1"),
+    ("sample_temperature", "temperature", 0.5, 1.0, -0.1, "sample_temperature must be a finite number >= 0"),
+    ("sample_shift", "shift", 0.25, 1.0, 0, "sample_shift must be a finite number > 0"),
+])
+def test_a_rollout_takes_the_models_own_sampler_defaults_unless_told(field, option, own, other, bad, message):
+    model = tiny("scd", **{"sample_steps": 2, field: own})
     frames, actions = clip(f=4)
-    own = generate(model, frames[:, :2], actions, seed=5)
-    torch.testing.assert_close(own, generate(model, frames[:, :2], actions, steps=3, seed=5))
-    assert (own - generate(model, frames[:, :2], actions, steps=6, seed=5)).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="sample_steps must be an integer >= 1"):
-        get_preset("scd-tiny").replace(sample_steps=0)
+    default = generate(model, frames[:, :2], actions, seed=5)
+    torch.testing.assert_close(default, generate(model, frames[:, :2], actions, seed=5, **{option: own}))
+    assert (default - generate(model, frames[:, :2], actions, seed=5, **{option: other})).abs().max() > 1e-4
+    for value in (bad, float("nan"), True):
+        with pytest.raises(ValueError, match=message):
+            get_preset("scd-tiny").replace(**{field: value})
 
 
-def test_temperature_scales_the_starting_noise_and_defaults_to_the_models_own():
-    model = tiny("scd", sample_temperature=0.5)
+def test_temperature_scales_the_starting_noise():
+    model = tiny("scd")
     frames, actions = clip(f=4)
-    own = generate(model, frames[:, :2], actions, seed=5)
-    torch.testing.assert_close(own, generate(model, frames[:, :2], actions, temperature=0.5, seed=5))
-    assert (own - generate(model, frames[:, :2], actions, temperature=1.0, seed=5)).abs().max() > 1e-4
     # at temperature 0 every seed starts from the same (zero) noise: the rollout no longer depends on the seed
     cold = generate(model, frames[:, :2], actions, temperature=0.0, seed=5)
     torch.testing.assert_close(cold, generate(model, frames[:, :2], actions, temperature=0.0, seed=6))
-    assert (own - generate(model, frames[:, :2], actions, seed=6)).abs().max() > 1e-4
+    warm = generate(model, frames[:, :2], actions, temperature=0.5, seed=5)
+    assert (warm - generate(model, frames[:, :2], actions, temperature=0.5, seed=6)).abs().max() > 1e-4
     for bad in (-0.1, float("nan"), True):
         with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
             generate(model, frames[:, :2], actions, temperature=bad)
-        with pytest.raises(ValueError, match="sample_temperature must be a finite number >= 0"):
-            get_preset("scd-tiny").replace(sample_temperature=bad)
-
-
-def test_a_rollout_takes_the_models_own_schedule_shift_unless_told():
-    model = tiny("scd", sample_steps=2, sample_shift=0.25)
-    frames, actions = clip(f=4)
-    own = generate(model, frames[:, :2], actions, seed=5)
-    torch.testing.assert_close(own, generate(model, frames[:, :2], actions, shift=0.25, seed=5))
-    assert (own - generate(model, frames[:, :2], actions, shift=1.0, seed=5)).abs().max() > 1e-4
-    for bad in (0, -1.0, float("inf")):
-        with pytest.raises(ValueError, match="sample_shift must be a finite number > 0"):
-            get_preset("scd-tiny").replace(sample_shift=bad)
