@@ -162,6 +162,9 @@ def test_benchmark_split(tmp_path, monkeypatch):
     bench_seeds = {episode_seed(spec["seed"], j) for j in range(spec["episodes"] * record_module.MAX_TRIES_PER_EPISODE)}
     train_seeds = {episode_seed(s, i) for s in range(100) for i in range(1000)}
     assert not bench_seeds & train_seeds
+    val = BENCHMARKS["crafter-val"]  # the split for choosing settings: disjoint from both
+    val_seeds = {episode_seed(val["seed"], j) for j in range(val["episodes"] * record_module.MAX_TRIES_PER_EPISODE)}
+    assert not val_seeds & (bench_seeds | train_seeds)
     # The benchmark machinery, on a tiny stand-in split (the real one takes about a minute).
     monkeypatch.setitem(BENCHMARKS, "tiny", dict(source="atari:Pong", episodes=1, steps=8, seed=1_000_000, size=32))
     meta = record_benchmark("tiny", tmp_path / "b", progress=False)

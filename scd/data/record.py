@@ -33,10 +33,12 @@ RECORDER_VERSION = 1  # bump when a policy or rollout changes what a given seed 
 EPISODE_SEED_STRIDE = 100_000
 MAX_TRIES_PER_EPISODE = 20  # full_length recordings give up after this many candidates per episode
 
-# Named evaluation splits (TECO style: a fixed set of full-length episodes). The seed is held out:
-# its episode seeds (10**11 + j) never occur in recordings with base seeds below 10**6.
+# Named evaluation splits (TECO style: a fixed set of full-length episodes). Their seeds are held out: their
+# episode seeds (10**11 + j, 10**11 + 10**5 + j) never occur in recordings with base seeds below 10**6, nor in each
+# other. crafter-val is for choosing settings (sampler, checkpoint) so that crafter-bench stays a test split.
 BENCHMARKS: dict[str, dict[str, Any]] = {
     "crafter-bench": dict(source="crafter", episodes=16, steps=300, seed=1_000_000, size=64, full_length=True),
+    "crafter-val": dict(source="crafter", episodes=16, steps=100, seed=1_000_001, size=64, full_length=True),
 }
 
 
