@@ -36,9 +36,18 @@ PREDICTIONS = ("velocity", "x", "change", "change-noisy")
 SAMPLER_DEFAULTS = ("sample_steps", "sample_temperature", "sample_shift")
 
 
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def is_temperature(value) -> bool:
     """A valid sampling temperature (the starting noise's standard deviation): a finite number >= 0."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return _is_finite_number(value) and value >= 0
+
+
+def is_shift(value) -> bool:
+    """A valid schedule shift k of t' = k t / (1 + (k - 1) t): a finite number > 0."""
+    return _is_finite_number(value) and value > 0
 
 
 def _json_value_fits(annotation: str, value) -> bool:
@@ -142,7 +151,7 @@ class ModelConfig:
             problems.append(f"sample_steps must be an integer >= 1, got {self.sample_steps!r}")
         if not is_temperature(self.sample_temperature):
             problems.append(f"sample_temperature must be a finite number >= 0, got {self.sample_temperature!r}")
-        if not (is_temperature(self.sample_shift) and self.sample_shift > 0):
+        if not is_shift(self.sample_shift):
             problems.append(f"sample_shift must be a finite number > 0, got {self.sample_shift!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, read_config
-from .config import is_temperature
+from .config import is_shift, is_temperature
 from .baselines import BASELINES
 from .fileio import atomic_write, atomic_write_text, sha256_file
 from .metrics.scores import DRIFT_METRICS, LPIPS_NET, METRICS, frame_scores
@@ -100,7 +100,7 @@ class EvalSettings:
                 problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.horizon is not None and self.horizon < 1:
             problems.append(f"horizon must be >= 1, got {self.horizon}")
-        if self.shift is not None and not (is_temperature(self.shift) and self.shift > 0):
+        if self.shift is not None and not is_shift(self.shift):
             problems.append(f"shift must be a finite number > 0, got {self.shift!r}")
         if self.temperature is not None and not is_temperature(self.temperature):
             problems.append(f"temperature must be a finite number >= 0, got {self.temperature!r}")

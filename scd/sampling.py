@@ -145,9 +145,9 @@ class Streamer:
     temperature: the standard deviation of each frame's starting noise, by default the model's
     `config.sample_temperature` (1: the noise it was trained on; lower: less of it reaches the frame, less
     diversity). callback(dict(frame, guided, step, t, x, v)) sees every denoising step (for probing; with
-    guidance, v is the guided velocity and each pass ran both branches). compile: each frame's context pass and denoising steps run
-    as one torch.compile graph (`render_frame`; CUDA graphs on a GPU), the commit eagerly; the first frames
-    compile (seconds to minutes), the later ones replay."""
+    guidance, v is the guided velocity and each pass ran both branches). compile: each frame's context pass and
+    denoising steps run as one torch.compile graph (`render_frame`; CUDA graphs on a GPU), the commit eagerly; the
+    first frames compile (seconds to minutes), the later ones replay."""
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import COMMANDS
 from .options import (add_compile_option, add_device_option, add_option, add_sampler_options, add_surgery_arguments,
-                      at_least, finite, surgery_from_args)
+                      at_least, finite, resolve_sampler_options, surgery_from_args)
 
 
 def parse_actions(text: str, num_actions: int, names: list[str] | None = None) -> list[int]:
@@ -75,8 +75,7 @@ def cmd_generate(args) -> int:
         guidance = Guidance(args.cfg_scale, null_action=args.cfg_null_action, context_noise=args.cfg_context_noise)
 
     generated, times = [], []
-    args.steps = args.steps or model.config.sample_steps
-    args.shift = args.shift or model.config.sample_shift
+    resolve_sampler_options(args, model)
     stream = rollout(model, context, actions, steps=args.steps, shift=args.shift, guidance=guidance,
                      num_samples=args.samples, seed=args.seed, window=window, compile=args.compile,
                      temperature=args.temperature)

@@ -115,6 +115,13 @@ def add_sampler_options(parser) -> None:
     add_option(parser, "--seed", Streamer, "seed", "noise seed", type=at_least(0))
 
 
+def resolve_sampler_options(args, model) -> None:
+    """--steps and --shift left out: the model's own `sample_steps` and `sample_shift`, as a Streamer would take
+    them (the commands also give them to the surgeries and the probes, which need values)."""
+    args.steps = args.steps or model.config.sample_steps
+    args.shift = args.shift or model.config.sample_shift
+
+
 def add_compile_option(parser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="compile each frame's step with torch.compile (CUDA graphs on a GPU): the first frames "

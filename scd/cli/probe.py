@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 
 from . import COMMANDS
-from .options import add_sampler_options, add_surgery_arguments, at_least, parse_episodes, surgery_from_args
+from .options import (add_sampler_options, add_surgery_arguments, at_least, parse_episodes, resolve_sampler_options,
+                      surgery_from_args)
 
 
 # -- scd probe -----------------------------------------------------------------------------------------------
@@ -47,8 +48,7 @@ def cmd_probe(args) -> int:
         raise ValueError(f"--pca-frame {args.pca_frame} is not a generated frame: --frames {args.frames} makes "
                          f"0..{args.frames - 1}")
     model, info = load_checkpoint(args.checkpoint, weights=args.weights)
-    args.steps = args.steps or model.config.sample_steps
-    args.shift = args.shift or model.config.sample_shift
+    resolve_sampler_options(args, model)
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)
@@ -122,8 +122,7 @@ def cmd_quality(args) -> int:
     from ..surgery import operated
 
     model = load_model(args.checkpoint, weights=args.weights)
-    args.steps = args.steps or model.config.sample_steps
-    args.shift = args.shift or model.config.sample_shift
+    resolve_sampler_options(args, model)
     surgery = surgery_from_args(args, args.steps, args.shift)
     if surgery is not None:
         surgery.check(model)
