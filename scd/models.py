@@ -31,7 +31,7 @@ prediction the noisy change from the anchor x_{i-1} (`prediction.to_flow` / `to_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -86,6 +86,33 @@ class Stream:
         history = self.as_history(frames)
         self.anchor = (history if self.anchor_is_read else frames)[:, -1].contiguous()  # one layout for every frame
         return history
+
+    def concat(self, other: "Stream") -> "Stream":
+        """This stream's rows followed by `other`'s: rows that started later, at the same frame position (their
+        caches made with `first_frame`); both between two frames. The history noise is drawn from this stream's."""
+        if self.pending_action is not None or other.pending_action is not None:
+            raise ValueError("streams take or give rows between two frames, not while one is being made")
+        if self.history_t != other.history_t:
+            raise ValueError(f"cannot concatenate streams that read history at flow times {self.history_t} and "
+                             f"{other.history_t}")
+
+        def cat(a, b):
+            return None if a is None and b is None else torch.cat([a, b])
+
+        return replace(self, cache=self.cache.concat(other.cache), batch=self.batch + other.batch,
+                                   anchor=cat(self.anchor, other.anchor), last_frame=cat(self.last_frame,
+                                                                                          other.last_frame))
+
+    def select(self, rows: torch.Tensor) -> "Stream":
+        """A stream of the given rows (a (R,) index) only, between two frames."""
+        if self.pending_action is not None:
+            raise ValueError("streams take or give rows between two frames, not while one is being made")
+
+        def pick(x):
+            return None if x is None else x.index_select(0, rows.to(x.device))
+
+        return replace(self, cache=self.cache.select(rows), batch=rows.numel(), anchor=pick(self.anchor),
+                                   last_frame=pick(self.last_frame))
 
 
 class History(NamedTuple):
@@ -182,13 +209,14 @@ class WorldModel(nn.Module):
                 f"(ids 0..{self.config.num_actions - 1}; {self.null_action} is the null action)"
             )
 
-    def new_stream(self, batch: int, window: int = 256, branches: int = 1) -> Stream:
+    def new_stream(self, batch: int, window: int = 256, branches: int = 1, first_frame: int = 0) -> Stream:
         """A fresh rollout state in which the next frame sees the last `window` frames (older ones leave the KV
-        cache), and whose cached passes may run the frame being made in `branches` versions (guidance)."""
+        cache), and whose cached passes may run the frame being made in `branches` versions (guidance).
+        first_frame: the frame position of its first frame (so that it can join a stream that is further on)."""
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1 (past frames the next frame sees), got {window!r}")
         cache = KVCache(self.cache_layers, self.cache_frames(window), self.config.tokens_per_frame, branches - 1,
-                        self.device)
+                        self.device, first_frame)
         return Stream(cache, batch, history_t=self.config.history_noise, anchor_is_read=self.prediction.anchor_is_read)
 
     def cache_frames(self, window: int) -> int:

@@ -144,9 +144,14 @@ class KVCache:
     denoising steps of one frame rewrite the same slots; `write_history` writes and commits history frames in
     passes of at most `chunk` frames, which bounds the memory of a long prefill (the masks and activations of one
     pass). Shapes never change and the write position lives on the device (`pos`): a compiled per-frame step is
-    one graph for every frame."""
+    one graph for every frame.
 
-    def __init__(self, layers: int, slots: int, tokens_per_frame: int, spare: int = 0, device=None):
+    Rows (videos) may start at different frame positions: `start` holds the first position each row has written
+    (one for all rows, or (B,) once rows that joined later were concatenated in, `concat`), and a row never sees
+    slots from before its start. RoPE is relative, so a row that starts at position p renders as it would from 0."""
+
+    def __init__(self, layers: int, slots: int, tokens_per_frame: int, spare: int = 0, device=None,
+                 first_frame: int = 0):
         if slots < 1:
             raise ValueError(f"KV cache needs room for at least 1 frame, got {slots}")
         self.layers, self.slots, self.spare, self.tokens_per_frame = layers, slots, spare, tokens_per_frame
@@ -154,15 +159,11 @@ class KVCache:
         self.k: torch.Tensor | None = None  # allocated on first write, with the K/V dtype and device
         self.v: torch.Tensor | None = None
         self.chunk = PREFILL_CHUNK
-        self.frames = 0  # committed frames (host count)
-        self.pos = torch.zeros((), dtype=torch.long, device=device)  # the same, on the device: where passes write
+        self.position = first_frame  # the frame position passes write next (host count)
+        self.pos = torch.tensor(first_frame, device=device)  # the same, on the device: where passes write
+        self.start = self.pos.clone()  # () or (B,): the first frame position of each row
         self._slot = torch.arange(slots + spare, device=device)  # (slots + spare,)
         self._token = torch.arange(tokens_per_frame, device=device)  # (P,)
-
-    @property
-    def evicted_frames(self) -> int:
-        """Committed frames that a one-frame pass no longer sees."""
-        return max(0, self.frames + 1 - self.slots)
 
     def open(self, n: int = 1, branches: int = 1) -> "CachePass":
         """A pass that writes n new frames (positions pos .. pos + n - 1), or one frame in `branches` versions:
@@ -174,8 +175,9 @@ class KVCache:
         new = torch.cat([frame_pos[:n] % self.slots, self._slot[self.slots : self.slots + branches - 1]])
         index = (new[:, None] * self.tokens_per_frame + self._token).flatten()  # (groups*P,)
         age = (self.pos - 1 - self._slot) % self.slots  # 0 = the latest committed frame
-        kept = (self._slot < self.slots) & (age < torch.clamp(self.pos, max=self.slots - n))  # (slots + spare,)
-        return CachePass(self, index, kept.repeat_interleave(self.tokens_per_frame), frame_pos)
+        held = torch.clamp(self.pos - self.start, max=self.slots - n)[..., None]  # (1,) or (B, 1): frames seen
+        kept = (self._slot < self.slots) & (age < held)  # (slots + spare,) or (B, slots + spare)
+        return CachePass(self, index, kept.repeat_interleave(self.tokens_per_frame, dim=-1), frame_pos)
 
     def write_history(self, n: int, run) -> None:
         """n history frames in passes of at most `chunk` frames, each committed before the next: run(part, pass)
@@ -202,12 +204,43 @@ class KVCache:
 
     def commit(self, n: int) -> None:
         """The last pass's first n new frames become history."""
-        self.frames += n
+        self.position += n
         self.pos += n
 
     def nbytes(self) -> int:
         """Bytes held by the buffers (0 before the first write)."""
         return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+    def _check_rows(self) -> None:
+        if self.k is None:
+            raise ValueError("a KV cache takes or gives rows once it holds frames (after a prefill or a step)")
+
+    def concat(self, other: "KVCache") -> "KVCache":
+        """This cache's rows followed by `other`'s, at the same frame position (its rows may have started later)."""
+        layout = (self.layers, self.slots, self.tokens_per_frame, self.spare)
+        if layout != (other.layers, other.slots, other.tokens_per_frame, other.spare) or \
+                self.position != other.position:
+            raise ValueError(f"cannot concatenate KV caches of (layers, slots, tokens per frame, spare) {layout} at "
+                             f"frame {self.position} and {(other.layers, other.slots, other.tokens_per_frame, other.spare)}"
+                             f" at frame {other.position}")
+        self._check_rows()
+        other._check_rows()
+        rows = (self.k.shape[1], other.k.shape[1])
+        out = KVCache(*layout, device=self.pos.device, first_frame=self.position)
+        out.k, out.v = torch.cat([self.k, other.k], dim=1), torch.cat([self.v, other.v], dim=1)
+        out.start = torch.cat([self.start.expand(rows[0]), other.start.expand(rows[1])])
+        out.chunk = self.chunk
+        return out
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """A cache of the given rows (a (R,) index) only."""
+        self._check_rows()
+        out = KVCache(self.layers, self.slots, self.tokens_per_frame, self.spare, self.pos.device, self.position)
+        rows = rows.to(self.k.device)
+        out.k, out.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        out.start = self.start.expand(self.k.shape[1]).index_select(0, rows.to(self.start.device))
+        out.chunk = self.chunk
+        return out
 
 
 class CachePass(NamedTuple):
@@ -215,15 +248,20 @@ class CachePass(NamedTuple):
 
     cache: KVCache
     index: torch.Tensor  # (N,) positions of the pass's N new tokens in the buffer
-    kept: torch.Tensor  # (capacity,) bool: committed tokens in the window
+    kept: torch.Tensor  # (capacity,) or (B, capacity) bool: committed tokens in each row's window
     frame_pos: torch.Tensor  # (groups,) frame positions of the new groups
 
     def mask(self, new: torch.Tensor | None) -> torch.Tensor:
         """The (N, N) mask among the new tokens (None: one group, all see all) -> the mask over the buffer,
-        (N, capacity), or (1, capacity) for every query alike."""
+        (N, capacity), or (1, capacity) for every query alike; (B, 1, N or 1, capacity) when rows started at
+        different frames (one mask per row, shared by the heads)."""
+        kept = self.kept.unsqueeze(-2)  # (1, capacity) or (B, 1, capacity)
         if new is None:
-            return self.kept.index_fill(0, self.index, True)[None]
-        return self.kept.repeat(new.shape[0], 1).index_copy_(1, self.index, new)
+            mask = kept.index_fill(-1, self.index, True)
+        else:
+            mask = kept.repeat_interleave(new.shape[0], dim=-2)
+            mask = mask.index_copy_(-1, self.index, new.expand(*mask.shape[:-1], new.shape[1]).contiguous())
+        return mask if mask.ndim == 2 else mask[:, None]
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H, N, hd) into the buffer; return the layer's keys/values (B, H, capacity, hd)."""

@@ -199,16 +199,58 @@ class Streamer:
                 raise ValueError(f"history_noise must be a flow time in [0, 1), got {history_noise}")
             self.stream.history_t = float(history_noise)
         self.frames_generated = 0
+        self.window, self.compile = window, compile
         if compile:  # the compiled step finds the cache's buffers in place, in the dtype autocast gives now
             cfg = model.config
             self.stream.cache.allocate(n, cfg.heads, cfg.head_dim, _kv_dtype(model), self.device, static=True)
         if c0 > 0:
-            with torch.no_grad():
-                model.prefill(
-                    self.stream,
-                    context_frames.to(self.device).repeat_interleave(num_samples, dim=0),
-                    context_actions.to(self.device).repeat_interleave(num_samples, dim=0),
-                )
+            self._prefill(self.stream, context_frames, context_actions)
+
+    @torch.no_grad()
+    def _prefill(self, stream, frames: torch.Tensor, actions: torch.Tensor) -> None:
+        """Known frames (B, n, C, H, W) in the model's space and their actions (B, n) into `stream`, each video's
+        once per sample."""
+        self.model.prefill(stream, frames.to(self.device).repeat_interleave(self.num_samples, dim=0),
+                           actions.to(self.device).repeat_interleave(self.num_samples, dim=0))
+
+    def _stream_changed(self) -> None:
+        if self.compile:  # new buffers: the compiled step reads them in place too
+            for buffer in (self.stream.cache.k, self.stream.cache.v):
+                torch._dynamo.mark_static_address(buffer)
+
+    def join(self, context_frames: torch.Tensor, context_actions: torch.Tensor) -> range:
+        """Start more videos in this batch, between two frames: each from its own context (B', C0 >= 1 frames, as
+        for the constructor), read into the KV cache at the C0 positions just before the batch's next frame, so
+        that from the next `step` on they render in the same passes as the videos already here, exactly as they
+        would alone (RoPE is relative; the cache hides every slot from before a row's first frame). Their noise
+        comes from this streamer's generator. Returns their indices in the batch (the last B')."""
+        frames = _checked_frames(self.model, context_frames, "context_frames")
+        b, c0 = frames.shape[:2]
+        self.model.check_actions(context_actions, (b, c0))
+        _check_user_actions(self.model, context_actions)
+        if not 1 <= c0 <= self.window:
+            raise ValueError(f"a joining video needs 1 to {self.window} (the window) context frames, got {c0}")
+        cache = self.stream.cache
+        joining = self.model.new_stream(b * self.num_samples, self.window, cache.spare + 1, cache.position - c0)
+        joining.history_t, joining.history_generator = self.stream.history_t, self.stream.history_generator
+        self._prefill(joining, frames, context_actions)
+        self.stream = self.stream.concat(joining)
+        self._stream_changed()
+        self.batch += b
+        return range(self.batch - b, self.batch)
+
+    def leave(self, videos) -> None:
+        """Stop the videos with these batch indices (between two frames); the others keep their order and go on."""
+        videos = sorted(set(videos))
+        if not videos or videos[0] < 0 or videos[-1] >= self.batch:
+            raise ValueError(f"videos to leave must be indices in 0..{self.batch - 1}, got {videos}")
+        kept = [i for i in range(self.batch) if i not in set(videos)]
+        if not kept:
+            raise ValueError("every video would leave the batch: drop the Streamer instead")
+        rows = torch.tensor(kept)[:, None] * self.num_samples + torch.arange(self.num_samples)  # (kept, samples)
+        self.stream = self.stream.select(rows.flatten())
+        self._stream_changed()
+        self.batch = len(kept)
 
     @torch.no_grad()
     def step(self, action: torch.Tensor | int) -> torch.Tensor:

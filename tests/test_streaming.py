@@ -1,5 +1,6 @@
 """The fast streaming path against plain references: the ring-buffer KV cache against the copying cache it replaced,
-chunked prefill against one dense pass, guidance branches batched into one pass against one pass per branch."""
+chunked prefill against one dense pass, guidance branches batched into one pass against one pass per branch, videos
+that join and leave a running batch against the same videos streamed alone."""
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ import torch
 import scd.models
 import scd.nn
 from scd.nn import KVCache
-from scd.sampling import GUIDANCE_NOISE, HISTORY_NOISE, Guidance, _generator, euler_sample, flow_schedule, generate
+from scd.sampling import (GUIDANCE_NOISE, HISTORY_NOISE, Guidance, Streamer, _generator, euler_sample, flow_schedule,
+                          generate)
 
 from test_models import FRAME, clip, tiny
 
@@ -17,7 +19,7 @@ class CopyingCache:
     buffer; a pass makes room for its new frames by copying the newest whole frames to the front (evicting the
     oldest), writes its tokens right after them and attends every committed token and its own."""
 
-    def __init__(self, layers, slots, tokens_per_frame, spare=0, device=None):
+    def __init__(self, layers, slots, tokens_per_frame, spare=0, device=None, first_frame=0):
         self.layers, self.slots, self.spare, self.tokens_per_frame = layers, slots, spare, tokens_per_frame
         self.k = self.v = None
         self.length = self.frames = 0
@@ -41,7 +43,6 @@ class CopyingCache:
         self.pos += n
 
     write_history = KVCache.write_history
-    evicted_frames = 0
 
 
 class CopyingPass:
@@ -119,6 +120,87 @@ def test_ring_buffer_attends_the_latest_frames_and_writes_after_them():
     fresh = KVCache(layers=1, slots=4, tokens_per_frame=1)
     fresh.commit(1)
     assert fresh.open(1).mask(None).tolist() == [[True, True, False, False]]
+
+
+def test_rows_that_started_later_see_only_their_own_frames():
+    """Row 0 started at frame 0, row 1 at frame 5 (its first position): after frame 5 a one-frame pass writes slot
+    2 for both; row 0 sees frames 3, 4, 5 (slots 3, 0, 1), row 1 only frame 5 (slot 1); a two-frame pass, frames
+    4, 5 and 5 alone."""
+    old = KVCache(layers=1, slots=4, tokens_per_frame=1)
+    new = KVCache(layers=1, slots=4, tokens_per_frame=1, first_frame=5)
+    for cache, frames in ((old, 6), (new, 1)):
+        cache.allocate(1, 1, 2, torch.float32, "cpu")
+        cache.commit(frames)
+    both = old.concat(new)
+    assert both.start.tolist() == [0, 5] and both.position == 6
+    one = both.open(1)
+    assert one.index.tolist() == [2]
+    assert one.mask(None).tolist() == [[[[True, True, True, True]]], [[[False, True, True, False]]]]
+    causal = torch.tensor([[True, False], [True, True]])
+    two = both.open(2).mask(causal)
+    assert two[0, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert two[1, 0].tolist() == [[False, True, True, False], [False, True, True, True]]
+    assert both.select(torch.tensor([1])).open(1).mask(None).tolist() == [[[[False, True, True, False]]]]
+    with pytest.raises(ValueError, match="at frame 6 and .* at frame 1"):
+        old.concat(KVCache(layers=1, slots=4, tokens_per_frame=1, first_frame=1))
+
+
+JOIN_OPTIONS = [  # (arch, config changes, guidance): every encoder input, change prediction, a null-action branch
+    ("causal_dit", {}, None),
+    ("causal_dit", dict(prediction="change"), Guidance(2.0, null_action=True)),
+    ("scd", {}, None),
+    ("scd", dict(prediction="change"), Guidance(2.0, null_action=True)),
+    ("scd", dict(encoder_input="noisy_current"), None),
+]
+
+
+@pytest.mark.parametrize("arch, changes, guidance", JOIN_OPTIONS)
+@pytest.mark.parametrize("lead", [0, 5])
+def test_a_video_that_joins_and_outlives_a_batch_renders_as_it_would_alone(arch, changes, guidance, lead):
+    """Video A streams `lead` frames alone, then video B joins with 3 context frames (lead 0: at frame 1, so B's
+    context sits at frame positions -2..0), both stream 6 frames in one batch past the window of 3, then A leaves
+    and B streams 3 more. Temperature 0 takes the noise out, so each must equal its solo rollout."""
+    model = tiny(arch, **changes)
+    frames, actions = clip(b=2, f=14)
+    kw = dict(steps=2, window=3, guidance=guidance, temperature=0.0)
+
+    def alone(video, c0, n):
+        streamer = Streamer(model, frames[video, None, :c0], actions[video, None, :c0], **kw)
+        return torch.cat([streamer.step(actions[video, None, c0 + i]) for i in range(n)], dim=1)
+
+    shared = Streamer(model, frames[:1, :1], actions[:1, :1], **kw)
+    a = [shared.step(actions[:1, 1 + i]) for i in range(lead)]
+    assert shared.join(frames[1:, :3], actions[1:, :3]) == range(1, 2)
+    b = []
+    for i in range(6):
+        both = shared.step(torch.stack([actions[0, 1 + lead + i], actions[1, 3 + i]]))
+        a.append(both[:1])
+        b.append(both[1:])
+    shared.leave([0])
+    b += [shared.step(actions[1:, 9 + i]) for i in range(3)]
+    assert shared.batch == 1
+    torch.testing.assert_close(torch.cat(a, dim=1), alone(0, 1, lead + 6), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(b, dim=1), alone(1, 3, 9), atol=2e-5, rtol=1e-4)
+
+
+def test_joining_and_leaving_check_their_input():
+    model = tiny("scd")
+    frames, actions = clip(b=2, f=6)
+    shared = Streamer(model, frames[:1, :2], actions[:1, :2], steps=1, window=3, num_samples=2)
+    with pytest.raises(ValueError, match="needs 1 to 3 \\(the window\\) context frames, got 4"):
+        shared.join(frames[:, :4], actions[:, :4])
+    with pytest.raises(ValueError, match="needs 1 to 3"):
+        shared.join(frames[:, :0], actions[:, :0])
+    with pytest.raises(ValueError, match="actions"):
+        shared.join(frames[:, :2], actions[:1, :2])
+    assert shared.join(frames[:, :2], actions[:, :2]) == range(1, 3)
+    assert shared.step(1).shape == (3, 2, *FRAME) and shared.stream.batch == 6  # 3 videos x 2 samples
+    with pytest.raises(ValueError, match="indices in 0..2, got \\[3\\]"):
+        shared.leave([3])
+    with pytest.raises(ValueError, match="every video would leave"):
+        shared.leave([0, 1, 2])
+    shared.leave([1])
+    assert shared.step(torch.tensor([1, 2])).shape == (2, 2, *FRAME)
 
 
 @pytest.mark.parametrize("arch, changes", [("causal_dit", {}), ("scd", {}),
@@ -234,6 +316,22 @@ def traced_compile(monkeypatch):
 
     monkeypatch.setattr(scd.sampling, "compiled_render_frame", traced)
     return built
+
+
+def test_compiled_step_follows_videos_that_join_and_leave(traced_compile):
+    model = tiny("scd", prediction="change")
+    frames, actions = clip(b=3, f=8)
+
+    def run(compile):
+        streamer = Streamer(model, frames[:1, :2], actions[:1, :2], steps=2, window=2, seed=4, compile=compile)
+        out = [streamer.step(actions[:1, 2])]
+        streamer.join(frames[1:, :2], actions[1:, :2])
+        out += [streamer.step(actions[:, 3 + i]) for i in range(2)]
+        streamer.leave([0, 2])
+        out += [streamer.step(actions[1:2, 5 + i]) for i in range(2)]
+        return torch.cat([frame.flatten(0, 1) for frame in out])  # (1 + 3 + 3 + 1 + 1, C, H, W)
+
+    torch.testing.assert_close(run(True), run(False), atol=1e-5, rtol=1e-5)
 
 
 def test_generate_and_play_take_compile(traced_compile, tmp_path, capsys):
