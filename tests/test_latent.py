@@ -122,7 +122,8 @@ def test_generate_eval_quality_probe_and_play_run_on_a_latent_model(latent_run, 
 
     model = load_model(latent_run)
     engine = Engine({"scd": model}, load_context(str(data), 4), steps=1, context_frames=2, window=3)
-    frame = engine.render_next()
+    engine.open_session()
+    [frame] = engine.render_next()
     assert frame.pixels.shape == (SIZE, SIZE, 3) and frame.pixels.dtype == np.uint8
 
 

@@ -102,15 +102,17 @@ def served(assets):
 # -- engine and key map ----------------------------------------------------------------------------------
 def test_a_tap_between_two_frames_still_drives_one_frame_then_the_held_key_rules(assets):
     engine = make_engine(assets)
-    engine.reset()
-    engine.set_action(5)  # tap "do": pressed and released before the next frame
-    engine.set_action(0)
-    assert [engine.render_next().action for _ in range(2)] == [5, 0]
-    engine.set_action(1)  # hold move_left
-    assert [engine.render_next().action for _ in range(3)] == [1, 1, 1]
-    assert list(engine.action_log) == [5, 0, 1, 1, 1]
+    sid = engine.open_session()
+    engine.set_action(sid, 5)  # tap "do": pressed and released before the next frame
+    engine.set_action(sid, 0)
+    assert [engine.render_next()[0].action for _ in range(2)] == [5, 0]
+    engine.set_action(sid, 1)  # hold move_left
+    assert [engine.render_next()[0].action for _ in range(3)] == [1, 1, 1]
+    assert list(engine.sessions[sid].action_log) == [5, 0, 1, 1, 1]
     with pytest.raises(ValueError, match="unknown action id 17"):
-        engine.set_action(17)
+        engine.set_action(sid, 17)
+    with pytest.raises(ValueError, match="no session 7"):
+        engine.set_action(7, 1)
 
 
 def test_without_steps_each_model_renders_with_its_own_sample_steps(assets, tmp_path):
@@ -118,8 +120,9 @@ def test_without_steps_each_model_renders_with_its_own_sample_steps(assets, tmp_
     models["scd"].config = dataclasses.replace(models["scd"].config, sample_steps=3)
     engine = Engine(models, load_context_npz(assets["context"]), context_frames=3, window=4, steps=None)
     assert (engine.steps_for("scd"), engine.steps_for("dit")) == (3, models["dit"].config.sample_steps)
-    engine.reset()
-    assert len(engine.streamer.schedule) == 4  # S = 3 steps: 4 flow times
+    engine.open_session()
+    engine.render_next()
+    assert len(engine.batches["scd"].streamer.schedule) == 4  # S = 3 steps: 4 flow times
     assert Engine(models, load_context_npz(assets["context"]), context_frames=3, window=4,
                   steps=1).steps_for("scd") == 1
 
@@ -130,25 +133,59 @@ def test_play_renders_at_the_given_temperature_else_each_models_own(assets):
     context = load_context_npz(assets["context"])
     for given, used in ((None, 0.25), (0.5, 0.5)):
         engine = Engine(models, context, context_frames=3, window=4, temperature=given)
-        engine.reset()
-        assert engine.streamer.temperature == used
+        engine.open_session()
+        engine.render_next()
+        assert engine.batches["scd"].streamer.temperature == used
     with pytest.raises(ValueError, match="--temperature must be a finite number >= 0"):
         Engine(models, context, context_frames=3, window=4, temperature=-1.0)
 
 
 def test_switching_model_continues_from_the_session_and_reset_restarts_from_real_frames(assets):
     engine = make_engine(assets)
-    engine.reset(episode=1)
+    sid = engine.open_session(episode=1)
+    session = engine.sessions[sid]
     for _ in range(4):
-        frame = engine.render_next()
+        [frame] = engine.render_next()
     assert frame.index == 4 and frame.pixels.shape == (64, 64, 3) and frame.pixels.dtype == np.uint8
-    engine._apply("model", "dit")
-    assert engine.model_name == "dit" and engine.frames_generated == 4  # same session, other model
-    assert engine.render_next().model == "dit"
-    engine._apply("reset", 2)
-    assert engine.episode == 2 and engine.frames_generated == 0
+    engine._apply(sid, "model", "dit")
+    assert session.model == "dit" and session.frames_generated == 4  # same session, other model
+    assert engine.render_next()[0].model == "dit" and list(engine.batches) == ["dit"]
+    engine._apply(sid, "reset", 2)
+    assert session.episode == 2 and session.frames_generated == 0
     with pytest.raises(ValueError, match="not loaded"):
-        engine.request("model", "far")
+        engine.request(sid, "model", "far")
+
+
+def test_sessions_render_in_one_batch_per_model_each_as_it_would_alone(assets):
+    """Three worlds: two on the SCD (the second opens two frames later), one on the Causal DiT. At temperature
+    0 each session's frames equal those of an engine that plays it alone; pausing or closing a session takes it
+    out of its batch and the others go on."""
+    engine = make_engine(assets, temperature=0.0)
+    first = engine.open_session(episode=0)
+    frames = {first: [f.pixels for f in engine.render_next() + engine.render_next()]}
+    second, third = engine.open_session(episode=1), engine.open_session(episode=2)
+    engine._apply(third, "model", "dit")
+    for sid in (second, third):
+        frames[sid] = []
+    for _ in range(3):
+        made = engine.render_next()
+        assert sorted(f.session for f in made) == [first, second, third]
+        for f in made:
+            frames[f.session].append(f.pixels)
+    assert engine.batches["scd"].sessions == [first, second] and engine.batches["scd"].streamer.batch == 2
+    assert engine.batches["dit"].sessions == [third]
+    engine._apply(first, "pause", True)
+    engine.close_session(third)
+    made = engine.render_next()
+    assert [f.session for f in made] == [second] and list(engine.batches) == ["scd"]
+    frames[second].append(made[0].pixels)
+
+    for sid, episode, model in ((first, 0, "scd"), (second, 1, "scd"), (third, 2, "dit")):
+        alone = make_engine(assets, temperature=0.0)
+        engine_sid = alone.open_session(episode=episode)
+        alone._apply(engine_sid, "model", model)
+        expected = [alone.render_next()[0].pixels for _ in frames[sid]]
+        assert np.abs(np.stack(frames[sid]).astype(int) - np.stack(expected)).max() <= 1, sid
 
 
 def test_context_files_are_validated_and_missing_assets_name_the_way_out(assets, tmp_path, monkeypatch):
@@ -189,7 +226,7 @@ def test_benchmark_prints_frames_per_second_and_latency_for_both_models(assets, 
             str(assets["context"]), "--steps", "2", "--context", "3", "--window", "4"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "6 frames per model" in out and "SCD streams" in out
+    assert "6 frames per model and session, 1 session(s)" in out and "SCD streams" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.startswith(("SCD ", "Causal")) and "streams" not in line}
     assert float(rows["SCD"][4]) > 0 and float(rows["Causal"][5]) > 0  # frames/s of both
@@ -291,7 +328,7 @@ def test_a_burst_of_valid_commands_does_not_disconnect_a_page_that_reads(served)
 
     async def session():
         async with aiohttp.ClientSession() as http, http.ws_connect(served.url + "ws") as ws:
-            await ws.receive_json(timeout=10)
+            mine = served.engine.sessions[(await ws.receive_json(timeout=10))["session"]]
             for i in range(200):  # more than the command queue holds: some are answered "busy", none closes
                 await ws.send_str(json.dumps({"type": "pause", "paused": i % 2 == 0}))
             await asyncio.sleep(1.0)  # the client reads meanwhile (aiohttp buffers), the burst settles
@@ -300,11 +337,78 @@ def test_a_burst_of_valid_commands_does_not_disconnect_a_page_that_reads(served)
             while not resumed:  # statuses, maybe "busy" errors, then frames once the resume is applied
                 msg = await ws.receive(timeout=10)
                 assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
-                resumed = msg.type == aiohttp.WSMsgType.BINARY and not served.engine.paused
+                resumed = msg.type == aiohttp.WSMsgType.BINARY and not mine.paused
             assert not ws.closed
 
     run_async(session())
-    wait_until(lambda: not served.engine.paused, what="resumed")
+
+
+def frame_header(data: bytes) -> dict:
+    (n,) = struct.unpack(">I", data[:4])
+    return json.loads(data[4 : 4 + n])
+
+
+async def frames_of(ws, count: int) -> list[dict]:
+    """The headers of the next `count` frames a page receives (text messages skipped)."""
+    import aiohttp
+
+    headers = []
+    while len(headers) < count:
+        msg = await ws.receive(timeout=30)
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            headers.append(frame_header(msg.data))
+    return headers
+
+
+def test_each_page_plays_its_own_world_and_the_worlds_share_one_batch(served):
+    import aiohttp
+
+    engine = served.engine
+
+    async def two_pages():
+        async with aiohttp.ClientSession() as http, http.ws_connect(served.url + "ws") as one, \
+                http.ws_connect(served.url + "ws") as two:
+            ids = [(await ws.receive_json(timeout=10))["session"] for ws in (one, two)]
+            await two.send_str(json.dumps({"type": "reset", "episode": 2}))
+            await frames_of(one, 3)
+            wait_until(lambda: engine.sessions[ids[1]].episode == 2, what="page two's reset")
+            got = [await frames_of(ws, 3) for ws in (one, two)]
+            batch = engine.batches["scd"].sessions
+            return ids, got, batch
+
+    (a, b), (frames_a, frames_b), batch = run_async(two_pages())
+    assert a != b and {a, b} <= set(batch)  # one batched step renders both worlds
+    assert {f["session"] for f in frames_a} == {a} and {f["session"] for f in frames_b} == {b}
+    assert {f["episode"] for f in frames_a} == {0} and {f["episode"] for f in frames_b} == {2}
+    wait_until(lambda: a not in engine.sessions and b not in engine.sessions, what="sessions closed with their pages")
+
+
+def test_in_a_shared_world_every_page_shows_and_drives_one_session(assets):
+    import aiohttp
+
+    engine = make_engine(assets)
+    server = PlayServer(engine, assets["root"] / "videos-shared", port=0, shared_world=True)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    assert server.ready.wait(30)
+
+    async def two_pages():
+        async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "ws") as one, \
+                http.ws_connect(server.url + "ws") as two:
+            ids = [(await ws.receive_json(timeout=10))["session"] for ws in (one, two)]
+            await two.send_str(json.dumps({"type": "action", "action": "move_up"}))
+            wait_until(lambda: 3 in engine.sessions[ids[0]].action_log, what="page two's key")
+            return ids, [await frames_of(ws, 2) for ws in (one, two)]
+
+    try:
+        ids, frames = run_async(two_pages())
+        assert ids[0] == ids[1] == server.shared_session
+        assert {f["session"] for page in frames for f in page} == {server.shared_session}
+        wait_until(lambda: not engine.sessions[server.shared_session].watched, what="nobody watching")
+    finally:
+        server.shutdown()
+        thread.join(15)
+    assert not thread.is_alive()
 
 
 def test_saved_videos_are_limited_in_number(served, monkeypatch):
@@ -407,10 +511,15 @@ def frame_number(page) -> int:
     return int(page.inner_text("#stat-frame"))
 
 
+def browser_session(served):
+    """The session of the browser's page: the newest one (the other tests' pages have gone)."""
+    return served.engine.sessions[max(served.engine.sessions)]
+
+
 def test_page_streams_frames_and_keys_reach_the_model(served, page):
     page.wait_for_function("Number(document.getElementById('stat-frame').textContent) >= 3", timeout=30000)
     assert "move_left" in page.inner_text("#legend") and page.inner_text("#stat-model") == "SCD"
-    log = served.engine.action_log
+    log = browser_session(served).action_log
     for key, action in [("a", 1), ("Space", 5), ("ArrowUp", 3), ("6", 16)]:
         start = len(log)
         page.keyboard.down(key)
@@ -422,12 +531,12 @@ def test_page_streams_frames_and_keys_reach_the_model(served, page):
 
 
 def test_page_switches_model_resets_and_saves_a_video(served, page, tmp_path):
-    engine = served.engine
+    engine = browser_session(served)
     page.click("#model-dit")
     page.wait_for_function("document.getElementById('stat-model').textContent === 'Causal DiT'")
     before = frame_number(page)
     page.wait_for_function(f"Number(document.getElementById('stat-frame').textContent) > {before + 2}")
-    assert engine.model_name == "dit"
+    assert engine.model == "dit"
 
     page.click("#pause")
     wait_until(lambda: engine.paused, what="pause")

@@ -12,6 +12,8 @@ EXAMPLES = """examples:
   scd play                                   # shipped Crafter SCD + Causal DiT, http://127.0.0.1:8765/
   scd play --scd runs/my-scd --data data/crafter
   scd play --benchmark 200 --untrained --data data/crafter   # frames/s and latency, SCD vs Causal DiT
+  scd play --benchmark 100 --sessions 4      # four players' worlds rendered in one batch per model
+  scd play --shared-world                    # every page watches and drives one world (a demo on a screen)
 """
 
 
@@ -46,17 +48,25 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/play", help="folder for saved session videos (default out/play)")
     p.add_argument("--benchmark", type=int, metavar="N",
                    help="no server: render N frames with each model headless and print frames/s and latency")
+    p.add_argument("--sessions", type=int, default=1,
+                   help="with --benchmark: sessions (players' worlds) rendered in one batch per model (default 1)")
+    p.add_argument("--shared-world", action="store_true",
+                   help="every page shows and drives one world (default: each page plays its own world; the "
+                        "worlds of one model render in one batched step)")
     p.set_defaults(func=cmd_play)
 
 
 def print_benchmark(engine, results: dict, threads: int) -> None:
     from ..play.engine import MODEL_LABELS
 
-    print(f"scd play --benchmark: {next(iter(results.values()))['frames']} frames per model, window {engine.window}, "
+    first = next(iter(results.values()))
+    print(f"scd play --benchmark: {first['frames']} frames per model and session, {first['sessions']} session(s) in "
+          f"one batch, window {engine.window}, "
           f"context {engine.context_frames}, {threads} torch thread(s), bf16 {'on' if engine.bf16 else 'off'}, "
           f"compile {'on' if engine.compile else 'off'}, {engine.models[next(iter(results))].device}")
     print(f"{'model':<11} {'blocks':>6} {'params':>7} {'S':>3} {'BP/frame':>8} {'frames/s':>8} "
-          f"{'latency ms: mean':>16} {'p50':>6} {'p90':>6} {'max':>6}")
+          f"{'latency ms: mean':>16} {'p50':>6} {'p90':>6} {'max':>6}   (frames/s: all sessions together; "
+          "latency: one batched step)")
     for name, r in results.items():
         steps = engine.steps_for(name)
         info = engine.models[name].describe(steps)
@@ -76,6 +86,8 @@ def cmd_play(args) -> int:
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.sessions != 1 and args.benchmark is None:
+        raise ValueError("--sessions is for --benchmark: served, every page that connects opens its own session")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     try:
@@ -88,7 +100,7 @@ def cmd_play(args) -> int:
                         bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16, compile=args.compile,
                         temperature=args.temperature)
         if args.benchmark is not None:
-            print_benchmark(engine, benchmark(engine, args.benchmark), args.threads)
+            print_benchmark(engine, benchmark(engine, args.benchmark, sessions=args.sessions), args.threads)
             return 0
         from ..play.server import PlayServer
 
@@ -97,7 +109,7 @@ def cmd_play(args) -> int:
             print(f"scd play: {names} on {url} (Ctrl-C to stop); videos go to {os.path.abspath(args.out)}",
                   flush=True)
 
-        PlayServer(engine, args.out, args.host, args.port, on_ready=announce).serve()
+        PlayServer(engine, args.out, args.host, args.port, on_ready=announce, shared_world=args.shared_world).serve()
     except KeyboardInterrupt:  # Ctrl-C while loading: nothing to clean up yet
         pass
     print("scd play: stopped", flush=True)

@@ -1,18 +1,20 @@
-"""The play engine: streams frames from a world model, one `Streamer.step` per frame, in a worker thread.
+"""The play engine: streams frames from world models for any number of sessions (players' worlds), in a worker thread.
 
-The engine owns the models, the real context frames it starts from, the current `Streamer`, and the session
-recording. Other threads talk to it only through thread-safe methods:
+The engine owns the models, the real context frames sessions start from, the sessions (each with its key state
+and recording) and one batch per model: the active sessions that play a model render together, one batched
+`Streamer.step` per frame. Other threads talk to it only through thread-safe methods:
 
-    engine.set_action(id)          the key the player holds (or noop); every press is also queued once, so a
+    engine.open_session(episode)   a new world, from the context of `episode` -> session id; close_session(id)
+    engine.set_action(id, action)  the key the player holds (or noop); every press is also queued once, so a
                                    tap shorter than one frame still reaches the model
-    engine.request(kind, value)    "model" / "reset" / "pause", applied by the worker between two frames
-    engine.set_watched(bool)       generate only while someone is watching
-    engine.save_video(dir)         the session so far as an mp4
+    engine.request(id, kind, value)  "model" / "reset" / "pause", applied by the worker between two frames
+    engine.set_watched(id, bool)   generate for a session only while someone is watching it
+    engine.save_video(id, dir)     the session so far as an mp4
 
-and it reports back through one callback, `on_event(event)`, called from the worker thread with a `Frame`
-or a status/error dict. `render_next()` renders one frame in the calling thread (the benchmark uses it
-without the worker). `load_models` picks the models to play: checkpoints (by default the shipped ones) or
-random-weight presets.
+and it reports back through one callback, `on_event(event)`, called from the worker thread with a `Frame` (which
+names its session) or a status/error dict. `render_next()` renders one frame of every active session in the
+calling thread (the benchmark uses it without the worker). `load_models` picks the models to play: checkpoints
+(by default the shipped ones) or random-weight presets.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -95,25 +97,60 @@ def load_models(checkpoints: dict, context: ContextSet, untrained: bool = False,
 class Frame:
     """One generated frame and how it was made."""
 
+    session: int
     index: int  # frames generated in this session (context frames not counted)
     model: str
     episode: int
     action: int
     pixels: np.ndarray  # uint8 (H, W, 3)
-    latency: float  # seconds spent in Streamer.step (and decoding to uint8 pixels)
-    fps: float  # generation rate over the last FPS_WINDOW frames (0 until there are two)
+    latency: float  # seconds spent in the batched Streamer.step (and decoding to uint8 pixels)
+    fps: float  # the session's generation rate over its last FPS_WINDOW frames (0 until there are two)
+
+
+@dataclass(eq=False)
+class Session:
+    """One player's world: the model it plays, its key state, its recording (context frames first). It renders
+    while watched and not paused, as one row of its model's batch."""
+
+    id: int
+    model: str
+    episode: int = 0
+    paused: bool = False
+    watched: bool = False
+    frames_generated: int = 0
+    rejoin: bool = True  # (re)start its row from its recording: new, reset
+    held: int = 0  # guarded by the engine's lock, like presses and recording
+    presses: deque = field(default_factory=lambda: deque(maxlen=ACTION_QUEUE))
+    recording: deque = field(default_factory=lambda: deque(maxlen=RECORD_LIMIT))  # (pixels, action)
+    action_log: deque = field(default_factory=lambda: deque(maxlen=10_000))  # actions fed to the model, newest last
+    done_times: deque = field(default_factory=lambda: deque(maxlen=FPS_WINDOW))
+
+    @property
+    def active(self) -> bool:
+        return self.watched and not self.paused
+
+
+@dataclass(eq=False)
+class Batch:
+    """The active sessions of one model: one Streamer, one row per session, in this order."""
+
+    streamer: Streamer
+    sessions: list[int]
 
 
 class Engine:
-    """Streams frames from one of several world models (named "scd" / "dit"), switching on request.
+    """Streams frames from world models (named "scd" / "dit") for any number of sessions: every session plays
+    its own world, and the sessions that play one model render together, one batched `Streamer.step` per frame
+    (a session that starts, resets, resumes or switches model joins its model's batch from its recent frames;
+    one that pauses or closes leaves it).
 
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
     starts from the last `context_frames` frames of one episode. action_names: the game's (e.g. from the
     checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame
     (default: each model's own `config.sample_steps`); temperature: the starting noise's std (default: each
     model's own `config.sample_temperature`);
-    window: past frames the next frame sees; seed: the noise seed of every session; bf16: autocast on the CPU;
-    compile: the compiled per-frame step (the first frames of each model wait for the compiler)."""
+    window: past frames the next frame sees; seed: the noise seed of each model's batch; bf16: autocast on the CPU;
+    compile: the compiled per-frame step (the first frames of each batch size wait for the compiler)."""
 
     def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int | None = None,
                  context_frames: int = 4, window: int = 7, seed: int = 0, bf16: bool = False,
@@ -152,26 +189,19 @@ class Engine:
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
         self.action_names = self._action_names(action_names, first.num_actions)
         self.num_actions = first.num_actions
+        self.default_model = "scd" if "scd" in models else next(iter(models))
 
-        # Shared with other threads (guarded by _lock): the held action, queued presses, the recording.
+        # Shared with other threads (guarded by _lock): the sessions, their keys and recordings.
         self._lock = threading.Lock()
-        self._held = 0
-        self._presses: deque[int] = deque(maxlen=ACTION_QUEUE)
-        self._recording: deque[tuple[np.ndarray, int]] = deque(maxlen=RECORD_LIMIT)
-        self.action_log: deque[int] = deque(maxlen=10_000)  # action ids fed to Streamer.step, newest last
+        self.sessions: dict[int, Session] = {}
+        self._next_id = 0
         self._commands: queue.Queue = queue.Queue(maxsize=COMMAND_QUEUE)
         self._wake = threading.Event()
-        self._watched = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
         # Owned by the thread that generates (the worker, or the caller of render_next).
-        self.model_name = "scd" if "scd" in models else next(iter(models))
-        self.episode = 0
-        self.paused = False
-        self.frames_generated = 0
-        self._done_times: deque[float] = deque(maxlen=FPS_WINDOW)
-        self.streamer: Streamer | None = None
+        self.batches: dict[str, Batch] = {}  # model name -> its active sessions' batch
 
     def steps_for(self, name: str) -> int:
         """The denoising steps model `name` renders with: --steps, else the model's own `config.sample_steps`."""
@@ -186,22 +216,46 @@ class Engine:
         return tuple(f"action_{i}" for i in range(num_actions))
 
     # -- thread-safe controls ------------------------------------------------------------------------------
-    def set_action(self, action: int) -> None:
+    def open_session(self, episode: int = 0, watched: bool = True) -> int:
+        """A new session on the default model, starting from the context of `episode` -> its id."""
+        with self._lock:
+            session = Session(self._next_id, self.default_model)
+            self._next_id += 1
+            self.sessions[session.id] = session
+        self._restart(session, episode)
+        session.watched = watched
+        self._wake.set()
+        return session.id
+
+    def close_session(self, session: int) -> None:
+        """Forget the session (it leaves its batch before the next frame)."""
+        with self._lock:
+            self.sessions.pop(session, None)
+        self._wake.set()
+
+    def session(self, session: int) -> Session:
+        found = self.sessions.get(session)
+        if found is None:
+            raise ValueError(f"no session {session}: open one first (open sessions: {sorted(self.sessions)})")
+        return found
+
+    def set_action(self, session: int, action: int) -> None:
         """The action the player holds now (0 = noop when nothing is held). A non-noop action is also queued
         once, so a key tapped between two frames still drives one frame."""
         if not 0 <= action < self.num_actions:
             raise ValueError(f"unknown action id {action}: the models know {self.num_actions} actions")
         with self._lock:
-            self._held = action
+            found = self.session(session)
+            found.held = action
             if action != 0:
-                self._presses.append(action)
+                found.presses.append(action)
 
-    def _release_keys(self) -> None:
+    def _release_keys(self, session: Session) -> None:
         with self._lock:
-            self._held = 0
-            self._presses.clear()
+            session.held = 0
+            session.presses.clear()
 
-    def request(self, kind: str, value=None) -> None:
+    def request(self, session: int, kind: str, value=None) -> None:
         """Queue a command for the worker: ("model", name), ("reset", episode or None), ("pause", bool).
         Raises queue.Full when COMMAND_QUEUE commands are already waiting."""
         if kind not in ("model", "reset", "pause"):
@@ -210,29 +264,31 @@ class Engine:
             raise ValueError(f"model {value!r} is not loaded; loaded: {sorted(self.models)}")
         if kind == "reset" and value is not None and not 0 <= value < self.context.num_episodes:
             raise ValueError(f"episode {value} out of range: the context holds {self.context.num_episodes} episodes")
-        self._commands.put_nowait((kind, value))
+        self.session(session)
+        self._commands.put_nowait((session, kind, value))
         self._wake.set()
 
-    def set_watched(self, watched: bool) -> None:
-        """Generate only while a page is connected (no CPU burnt for nobody); with none, no key is held."""
-        if watched:
-            self._watched.set()
-        else:
-            self._watched.clear()
-            self._release_keys()
+    def set_watched(self, session: int, watched: bool) -> None:
+        """Generate for a session only while a page shows it (no CPU burnt for nobody); unwatched, no key is held."""
+        found = self.session(session)
+        found.watched = watched
+        if not watched:
+            self._release_keys(found)
         self._wake.set()
 
-    def status(self) -> dict:
-        return {"type": "status", "model": self.model_name, "episode": self.episode, "paused": self.paused,
-                "episodes": self.context.num_episodes, "frames": self.frames_generated}
+    def status(self, session: int) -> dict:
+        found = self.session(session)
+        return {"type": "status", "session": found.id, "model": found.model, "episode": found.episode,
+                "paused": found.paused, "episodes": self.context.num_episodes, "frames": found.frames_generated}
 
-    def save_video(self, out_dir: str | Path) -> tuple[Path, int]:
+    def save_video(self, session: int, out_dir: str | Path) -> tuple[Path, int]:
         """Write the session so far (context frames first) as an mp4 in out_dir -> (path, number of frames)."""
         from ..video import upscale, write_video
 
         with self._lock:
-            frames = [f for f, _ in self._recording]
-            model = self.model_name
+            found = self.session(session)
+            frames = [f for f, _ in found.recording]
+            model = found.model
         if not frames:
             raise ValueError("nothing to save yet: no frame has been generated")
         name = time.strftime("scd-play-%Y%m%d-%H%M%S") + f"-{model}-{time.monotonic_ns() % 10**6:06d}.mp4"
@@ -245,83 +301,115 @@ class Engine:
             return nullcontext()
         return torch.autocast(next(iter(self.models.values())).device.type, dtype=torch.bfloat16)
 
-    def reset(self, episode: int | None = None, model: str | None = None, continue_session: bool = False) -> None:
-        """Start a new Streamer for `model` (default: the current one).
-
-        From the context of `episode` (default: the current one), or with continue_session from the last
-        context_frames frames of the session, so a model switch keeps the world the player is in."""
-        self.model_name = model or self.model_name
+    def _restart(self, session: Session, episode: int | None = None) -> None:
+        """The session starts again from the real context frames of `episode` (default: its current one)."""
+        session.episode = session.episode if episode is None else episode
+        frames = self.context.frames[session.episode, -self.context_frames:]
+        actions = self.context.actions[session.episode, -self.context_frames:].astype(np.int64).tolist()
         with self._lock:
-            recorded = list(self._recording)[-self.context_frames:]
-        if continue_session and len(recorded) >= self.context_frames:
-            frames = np.stack([f for f, _ in recorded])
-            actions = np.array([a for _, a in recorded], dtype=np.int64)
-        else:
-            self.episode = self.episode if episode is None else episode
-            frames = self.context.frames[self.episode, -self.context_frames:]
-            actions = self.context.actions[self.episode, -self.context_frames:].astype(np.int64)
-            with self._lock:
-                self._recording.clear()
-                self._recording.extend(zip(frames, actions.tolist()))
-                self._presses.clear()
-            self.frames_generated = 0
-        model = self.models[self.model_name]
-        frames, actions = torch.from_numpy(np.array(frames)), torch.from_numpy(actions)  # uint8: the codec encodes
-        with torch.inference_mode(), self._autocast():
-            self.streamer = Streamer(model, frames[None].to(model.device), actions[None].to(model.device),
-                                     steps=self.steps_for(self.model_name), seed=self.seed, window=self.window,
-                                     compile=self.compile, temperature=self.temperature)
-        self._done_times.clear()
+            session.recording.clear()
+            session.recording.extend(zip(frames, actions))
+            session.presses.clear()
+        session.frames_generated = 0
+        session.done_times.clear()
+        session.rejoin = True
 
-    def _next_action(self) -> int:
-        with self._lock:
-            return self._presses.popleft() if self._presses else self._held
-
-    def render_next(self) -> Frame:
-        """Generate the next frame with the queued press or the held action, record it and return it."""
-        if self.streamer is None:
-            self.reset()
-        action = self._next_action()
-        with torch.inference_mode(), self._autocast():
-            codec = self.streamer.model.codec
-            pixels, latency = timed(lambda: codec.decode(self.streamer.step(action)[0, 0][None])[0].cpu().numpy())
-        self._done_times.append(time.perf_counter())
-        times = self._done_times
-        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-        with self._lock:
-            self._recording.append((pixels, action))
-        self.action_log.append(action)
-        self.frames_generated += 1
-        return Frame(self.frames_generated, self.model_name, self.episode, action, pixels, latency, fps)
-
-    def _apply(self, kind: str, value) -> None:
+    def _apply(self, session: int, kind: str, value) -> None:
+        found = self.sessions.get(session)
+        if found is None:  # closed while its command waited
+            return
         if kind == "model":
-            if value != self.model_name:
-                self.reset(model=value, continue_session=True)
+            found.model = value  # the world continues: it joins the other model's batch from its recent frames
         elif kind == "reset":
-            self.reset(episode=value)
+            self._restart(found, value)
         else:
-            self.paused = bool(value)
-            self._release_keys()  # presses made while paused do not burst out on resume
-            self._done_times.clear()
-        self.on_event(self.status())
+            found.paused = bool(value)
+            self._release_keys(found)  # presses made while paused do not burst out on resume
+            found.done_times.clear()
+        self.on_event(self.status(session))
+
+    def _sync_batches(self) -> dict[int, Session]:
+        """Sessions that stopped (closed, paused, unwatched, reset, switched model) leave their batch; active
+        sessions that are in none join their model's, from their last `window` recorded frames. Returns the
+        sessions it saw (id -> Session)."""
+        with self._lock:
+            sessions = dict(self.sessions)
+        for name, batch in list(self.batches.items()):
+            staying = [sid in sessions and sessions[sid].active and sessions[sid].model == name and
+                       not sessions[sid].rejoin for sid in batch.sessions]
+            if not any(staying):
+                del self.batches[name]
+            elif not all(staying):
+                batch.streamer.leave([i for i, stays in enumerate(staying) if not stays])
+                batch.sessions = [sid for sid, stays in zip(batch.sessions, staying) if stays]
+        in_batch = {sid for batch in self.batches.values() for sid in batch.sessions}
+        for session in sessions.values():
+            if session.active and session.id not in in_batch:
+                self._join(session)
+        return sessions
+
+    def _join(self, session: Session) -> None:
+        model = self.models[session.model]
+        with self._lock:
+            recent = list(session.recording)[-self.window:]
+        frames = torch.from_numpy(np.stack([f for f, _ in recent]))[None].to(model.device)  # uint8 (1, n, H, W, 3)
+        actions = torch.tensor([[a for _, a in recent]], dtype=torch.long, device=model.device)
+        batch = self.batches.get(session.model)
+        with torch.inference_mode(), self._autocast():
+            if batch is None:
+                streamer = Streamer(model, frames, actions, steps=self.steps_for(session.model), seed=self.seed,
+                                    window=self.window, compile=self.compile, temperature=self.temperature)
+                self.batches[session.model] = Batch(streamer, [session.id])
+            else:
+                batch.streamer.join(frames, actions)
+                batch.sessions.append(session.id)
+        session.rejoin = False
+
+    def _next_action(self, session: Session) -> int:
+        with self._lock:
+            return session.presses.popleft() if session.presses else session.held
+
+    def render_next(self) -> list[Frame]:
+        """Generate the next frame of every active session (one batched step per model) with its queued press or
+        its held action; record them and return them."""
+        known = self._sync_batches()
+        frames = []
+        for name, batch in self.batches.items():
+            sessions = [known[sid] for sid in batch.sessions]
+            actions = [self._next_action(s) for s in sessions]
+            model = self.models[name]
+            action = torch.tensor(actions, dtype=torch.long)
+            with torch.inference_mode(), self._autocast():
+                pixels, latency = timed(lambda: model.codec.decode(batch.streamer.step(action)[:, 0]).cpu().numpy())
+            now = time.perf_counter()
+            for session, act, image in zip(sessions, actions, pixels):
+                times = session.done_times
+                times.append(now)
+                fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+                with self._lock:
+                    session.recording.append((image, act))
+                session.action_log.append(act)
+                session.frames_generated += 1
+                frames.append(Frame(session.id, session.frames_generated, name, session.episode, act, image,
+                                    latency, fps))
+        return frames
 
     def _run(self) -> None:
         try:
-            self.reset()
-            self.on_event(self.status())
             while not self._stop.is_set():
                 try:
                     while True:
                         self._apply(*self._commands.get_nowait())
                 except queue.Empty:
                     pass
-                if self.paused or not self._watched.is_set():
+                frames = self.render_next()
+                if not frames:  # nobody is watching an unpaused session
                     self._wake.wait(0.1)
                     self._wake.clear()
-                    self._done_times.clear()  # the rate restarts after an idle spell
-                    continue
-                self.on_event(self.render_next())
+                    for session in list(self.sessions.values()):
+                        session.done_times.clear()  # the rate restarts after an idle spell
+                for frame in frames:
+                    self.on_event(frame)
         except Exception as err:  # report, keep the server up; the page shows the message
             self.on_event({"type": "error", "message": f"generation stopped: {type(err).__name__}: {err}"})
             raise
@@ -344,36 +432,50 @@ class Engine:
                 raise RuntimeError(f"the generation thread did not stop within {timeout} s")
 
 
-def benchmark(engine: Engine, frames: int, chunk: int = 25, warmup: int = 5) -> dict[str, dict]:
-    """Render `frames` frames with each model of the engine, headless, in chunks that alternate between the
-    models (so a change in background load hits both alike). Returns name -> {fps, latency stats in ms}."""
+def benchmark(engine: Engine, frames: int, chunk: int = 25, warmup: int = 5, sessions: int = 1) -> dict[str, dict]:
+    """Render `frames` frames of `sessions` sessions with each model of the engine, headless (the sessions of a
+    model share its batch), in chunks that alternate between the models (so a change in background load hits
+    both alike). Returns name -> {fps (session frames per second, all sessions together), latency stats in ms
+    (one batched step)}."""
     if frames < 1:
         raise ValueError(f"--benchmark needs at least 1 frame, got {frames}")
+    if sessions < 1:
+        raise ValueError(f"--sessions must be >= 1, got {sessions}")
     names = list(engine.models)
     latencies: dict[str, list[float]] = {n: [] for n in names}
     walls = dict.fromkeys(names, 0.0)
     actions = [i % engine.num_actions for i in range(frames)]
+    ids = [engine.open_session(episode=0) for _ in range(sessions)]
+
+    def start(name: str) -> None:  # every session back to episode 0's context, on model `name`
+        for sid in ids:
+            engine._apply(sid, "model", name)
+            engine._apply(sid, "reset", 0)
+
     for name in names:  # warm-up: first calls allocate the caches and pick kernels
-        engine.reset(episode=0, model=name)
+        start(name)
         for _ in range(warmup):
             engine.render_next()
     done = 0
     while done < frames:
         n = min(chunk, frames - done)
         for name in names:
-            engine.reset(episode=0, model=name)
+            start(name)
 
             def chunk_of_frames():
                 for i in range(n):
-                    engine.set_action(actions[done + i])
-                    latencies[name].append(engine.render_next().latency)
+                    for sid in ids:
+                        engine.set_action(sid, actions[done + i])
+                    latencies[name].append(engine.render_next()[0].latency)
 
             walls[name] += timed(chunk_of_frames)[1]
         done += n
+    for sid in ids:
+        engine.close_session(sid)
     results = {}
     for name in names:
         ms = np.array(latencies[name]) * 1000
-        results[name] = {"frames": frames, "fps": frames / walls[name], "mean_ms": float(ms.mean()),
-                         "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-                         "max_ms": float(ms.max())}
+        results[name] = {"frames": frames, "sessions": sessions, "fps": frames * sessions / walls[name],
+                         "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
+                         "p90_ms": float(np.percentile(ms, 90)), "max_ms": float(ms.max())}
     return results

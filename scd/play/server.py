@@ -7,11 +7,14 @@ Protocol (WebSocket at /ws; the page sends JSON text of at most MAX_MESSAGE_BYTE
                     {"type": "pause", "paused": BOOL}
                     {"type": "save"}                           write the session as an mp4
     server -> page  text {"type": "hello", actions, models, ...}  once, on connecting
-                    text {"type": "status", model, episode, paused, ...} after every command
+                    text {"type": "status", session, model, episode, paused, ...} after every command
                     text {"type": "saved", url, name, frames}      the video is at url (GET /videos/NAME)
                     text {"type": "error", message}                a rejected message or a failure
-                    binary frames: uint32 big-endian n, n bytes of JSON header (index, model, episode,
+                    binary frames: uint32 big-endian n, n bytes of JSON header (session, index, model, episode,
                     action, latency_ms, fps, width, height), then height*width*3 bytes of RGB pixels
+
+Sessions: each page plays its own world (an engine session, opened when the page connects and closed when it
+goes; the worlds of one model render in one batched step), or with shared_world every page shows and drives one.
 
 Threads: the asyncio loop (HTTP, WebSockets) runs in the thread that calls `serve`; generation runs in the
 engine's worker thread, which hands frames to the loop with call_soon_threadsafe. Every queue is bounded:
@@ -146,7 +149,7 @@ class Protocol:
 def encode_frame(frame: Frame) -> bytes:
     """The binary message of one frame (see the module docstring)."""
     h, w = frame.pixels.shape[:2]
-    header = json.dumps({"index": frame.index, "model": frame.model, "episode": frame.episode,
+    header = json.dumps({"session": frame.session, "index": frame.index, "model": frame.model, "episode": frame.episode,
                          "action": frame.action, "latency_ms": round(frame.latency * 1000, 2),
                          "fps": round(frame.fps, 2), "width": w, "height": h}).encode()
     return struct.pack(">I", len(header)) + header + frame.pixels.tobytes()
@@ -155,8 +158,8 @@ def encode_frame(frame: Frame) -> bytes:
 class Page:
     """One connected page: its WebSocket and its bounded outbox, drained by its own sender task."""
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None):
-        self.ws, self.transport = ws, transport
+    def __init__(self, ws: web.WebSocketResponse, session: int, transport: asyncio.Transport | None = None):
+        self.ws, self.session, self.transport = ws, session, transport
         self.outbox: deque[tuple[bool, object]] = deque()  # (is_frame, bytes or message dict), in order
         self.frames = 0  # frames in the outbox
         self.wake = asyncio.Event()
@@ -225,12 +228,14 @@ class PlayServer:
     """Serves the page for `engine` and runs the engine's worker while serving.
 
     serve() blocks until Ctrl-C / SIGTERM (in the main thread) or shutdown() (from any thread). Saved videos
-    go to out_dir. port 0 picks a free port; `url` and the `ready` event tell when and where it listens, and
+    go to out_dir. Each page plays its own session, or with shared_world all pages play one. port 0 picks a free port; `url` and the `ready` event tell when and where it listens, and
     on_ready(url) is called once it does."""
 
     def __init__(self, engine: Engine, out_dir: str | Path, host: str = "127.0.0.1", port: int = 8765,
-                 on_ready: Callable[[str], None] | None = None, stall_seconds: float = STALL_SECONDS):
+                 on_ready: Callable[[str], None] | None = None, stall_seconds: float = STALL_SECONDS,
+                 shared_world: bool = False):
         self.engine, self.out_dir, self.host, self.port = engine, Path(out_dir), host, port
+        self.shared_session = engine.open_session(watched=False) if shared_world else None
         self.stall_seconds = stall_seconds
         self.on_ready = on_ready
         self.protocol = Protocol(engine.action_names, engine.models, engine.context.num_episodes)
@@ -295,11 +300,11 @@ class PlayServer:
         return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
 
     # -- WebSocket -----------------------------------------------------------------------------------------
-    def hello(self) -> dict:
+    def hello(self, page: Page) -> dict:
         engine = self.engine
         models = [{"id": name, "label": MODEL_LABELS[name], "arch": m.config.arch,
                    "params": sum(p.numel() for p in m.parameters())} for name, m in engine.models.items()]
-        return {**engine.status(), "type": "hello", "actions": key_bindings(engine.action_names), "models": models,
+        return {**engine.status(page.session), "type": "hello", "actions": key_bindings(engine.action_names), "models": models,
                 "steps": {name: engine.steps_for(name) for name in engine.models}, "window": engine.window, "context": engine.context_frames,
                 "max_message_bytes": MAX_MESSAGE_BYTES}
 
@@ -318,11 +323,15 @@ class PlayServer:
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:  # without a bound the kernel would buffer megabytes for a page that never reads
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        page = Page(ws, request.transport)
+        if self.shared_session is None:
+            session = self.engine.open_session()
+        else:
+            session = self.shared_session
+            self.engine.set_watched(session, True)
+        page = Page(ws, session, request.transport)
         self.pages.add(page)
-        self.engine.set_watched(True)
         sender = asyncio.create_task(page.send_loop())
-        page.push(self.hello())
+        page.push(self.hello(page))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -330,17 +339,23 @@ class PlayServer:
                 elif msg.type == WSMsgType.BINARY:
                     page.error("binary messages are not accepted: send JSON text")
         finally:
-            self.pages.discard(page)
-            if not self.pages:
-                self.engine.set_watched(False)
+            self._detach(page)
             sender.cancel()
         return ws
 
+    def _detach(self, page: Page) -> None:
+        """The page is gone: its own session closes; the shared one stops when nobody watches it."""
+        if page not in self.pages:
+            return
+        self.pages.discard(page)
+        if self.shared_session is None:
+            self.engine.close_session(page.session)
+        elif not any(p.session == page.session for p in self.pages):
+            self.engine.set_watched(page.session, False)
+
     def _evict(self, page: Page) -> None:
         page.evict()
-        self.pages.discard(page)
-        if not self.pages:
-            self.engine.set_watched(False)
+        self._detach(page)
 
     def _evict_stalled(self) -> None:
         for page in [p for p in self.pages if p.stalled_for() > self.stall_seconds]:
@@ -358,12 +373,12 @@ class PlayServer:
             page.error(str(err))
             return
         if kind == "action":
-            self.engine.set_action(value)
+            self.engine.set_action(page.session, value)
         elif kind == "save":
             self._spawn(self._save(page))
         else:
             try:
-                self.engine.request(kind, value)
+                self.engine.request(page.session, kind, value)
             except queue.Full:
                 page.error("the server is busy with earlier commands; try again")
 
@@ -373,7 +388,8 @@ class PlayServer:
             return
         self.saving = True
         try:
-            path, frames = await asyncio.get_running_loop().run_in_executor(None, self.engine.save_video, self.out_dir)
+            path, frames = await asyncio.get_running_loop().run_in_executor(None, self.engine.save_video,
+                                                                            page.session, self.out_dir)
         except (ValueError, OSError) as err:
             page.error(f"saving failed: {err}")
         else:
@@ -402,17 +418,20 @@ class PlayServer:
     def _on_event(self, event) -> None:
         if isinstance(event, Frame):
             payload = encode_frame(event)  # encoded here, off the event loop
-            self._loop.call_soon_threadsafe(self._broadcast_frame, payload)
+            self._loop.call_soon_threadsafe(self._send_frame, event.session, payload)
         else:
-            self._loop.call_soon_threadsafe(self._broadcast, event)
+            self._loop.call_soon_threadsafe(self._send, event)
 
-    def _broadcast_frame(self, payload: bytes) -> None:
+    def _send_frame(self, session: int, payload: bytes) -> None:
         for page in self.pages:
-            page.push_frame(payload)
+            if page.session == session:
+                page.push_frame(payload)
 
-    def _broadcast(self, message: dict) -> None:
+    def _send(self, message: dict) -> None:
+        """A session's status to its pages; anything else (a failure of the generation) to every page."""
         for page in self.pages:
-            page.push(message)
+            if message.get("session", page.session) == page.session:
+                page.push(message)
 
     # -- lifetime ------------------------------------------------------------------------------------------
     def serve(self) -> None:
