@@ -199,7 +199,9 @@ def test_joining_and_leaving_check_their_input():
         shared.leave([3])
     with pytest.raises(ValueError, match="every video would leave"):
         shared.leave([0, 1, 2])
+    anchors = shared.stream.anchor.clone()  # (6, C, H, W): rows 2 and 3 are video 1's samples
     shared.leave([1])
+    torch.testing.assert_close(shared.stream.anchor, anchors[[0, 1, 4, 5]], rtol=0, atol=0)
     assert shared.step(torch.tensor([1, 2])).shape == (2, 2, *FRAME)
 
 
