@@ -140,6 +140,20 @@ def test_play_renders_at_the_given_temperature_else_each_models_own(assets):
         Engine(models, context, context_frames=3, window=4, temperature=-1.0)
 
 
+def test_a_long_lived_batch_starts_again_from_frame_0_and_its_sessions_go_on(assets, monkeypatch):
+    from scd.play import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "REBASE_FRAMES", 6)
+    engine = make_engine(assets)
+    sids = [engine.open_session(episode=e) for e in (0, 1)]
+    positions = []
+    for _ in range(8):
+        frames = engine.render_next()
+        positions.append(engine.batches["scd"].streamer.stream.cache.position)
+    assert positions == [4, 5, 6, 5, 6, 5, 6, 5]  # 3 context frames, then +1 per frame; rejoined from 4 frames
+    assert [f.index for f in frames] == [8, 8] and [f.session for f in frames] == sids
+
+
 def test_switching_model_continues_from_the_session_and_reset_restarts_from_real_frames(assets):
     engine = make_engine(assets)
     sid = engine.open_session(episode=1)

@@ -106,8 +106,9 @@ def cmd_play(args) -> int:
 
         def announce(url: str) -> None:
             names = " and ".join(MODEL_LABELS[n] for n in models)
-            print(f"scd play: {names} on {url} (Ctrl-C to stop); videos go to {os.path.abspath(args.out)}",
-                  flush=True)
+            worlds = "all pages share one world" if args.shared_world else "each page plays its own world"
+            print(f"scd play: {names} on {url} ({worlds}; Ctrl-C to stop); videos go to "
+                  f"{os.path.abspath(args.out)}", flush=True)
 
         PlayServer(engine, args.out, args.host, args.port, on_ready=announce, shared_world=args.shared_world).serve()
     except KeyboardInterrupt:  # Ctrl-C while loading: nothing to clean up yet

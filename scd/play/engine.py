@@ -46,6 +46,10 @@ RECORD_LIMIT = 9000  # frames kept for the session video (~10 min at 15 fps, 110
 ACTION_QUEUE = 8  # presses waiting for a frame; older ones are dropped when the player mashes keys
 COMMAND_QUEUE = 8  # model switches / resets / pauses waiting for the worker
 FPS_WINDOW = 20  # frames over which the generation rate is averaged
+# A batch lives while any of its sessions plays, and its frame positions grow with it: float32 RoPE angles lose
+# about 1e-7 of their size, 0.004 rad at 2^16 frames. Past that its sessions rejoin a fresh batch from their recent
+# frames (a re-read of 7 frames each, every 18 minutes at 60 frames/s).
+REBASE_FRAMES = 2**16
 VIDEO_FPS = 15  # playback rate of saved sessions
 VIDEO_SCALE = 4  # nearest-neighbour upscaling of saved sessions
 
@@ -329,15 +333,15 @@ class Engine:
         self.on_event(self.status(session))
 
     def _sync_batches(self) -> dict[int, Session]:
-        """Sessions that stopped (closed, paused, unwatched, reset, switched model) leave their batch; active
-        sessions that are in none join their model's, from their last `window` recorded frames. Returns the
-        sessions it saw (id -> Session)."""
+        """Sessions that stopped (closed, paused, unwatched, reset, switched model) leave their batch, and a batch
+        REBASE_FRAMES long is dropped; active sessions that are in none join their model's, from their last `window`
+        recorded frames. Returns the sessions it saw (id -> Session)."""
         with self._lock:
             sessions = dict(self.sessions)
         for name, batch in list(self.batches.items()):
             staying = [sid in sessions and sessions[sid].active and sessions[sid].model == name and
                        not sessions[sid].rejoin for sid in batch.sessions]
-            if not any(staying):
+            if not any(staying) or batch.streamer.stream.cache.position >= REBASE_FRAMES:
                 del self.batches[name]
             elif not all(staying):
                 batch.streamer.leave([i for i, stays in enumerate(staying) if not stays])
