@@ -382,7 +382,9 @@ def test_each_page_plays_its_own_world_and_the_worlds_share_one_batch(served):
     async def two_pages():
         async with aiohttp.ClientSession() as http, http.ws_connect(served.url + "ws") as one, \
                 http.ws_connect(served.url + "ws") as two:
-            ids = [(await ws.receive_json(timeout=10))["session"] for ws in (one, two)]
+            hellos = [await ws.receive_json(timeout=10) for ws in (one, two)]
+            assert not any(hello["shared_world"] for hello in hellos)
+            ids = [hello["session"] for hello in hellos]
             await two.send_str(json.dumps({"type": "reset", "episode": 2}))
             await frames_of(one, 3)
             wait_until(lambda: engine.sessions[ids[1]].episode == 2, what="page two's reset")
@@ -409,7 +411,9 @@ def test_in_a_shared_world_every_page_shows_and_drives_one_session(assets):
     async def two_pages():
         async with aiohttp.ClientSession() as http, http.ws_connect(server.url + "ws") as one, \
                 http.ws_connect(server.url + "ws") as two:
-            ids = [(await ws.receive_json(timeout=10))["session"] for ws in (one, two)]
+            hellos = [await ws.receive_json(timeout=10) for ws in (one, two)]
+            assert all(hello["shared_world"] for hello in hellos)
+            ids = [hello["session"] for hello in hellos]
             await two.send_str(json.dumps({"type": "action", "action": "move_up"}))
             wait_until(lambda: 3 in engine.sessions[ids[0]].action_log, what="page two's key")
             return ids, [await frames_of(ws, 2) for ws in (one, two)]
@@ -532,6 +536,7 @@ def browser_session(served):
 
 def test_page_streams_frames_and_keys_reach_the_model(served, page):
     page.wait_for_function("Number(document.getElementById('stat-frame').textContent) >= 3", timeout=30000)
+    assert "this page plays its own world" in page.inner_text("body")
     assert "move_left" in page.inner_text("#legend") and page.inner_text("#stat-model") == "SCD"
     log = browser_session(served).action_log
     for key, action in [("a", 1), ("Space", 5), ("ArrowUp", 3), ("6", 16)]:

@@ -144,7 +144,8 @@ function onMessage(event) {
     showStatus(msg);
     for (const id of ["pause", "reset", "next", "save"]) $(id).disabled = false;
     const steps = msg.models.map((m) => `${m.label} ${msg.steps[m.id]}`).join(", ");
-    say(`denoising steps per frame: ${steps}; ${msg.window} frames of history`);
+    const world = msg.shared_world ? "every page shares this world" : "this page plays its own world";
+    say(`${world}; denoising steps per frame: ${steps}; ${msg.window} frames of history`);
   } else if (msg.type === "status") {
     showStatus(msg);
   } else if (msg.type === "saved") {
