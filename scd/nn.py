@@ -218,11 +218,10 @@ class KVCache:
     def concat(self, other: "KVCache") -> "KVCache":
         """This cache's rows followed by `other`'s, at the same frame position (its rows may have started later)."""
         layout = (self.layers, self.slots, self.tokens_per_frame, self.spare)
-        if layout != (other.layers, other.slots, other.tokens_per_frame, other.spare) or \
-                self.position != other.position:
+        other_layout = (other.layers, other.slots, other.tokens_per_frame, other.spare)
+        if layout != other_layout or self.position != other.position:
             raise ValueError(f"cannot concatenate KV caches of (layers, slots, tokens per frame, spare) {layout} at "
-                             f"frame {self.position} and {(other.layers, other.slots, other.tokens_per_frame, other.spare)}"
-                             f" at frame {other.position}")
+                             f"frame {self.position} and {other_layout} at frame {other.position}")
         self._check_rows()
         other._check_rows()
         rows = (self.k.shape[1], other.k.shape[1])

@@ -228,8 +228,8 @@ class PlayServer:
     """Serves the page for `engine` and runs the engine's worker while serving.
 
     serve() blocks until Ctrl-C / SIGTERM (in the main thread) or shutdown() (from any thread). Saved videos
-    go to out_dir. Each page plays its own session, or with shared_world all pages play one. port 0 picks a free port; `url` and the `ready` event tell when and where it listens, and
-    on_ready(url) is called once it does."""
+    go to out_dir. Each page plays its own session, or with shared_world all pages play one. port 0 picks a free
+    port; `url` and the `ready` event tell when and where it listens, and on_ready(url) is called once it does."""
 
     def __init__(self, engine: Engine, out_dir: str | Path, host: str = "127.0.0.1", port: int = 8765,
                  on_ready: Callable[[str], None] | None = None, stall_seconds: float = STALL_SECONDS,
@@ -304,9 +304,9 @@ class PlayServer:
         engine = self.engine
         models = [{"id": name, "label": MODEL_LABELS[name], "arch": m.config.arch,
                    "params": sum(p.numel() for p in m.parameters())} for name, m in engine.models.items()]
-        return {**engine.status(page.session), "type": "hello", "actions": key_bindings(engine.action_names), "models": models,
-                "steps": {name: engine.steps_for(name) for name in engine.models}, "window": engine.window, "context": engine.context_frames,
-                "max_message_bytes": MAX_MESSAGE_BYTES,
+        return {**engine.status(page.session), "type": "hello", "actions": key_bindings(engine.action_names),
+                "models": models, "steps": {name: engine.steps_for(name) for name in engine.models},
+                "window": engine.window, "context": engine.context_frames, "max_message_bytes": MAX_MESSAGE_BYTES,
                 "shared_world": self.shared_session is not None}
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
