@@ -100,8 +100,7 @@ class Stream:
             return None if a is None and b is None else torch.cat([a, b])
 
         return replace(self, cache=self.cache.concat(other.cache), batch=self.batch + other.batch,
-                                   anchor=cat(self.anchor, other.anchor), last_frame=cat(self.last_frame,
-                                                                                          other.last_frame))
+                       anchor=cat(self.anchor, other.anchor), last_frame=cat(self.last_frame, other.last_frame))
 
     def select(self, rows: torch.Tensor) -> "Stream":
         """A stream of the given rows (a (R,) index) only, between two frames."""
@@ -112,7 +111,7 @@ class Stream:
             return None if x is None else x.index_select(0, rows.to(x.device))
 
         return replace(self, cache=self.cache.select(rows), batch=rows.numel(), anchor=pick(self.anchor),
-                                   last_frame=pick(self.last_frame))
+                       last_frame=pick(self.last_frame))
 
 
 class History(NamedTuple):

@@ -224,21 +224,24 @@ class KVCache:
                              f"frame {self.position} and {other_layout} at frame {other.position}")
         self._check_rows()
         other._check_rows()
-        rows = (self.k.shape[1], other.k.shape[1])
-        out = KVCache(*layout, device=self.pos.device, first_frame=self.position)
-        out.k, out.v = torch.cat([self.k, other.k], dim=1), torch.cat([self.v, other.v], dim=1)
-        out.start = torch.cat([self.start.expand(rows[0]), other.start.expand(rows[1])])
-        out.chunk = self.chunk
-        return out
+        return self._with_rows(torch.cat([self.k, other.k], dim=1), torch.cat([self.v, other.v], dim=1),
+                               torch.cat([self._row_starts(), other._row_starts()]))
 
     def select(self, rows: torch.Tensor) -> "KVCache":
         """A cache of the given rows (a (R,) index) only."""
         self._check_rows()
-        out = KVCache(self.layers, self.slots, self.tokens_per_frame, self.spare, self.pos.device, self.position)
         rows = rows.to(self.k.device)
-        out.k, out.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
-        out.start = self.start.expand(self.k.shape[1]).index_select(0, rows.to(self.start.device))
-        out.chunk = self.chunk
+        return self._with_rows(self.k.index_select(1, rows), self.v.index_select(1, rows),
+                               self._row_starts().index_select(0, rows))
+
+    def _row_starts(self) -> torch.Tensor:
+        """(B,): the first frame position of each row."""
+        return self.start.expand(self.k.shape[1])
+
+    def _with_rows(self, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor) -> "KVCache":
+        """A cache of this one's layout and frame position holding the buffers k, v with row starts `start`."""
+        out = KVCache(self.layers, self.slots, self.tokens_per_frame, self.spare, self.pos.device, self.position)
+        out.k, out.v, out.start, out.chunk = k, v, start, self.chunk
         return out
 
 

@@ -68,6 +68,14 @@ def _checked_frames(model, frames: torch.Tensor, name: str) -> torch.Tensor:
     return frames.to(next(model.parameters()).dtype)
 
 
+def _checked_context(model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Context frames (as for _checked_frames) with their actions (B, C0): both checked -> the frames."""
+    frames = _checked_frames(model, frames, "context_frames")
+    model.check_actions(actions, frames.shape[:2])
+    _check_user_actions(model, actions)
+    return frames
+
+
 def _check_user_actions(model, actions: torch.Tensor) -> None:
     """Actions a caller gives: ids of the game's actions; the null action is for guidance only."""
     if actions.numel() and (actions == model.null_action).any():
@@ -165,10 +173,8 @@ class Streamer:
         compile: bool = False,
         temperature: float | None = None,
     ):
-        context_frames = _checked_frames(model, context_frames, "context_frames")
+        context_frames = _checked_context(model, context_frames, context_actions)
         b, c0 = context_frames.shape[:2]
-        model.check_actions(context_actions, (b, c0))
-        _check_user_actions(model, context_actions)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         n = b * num_samples
@@ -224,10 +230,8 @@ class Streamer:
         that from the next `step` on they render in the same passes as the videos already here, exactly as they
         would alone (RoPE is relative; the cache hides every slot from before a row's first frame). Their noise
         comes from this streamer's generator. Returns their indices in the batch (the last B')."""
-        frames = _checked_frames(self.model, context_frames, "context_frames")
+        frames = _checked_context(self.model, context_frames, context_actions)
         b, c0 = frames.shape[:2]
-        self.model.check_actions(context_actions, (b, c0))
-        _check_user_actions(self.model, context_actions)
         if not 1 <= c0 <= self.window:
             raise ValueError(f"a joining video needs 1 to {self.window} (the window) context frames, got {c0}")
         cache = self.stream.cache
@@ -241,10 +245,10 @@ class Streamer:
 
     def leave(self, videos) -> None:
         """Stop the videos with these batch indices (between two frames); the others keep their order and go on."""
-        videos = sorted(set(videos))
-        if not videos or videos[0] < 0 or videos[-1] >= self.batch:
-            raise ValueError(f"videos to leave must be indices in 0..{self.batch - 1}, got {videos}")
-        kept = [i for i in range(self.batch) if i not in set(videos)]
+        leaving = set(videos)
+        if not leaving or min(leaving) < 0 or max(leaving) >= self.batch:
+            raise ValueError(f"videos to leave must be indices in 0..{self.batch - 1}, got {sorted(leaving)}")
+        kept = [i for i in range(self.batch) if i not in leaving]
         if not kept:
             raise ValueError("every video would leave the batch: drop the Streamer instead")
         rows = torch.tensor(kept)[:, None] * self.num_samples + torch.arange(self.num_samples)  # (kept, samples)
