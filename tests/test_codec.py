@@ -272,6 +272,29 @@ def test_resuming_with_another_architecture_is_refused(tmp_path, data):
                     AutoencoderConfig(8, (8, 16)), progress=False)
 
 
+def test_a_run_can_start_from_a_trained_codec(tmp_path, data):
+    cfg = CodecTrainConfig(steps=20, batch=8, lr=3e-3, warmup=2, lr_min=None, lpips_weight=0, ckpt_every=10,
+                           log_every=1, scale_frames=16)
+    first = _losses(train_codec(data, tmp_path / "a", cfg, TINY, progress=False))
+    later = CodecTrainConfig(**{**cfg.to_dict(), "steps": 10, "lr": 1e-3})
+    run = train_codec(data, tmp_path / "b", later, init_from=tmp_path / "a", progress=False)  # its architecture
+    assert run.codec.config == TINY and run.step == 10
+    continued = _losses(run)
+    assert sum(continued[:3]) < 0.7 * sum(first[:3])  # it starts where "a" ended (same seed: same first frames)
+    source = load_codec(tmp_path / "a")
+    assert load_codec(tmp_path / "b").checkpoint_info["init_from"] == source.source
+    resumed = train_codec(data, tmp_path / "b", CodecTrainConfig(**{**later.to_dict(), "steps": 12}),
+                          init_from=tmp_path / "a", progress=False)  # checkpoints there: resumed, not restarted
+    assert resumed.step == 12 and load_codec(tmp_path / "b").checkpoint_info["init_from"] == source.source
+    with pytest.raises(ValueError, match="not the .* asked for"):
+        train_codec(data, tmp_path / "c", later, AutoencoderConfig(8, (8, 16)), init_from=tmp_path / "a",
+                    progress=False)
+    with pytest.raises(ValueError, match="only an autoencoder codec"):
+        train_codec(data, tmp_path / "d", later, init_from="pixel", progress=False)
+    with pytest.raises(FileNotFoundError):
+        train_codec(data, tmp_path / "e", later, init_from=tmp_path / "missing", progress=False)
+
+
 def test_the_shipped_crafter_codec_loads_by_name_and_reconstructs_real_frames():
     from scd.config import SHIPPED_CONTEXT
     from scd.metrics import psnr

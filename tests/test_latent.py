@@ -66,6 +66,20 @@ def test_codec_train_resumes_and_codec_eval_prints_the_scores(codec_run, data, c
     assert "PSNR inf dB" in capsys.readouterr().out
 
 
+def test_codec_train_continues_a_trained_codec(codec_run, data, root, capsys):
+    out = root / "codec-more"
+    args = f"codec train --data {data} --out {out} --init-from {codec_run} --batch 4 --lpips-weight 0 --steps 2 " \
+           f"--lr 1e-4 --lr-min 1e-5 --ckpt-every 2"
+    assert main(args.split()) == 0
+    assert f"a codec from {codec_run}" in capsys.readouterr().out
+    codec, source = load_codec(out), load_codec(codec_run)
+    assert codec.config == source.config and codec.checkpoint_info["init_from"] == source.source
+    assert codec.checkpoint_info["train"]["lr_min"] == 1e-5 and codec.checkpoint_info["step"] == 2
+    assert main(f"codec train --data {data} --out {root / 'codec-other'} --init-from {codec_run} --preset f8c8 "
+                f"--steps 1".split()) == 2
+    assert "is a f4c4 codec, not the f8c8 asked for" in capsys.readouterr().err
+
+
 def test_a_latent_checkpoint_brings_its_codec_back(latent_run, codec_run, data, root):
     codec = load_codec(codec_run)
     model, info = load_checkpoint(latent_run)

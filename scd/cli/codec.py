@@ -21,13 +21,19 @@ def add_codec_parser(subparsers) -> None:
     p = sub.add_parser("train", help="train an autoencoder codec (progress bar, atomic checkpoints, exact resume)")
     p.add_argument("--data", required=True, help="training data set directory (from `scd data record`)")
     p.add_argument("--out", required=True, help="run directory: ckpt-<step> codec directories, log.csv, loss.png")
-    add_option(p, "--preset", train_codec, "architecture",
-               "autoencoder architecture: latent shape f<factor>c<channels>", choices=list(CODEC_PRESETS))
+    p.add_argument("--preset", choices=list(CODEC_PRESETS),
+                   help="autoencoder architecture: latent shape f<factor>c<channels> (default: f8c8, or with "
+                        "--init-from that codec's)")
+    p.add_argument("--init-from", metavar="CODEC",
+                   help="start from this trained codec's weights (a codec or run directory, or 'crafter': the "
+                        "shipped one) with a fresh optimizer and schedule")
     p.add_argument("--val-data", metavar="DIR", help="held-out data set scored (PSNR, SSIM) at every checkpoint")
     add_option(p, "--steps", CodecTrainConfig, "steps", "optimizer steps", type=at_least(1))
     add_option(p, "--batch", CodecTrainConfig, "batch", "frames per step", type=at_least(1))
     add_option(p, "--lr", CodecTrainConfig, "lr", "AdamW learning rate", type=positive())
     add_option(p, "--warmup", CodecTrainConfig, "warmup", "linear learning-rate warm-up steps", type=at_least(0))
+    add_option(p, "--lr-min", CodecTrainConfig, "lr_min", "cosine decay of the learning rate to this value at --steps",
+               type=at_least(0.0, float))
     add_option(p, "--lpips-weight", CodecTrainConfig, "lpips_weight",
                "weight of the LPIPS (AlexNet) loss; 0 for none (needed below 32x32 pixels)", type=at_least(0.0, float))
     add_option(p, "--kl-weight", CodecTrainConfig, "kl_weight", "weight of the KL term (KL bottlenecks)",
@@ -60,11 +66,13 @@ def cmd_codec_train(args) -> int:
 
     check_out_dir(args.out)
     cfg = CodecTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=min(args.warmup, args.steps),
+                           lr_min=args.lr_min,
                            lpips_weight=args.lpips_weight, kl_weight=args.kl_weight, ckpt_every=args.ckpt_every,
                            log_every=args.log_every, seed=args.seed)
-    print(f"training the {args.preset} codec on {args.data} -> {args.out} on {args.device}")
+    what = f"a {args.preset or 'f8c8'} codec" if not args.init_from else f"a codec from {args.init_from}"
+    print(f"training {what} on {args.data} -> {args.out} on {args.device}")
     trainer = train_codec(args.data, args.out, cfg, args.preset, val_data=args.val_data, resume=not args.no_resume,
-                          time_limit=args.time_limit, device=args.device)
+                          init_from=args.init_from, time_limit=args.time_limit, device=args.device)
     scores = "" if not trainer.last_val else \
         f"; on --val-data: PSNR {trainer.last_val['psnr']:.2f} dB, SSIM {trainer.last_val['ssim']:.4f}"
     print(f"done: step {trainer.step}, {trainer.codec.describe()}{scores}; the codec is {args.out} "

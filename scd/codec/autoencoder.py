@@ -69,6 +69,7 @@ class AutoencoderConfig:
 # scripts/codec_table.py trains and scores them. Widths start at 16: the full-resolution level dominates the cost.
 CODEC_PRESETS = {
     "f4c4": AutoencoderConfig(4, (16, 32, 64)),  # 16x16x4: 64 tokens of 16 values at patch 2
+    "f4c8": AutoencoderConfig(8, (16, 32, 64)),  # 16x16x8: 64 tokens of 32 values at patch 2
     "f8c8": AutoencoderConfig(8, (16, 32, 64, 128)),  # 8x8x8: 64 tokens at patch 1
     "f8c16": AutoencoderConfig(16, (16, 32, 64, 128)),  # 8x8x16
     "f8c8-kl": AutoencoderConfig(8, (16, 32, 64, 128), bottleneck="kl"),

@@ -28,7 +28,7 @@ from scd.metrics import LPIPS
 from scd.train import Processes, StepBatches, TrainConfig, read_log, stream_seed
 
 from .autoencoder import CODEC_PRESETS, AutoencoderCodec, AutoencoderConfig
-from .base import CODEC_FORMAT
+from .base import CODEC_FORMAT, load_codec
 from .evaluate import evaluate_codec
 from .frames import FrameSet
 
@@ -100,6 +100,7 @@ class CodecTrainer:
         self.out_dir = Path(out_dir)
         self.step = 0
         self.last_val: dict | None = None  # the newest checkpoint's validation scores
+        self.init_from: dict | None = None  # {"path", "sha256"} of the codec whose weights started the run
 
     def loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss of uint8 frames (N, H, W, 3) and its parts."""
@@ -136,6 +137,8 @@ class CodecTrainer:
         batches = self.frames.batches(self.frames.spread(self.cfg.scale_frames), 64)
         self.codec.fit_scale(frames_to_model(b).to(self.device) for b in batches)
         meta = {"step": self.step, "train": self.cfg.to_dict(), "data": self.frames.describe()}
+        if self.init_from is not None:
+            meta["init_from"] = self.init_from
         if self.val is not None:
             meta["val"] = evaluate_codec(self.codec, self.val, frames=self.cfg.val_frames, perceptual=False)
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -165,6 +168,7 @@ class CodecTrainer:
         self.optimizer.load_state_dict(trainer["optimizer"])
         self.scheduler.load_state_dict(trainer["scheduler"])
         self.step = int(trainer["step"])
+        self.init_from = config.get("init_from")
 
     # -- log --------------------------------------------------------------------------------------------------
     @property
@@ -244,26 +248,50 @@ class CodecTrainer:
 
 
 def train_codec(data: str | os.PathLike | VideoStore | FrameSet, out_dir, cfg: CodecTrainConfig = CodecTrainConfig(),
-                architecture: str | AutoencoderConfig = "f8c8", *, val_data=None, resume: bool = True,
-                progress: bool = True, time_limit: float | None = None,
+                architecture: str | AutoencoderConfig | None = None, *, val_data=None, resume: bool = True,
+                init_from=None, progress: bool = True, time_limit: float | None = None,
                 device: str | torch.device = "cpu") -> CodecTrainer:
     """Train (or resume: rerun the same call) an autoencoder codec on the frames of `data` (a data set directory,
-    or a FrameSet to hold out episodes) into `out_dir`. `architecture`: a name of CODEC_PRESETS or a config.
-    `val_data`: a data set (e.g. a benchmark recording) scored at each checkpoint. load_codec(out_dir) then
-    gives the newest checkpoint as a codec."""
+    or a FrameSet to hold out episodes) into `out_dir`. `architecture`: a name of CODEC_PRESETS or a config
+    (default: f8c8, or the architecture of `init_from`). `init_from`: a trained autoencoder codec (what load_codec
+    takes: a codec or run directory, "crafter") whose weights start a new run with a fresh optimiser and schedule;
+    a run in `out_dir` that has checkpoints resumes instead. `val_data`: a data set (e.g. a benchmark recording)
+    scored at each checkpoint. load_codec(out_dir) then gives the newest checkpoint as a codec."""
     frames = data if isinstance(data, FrameSet) else FrameSet(data)
     val = None if val_data is None else val_data if isinstance(val_data, FrameSet) else FrameSet(val_data)
+    source = None if init_from is None else _initial_codec(init_from, frames.pixel_shape)
     if isinstance(architecture, str):
         if architecture not in CODEC_PRESETS:
             raise ValueError(f"unknown codec architecture {architecture!r}; choose one of {', '.join(CODEC_PRESETS)}")
         architecture = CODEC_PRESETS[architecture]
+    if source is not None and architecture not in (None, source.config):
+        raise ValueError(f"init_from {init_from} is a {_named(source.config)} codec, not the {_named(architecture)} "
+                         "asked for (leave the architecture out to keep the codec's)")
+    architecture = architecture or (source.config if source is not None else CODEC_PRESETS["f8c8"])
     torch.manual_seed(cfg.seed)
     trainer = CodecTrainer(AutoencoderCodec(architecture, frames.pixel_shape), frames, out_dir, cfg, val=val,
                            device=device)
+    previous = None
     if Path(out_dir).exists():
         remove_stale_temporaries(out_dir)  # before looking for a checkpoint: it may put one back
         previous = check_resumable(out_dir) if resume else None
-        if previous is not None:
-            trainer.resume(previous)
+    if previous is not None:
+        trainer.resume(previous)
+    elif source is not None:
+        trainer.codec.load_state_dict(source.state_dict())  # weights, latent shift and scale (refitted at saves)
+        trainer.init_from = source.source
     trainer.run(progress, time_limit)
     return trainer
+
+
+def _named(config: AutoencoderConfig) -> str:
+    """A preset's name, or the config itself."""
+    return next((name for name, preset in CODEC_PRESETS.items() if preset == config), str(config))
+
+
+def _initial_codec(spec, pixel_shape) -> AutoencoderCodec:
+    """The trained autoencoder a run starts from (load_codec's errors name a missing or corrupt one)."""
+    codec = load_codec(spec, pixel_shape=pixel_shape)
+    if not isinstance(codec, AutoencoderCodec):
+        raise ValueError(f"init_from {spec} is a {codec.describe()}; only an autoencoder codec can be trained on")
+    return codec
