@@ -116,6 +116,8 @@ MUTATIONS = [
     Mutation("the shipped codec name is not resolved", "scd/codec/base.py",
              "codec = _from_folder(SHIPPED_CODECS[str(spec)], pixel_shape)",
              "codec = _from_folder(Path(spec), pixel_shape)", ("tests/test_codec.py",)),
+    Mutation("a codec run started from a trained codec keeps its fresh weights", "scd/codec/train.py",
+             "trainer.codec.load_state_dict(source.state_dict())", "pass", ("tests/test_codec.py",)),
     Mutation("sampling temperature ignores the model's own default", "scd/sampling.py",
              "self.temperature = model.config.sample_temperature if temperature is None else temperature",
              "self.temperature = 1.0 if temperature is None else temperature", ("tests/test_models.py",)),
