@@ -14,6 +14,7 @@ from .options import add_device_option, add_option, at_least, check_out_dir, pos
 
 def add_codec_parser(subparsers) -> None:
     from ..codec import CODEC_PRESETS, CodecTrainConfig, evaluate_codec, train_codec
+    from ..codec.autoencoder import DEFAULT_PRESET
 
     parser = subparsers.add_parser("codec", help=COMMANDS["codec"][0])
     sub = parser.add_subparsers(dest="codec_command", required=True, metavar="COMMAND")
@@ -22,8 +23,8 @@ def add_codec_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="training data set directory (from `scd data record`)")
     p.add_argument("--out", required=True, help="run directory: ckpt-<step> codec directories, log.csv, loss.png")
     p.add_argument("--preset", choices=list(CODEC_PRESETS),
-                   help="autoencoder architecture: latent shape f<factor>c<channels> (default: f8c8, or with "
-                        "--init-from that codec's)")
+                   help=f"autoencoder architecture: latent shape f<factor>c<channels> (default: "
+                        f"{DEFAULT_PRESET}, or with --init-from that codec's)")
     p.add_argument("--init-from", metavar="CODEC",
                    help="start from this trained codec's weights (a codec or run directory, or 'crafter': the "
                         "shipped one) with a fresh optimizer and schedule")
@@ -63,13 +64,14 @@ def add_codec_parser(subparsers) -> None:
 
 def cmd_codec_train(args) -> int:
     from ..codec import CodecTrainConfig, train_codec
+    from ..codec.autoencoder import DEFAULT_PRESET
 
     check_out_dir(args.out)
     cfg = CodecTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=min(args.warmup, args.steps),
                            lr_min=args.lr_min,
                            lpips_weight=args.lpips_weight, kl_weight=args.kl_weight, ckpt_every=args.ckpt_every,
                            log_every=args.log_every, seed=args.seed)
-    what = f"a {args.preset or 'f8c8'} codec" if not args.init_from else f"a codec from {args.init_from}"
+    what = f"a {args.preset or DEFAULT_PRESET} codec" if not args.init_from else f"a codec from {args.init_from}"
     print(f"training {what} on {args.data} -> {args.out} on {args.device}")
     trainer = train_codec(args.data, args.out, cfg, args.preset, val_data=args.val_data, resume=not args.no_resume,
                           init_from=args.init_from, time_limit=args.time_limit, device=args.device)

@@ -76,6 +76,7 @@ CODEC_PRESETS = {
     "f8c8-wide": AutoencoderConfig(8, (32, 64, 128, 128)),
     "f16c32": AutoencoderConfig(32, (16, 32, 64, 128, 128)),  # 4x4x32: 16 tokens; 8x8x32 at 128x128 (the paper's)
 }
+DEFAULT_PRESET = "f8c8"  # what a codec run trains when neither an architecture nor a codec to start from is given
 
 
 class ResBlock(nn.Module):

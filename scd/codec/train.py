@@ -27,7 +27,7 @@ from scd.fileio import atomic_write, atomic_write_text
 from scd.metrics import LPIPS
 from scd.train import Processes, StepBatches, TrainConfig, read_log, stream_seed
 
-from .autoencoder import CODEC_PRESETS, AutoencoderCodec, AutoencoderConfig
+from .autoencoder import CODEC_PRESETS, DEFAULT_PRESET, AutoencoderCodec, AutoencoderConfig
 from .base import CODEC_FORMAT, load_codec
 from .evaluate import evaluate_codec
 from .frames import FrameSet
@@ -253,10 +253,10 @@ def train_codec(data: str | os.PathLike | VideoStore | FrameSet, out_dir, cfg: C
                 device: str | torch.device = "cpu") -> CodecTrainer:
     """Train (or resume: rerun the same call) an autoencoder codec on the frames of `data` (a data set directory,
     or a FrameSet to hold out episodes) into `out_dir`. `architecture`: a name of CODEC_PRESETS or a config
-    (default: f8c8, or the architecture of `init_from`). `init_from`: a trained autoencoder codec (what load_codec
-    takes: a codec or run directory, "crafter") whose weights start a new run with a fresh optimiser and schedule;
-    a run in `out_dir` that has checkpoints resumes instead. `val_data`: a data set (e.g. a benchmark recording)
-    scored at each checkpoint. load_codec(out_dir) then gives the newest checkpoint as a codec."""
+    (default: DEFAULT_PRESET, or the architecture of `init_from`). `init_from`: a trained autoencoder codec (what
+    load_codec takes: a codec or run directory, "crafter") whose weights start a new run with a fresh optimiser and
+    schedule; a run in `out_dir` that has checkpoints resumes instead. `val_data`: a data set (e.g. a benchmark
+    recording) scored at each checkpoint. load_codec(out_dir) then gives the newest checkpoint as a codec."""
     frames = data if isinstance(data, FrameSet) else FrameSet(data)
     val = None if val_data is None else val_data if isinstance(val_data, FrameSet) else FrameSet(val_data)
     source = None if init_from is None else _initial_codec(init_from, frames.pixel_shape)
@@ -267,7 +267,7 @@ def train_codec(data: str | os.PathLike | VideoStore | FrameSet, out_dir, cfg: C
     if source is not None and architecture not in (None, source.config):
         raise ValueError(f"init_from {init_from} is a {_named(source.config)} codec, not the {_named(architecture)} "
                          "asked for (leave the architecture out to keep the codec's)")
-    architecture = architecture or (source.config if source is not None else CODEC_PRESETS["f8c8"])
+    architecture = architecture or (source.config if source is not None else CODEC_PRESETS[DEFAULT_PRESET])
     torch.manual_seed(cfg.seed)
     trainer = CodecTrainer(AutoencoderCodec(architecture, frames.pixel_shape), frames, out_dir, cfg, val=val,
                            device=device)
