@@ -2,6 +2,8 @@
 context file of real Crafter frames from the held-out benchmark split.
 
     python scripts/make_assets.py --scd runs/crafter-scd-xs --dit runs/crafter-dit-xs --bench data/crafter-bench
+
+Either model may be left out: the one not given keeps its shipped checkpoint.
 """
 
 import argparse
@@ -16,8 +18,8 @@ from scd.data.store import VideoStore
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scd", required=True, help="run or checkpoint of the Crafter SCD")
-    p.add_argument("--dit", required=True, help="run or checkpoint of the Crafter Causal DiT of the same size")
+    p.add_argument("--scd", help="run or checkpoint of the Crafter SCD (default: keep the shipped one)")
+    p.add_argument("--dit", help="run or checkpoint of the Crafter Causal DiT (default: keep the shipped one)")
     p.add_argument("--bench", required=True, help="the crafter-bench split (scd data record --benchmark crafter-bench)")
     p.add_argument("--episodes", type=int, default=8)
     p.add_argument("--frames", type=int, default=40, help="frames per episode: 4 of context + 36 of ground truth")
@@ -27,8 +29,12 @@ def main() -> None:
                    help="the models' default starting-noise std (default: their configs')")
     p.add_argument("--sample-shift", type=float, help="the models' default schedule shift (default: their configs')")
     args = p.parse_args()
+    if args.scd is None and args.dit is None:
+        p.error("give --scd, --dit or both")
 
     for name, src in (("scd", args.scd), ("dit", args.dit)):
+        if src is None:
+            continue
         path = export_checkpoint(src, SHIPPED_CHECKPOINTS[name], overwrite=True, sample_steps=args.sample_steps,
                                   sample_temperature=args.sample_temperature, sample_shift=args.sample_shift)
         print(f"{name}: {path} ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")

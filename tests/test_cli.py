@@ -213,7 +213,7 @@ def test_the_readme_python_example_runs_as_written(capsys):
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out.split("\n")
-    assert printed[:4] == ["torch.Size([1, 2, 3, 64, 64]) torch.Size([1, 2, 64, 64, 3])"] * 4  # model frames, uint8
+    assert printed[:4] == ["torch.Size([1, 2, 8, 16, 16]) torch.Size([1, 2, 64, 64, 3])"] * 4  # latents, uint8
 
 
 def test_demo_fine_tunes_the_shipped_model_and_compares_on_held_out_episodes(tmp_path, capfd):
