@@ -30,6 +30,7 @@ from .checkpoint import (
     load_trainer_state,
     load_weights,
     model_codec,
+    read_config,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -291,6 +292,7 @@ class Trainer:
         self.objective = objective or cfg.objective()  # objective(model, frames, actions) -> loss
         self.out_dir = Path(out_dir)
         self.data_info = data_info or {}
+        self.init_from: dict | None = None  # the checkpoint whose weights started the run (start_record)
         self.optimizer = optimizer or torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
@@ -327,6 +329,8 @@ class Trainer:
         if not main:
             return None
         meta = {"step": self.step, "train": self.cfg.to_dict(), "data": self.data_info, "arch": self.model.config.arch}
+        if self.init_from is not None:
+            meta["init_from"] = self.init_from
         try:
             path = save_checkpoint(
                 self.out_dir / _checkpoint_name(self.step), self.model, ema=ema, weights=weights,
@@ -362,6 +366,7 @@ class Trainer:
         self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
+        self.init_from = config.get("init_from")
 
     # -- log --------------------------------------------------------------------------------------------------
     @property
@@ -492,6 +497,14 @@ class Trainer:
         return losses
 
 
+def start_record(config: dict) -> dict:
+    """What a run started from the checkpoint with `config` (its config.json) records of it: path, step, sha256 of
+    its EMA weights and, nested, what that checkpoint itself started from: the chain of runs behind the weights
+    (their steps add up to the model's total)."""
+    return {"path": config["path"], "step": config.get("step"),
+            "sha256": config.get("files", {}).get("ema.safetensors"), "init_from": config.get("init_from")}
+
+
 def train(
     model_config: ModelConfig,
     dataset,
@@ -541,5 +554,6 @@ def train(
             _check_same_codec({"codec": codec_record(source.codec)[0]}, trainer.model, f"--init-from {init_from}")
         trainer.parallel.load_model_state(trainer.model, source.state_dict())
         trainer.parallel.load_model_state(trainer.ema.module, source.state_dict())
+        trainer.init_from = start_record(read_config(init_from))
     trainer.run(progress, time_limit)
     return trainer

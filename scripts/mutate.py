@@ -111,6 +111,8 @@ MUTATIONS = [
     Mutation("guided Causal DiT FLOPs: the clean pass sees one version", "scd/models.py",
              "return _frame_cost(trunk(batch, (history + g) * p), step, steps)",
              "return _frame_cost(trunk(batch, (history + 1) * p), step, steps)", ("tests/test_bench.py",)),
+    Mutation("a resumed run forgets the checkpoint it started from", "scd/train.py",
+             'self.init_from = config.get("init_from")', "pass", ("tests/test_cli.py",)),
     Mutation("cuda device without an index", "scd/train.py",
              'device = torch.device("cuda", torch.cuda.current_device())', "pass", ("tests/test_train.py",)),
     Mutation("the shipped codec name is not resolved", "scd/codec/base.py",
