@@ -499,10 +499,11 @@ class Trainer:
 
 def start_record(config: dict) -> dict:
     """What a run started from the checkpoint with `config` (its config.json) records of it: path, step, sha256 of
-    its EMA weights and, nested, what that checkpoint itself started from: the chain of runs behind the weights
-    (their steps add up to the model's total)."""
+    the weights it loaded (EMA; a lean export's only weights) and, nested, what that checkpoint itself started
+    from: the chain of runs behind the weights (their steps add up to the model's total)."""
+    files = config.get("files", {})
     return {"path": config["path"], "step": config.get("step"),
-            "sha256": config.get("files", {}).get("ema.safetensors"), "init_from": config.get("init_from")}
+            "sha256": files.get("ema.safetensors", files.get("model.safetensors")), "init_from": config.get("init_from")}
 
 
 def train(

@@ -282,6 +282,6 @@ def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(tra
             f"--log-every 1 --steps"
     assert main(f"{again} 1".split()) == 0
     chain = read_config(tmp_path / "ft2")["init_from"]
-    assert (chain["step"], chain["init_from"]) == (2, started)
+    assert (chain["step"], chain["sha256"], chain["init_from"]) == (2, lean["files"]["model.safetensors"], started)
     assert main(f"{again} 2".split()) == 0  # the same command resumes the run: the record stays
     assert read_config(tmp_path / "ft2")["step"] == 2 and read_config(tmp_path / "ft2")["init_from"] == chain
