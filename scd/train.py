@@ -502,8 +502,8 @@ def start_record(config: dict) -> dict:
     the weights it loaded (EMA; a lean export's only weights) and, nested, what that checkpoint itself started
     from: the chain of runs behind the weights (their steps add up to the model's total)."""
     files = config.get("files", {})
-    return {"path": config["path"], "step": config.get("step"),
-            "sha256": files.get("ema.safetensors", files.get("model.safetensors")), "init_from": config.get("init_from")}
+    weights = files.get("ema.safetensors", files.get("model.safetensors"))
+    return {"path": config["path"], "step": config.get("step"), "sha256": weights, "init_from": config.get("init_from")}
 
 
 def train(
