@@ -289,10 +289,7 @@ def load_checkpoint(path: str | os.PathLike, weights: str = "ema",
 
     path: a checkpoint or run directory, or a shipped model's name: "crafter-scd", "crafter-dit"."""
     config = read_config(path)
-    name = f"{weights}.safetensors"
-    if weights == "ema" and "ema.safetensors" not in config.get("files", {}):
-        name = "model.safetensors"
-    _, state = load_weights(path, name)
+    _, state = load_weights(path, weights_file(config, weights))
     model = build_model(ModelConfig.from_dict(config["model"]))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -305,6 +302,22 @@ def load_checkpoint(path: str | os.PathLike, weights: str = "ema",
             raise ValueError(f"checkpoint {config['path']}: {err}") from None
     info = {k: v for k, v in config.items() if k != "files"}
     return model.to(device).eval(), info
+
+
+def weights_file(config: dict, weights: str = "ema") -> str:
+    """The file of a checkpoint with `config` that holds its `weights` ("ema" or "model"): a lean export has only
+    model.safetensors, which then stands for the EMA."""
+    if weights == "ema" and "ema.safetensors" not in config.get("files", {}):
+        return "model.safetensors"
+    return f"{weights}.safetensors"
+
+
+def checkpoint_identity(path: str | os.PathLike) -> dict:
+    """Where a checkpoint is and the sha256 of the weights `load_model` uses (EMA when present)."""
+    config = read_config(path)
+    name = weights_file(config)
+    digest = config.get("files", {}).get(name) or sha256_file(Path(config["path"]) / name)
+    return {"path": config["path"], "weights": name, "sha256": digest, "step": config.get("step")}
 
 
 def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torch.device = "cpu") -> WorldModel:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_model, read_config
+from .checkpoint import checkpoint_identity, load_model
 from .config import is_shift, is_temperature
 from .baselines import BASELINES
 from .fileio import atomic_write, atomic_write_text, sha256_file
@@ -130,15 +130,6 @@ def open_eval_data(path: str | Path):
             f"`scd data record --benchmark crafter-bench --out {path}` (about 1.5 minutes) or pass --data DIR"
         )
     return VideoStore(path)
-
-
-def checkpoint_identity(path: str | Path) -> dict:
-    """Where a checkpoint is and the sha256 of the weights `load_model` uses (EMA when present)."""
-    config = read_config(path)
-    files = config.get("files", {})
-    name = "ema.safetensors" if "ema.safetensors" in files else "model.safetensors"
-    digest = files.get(name) or sha256_file(Path(config["path"]) / name)
-    return {"path": config["path"], "weights": name, "sha256": digest, "step": config.get("step")}
 
 
 def _default_labels(checkpoints: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     LATEST,
     check_resumable,
+    checkpoint_identity,
     codec_record,
     latest_checkpoint,
     load_model,
@@ -497,13 +498,11 @@ class Trainer:
         return losses
 
 
-def start_record(config: dict) -> dict:
-    """What a run started from the checkpoint with `config` (its config.json) records of it: path, step, sha256 of
-    the weights it loaded (EMA; a lean export's only weights) and, nested, what that checkpoint itself started
-    from: the chain of runs behind the weights (their steps add up to the model's total)."""
-    files = config.get("files", {})
-    weights = files.get("ema.safetensors", files.get("model.safetensors"))
-    return {"path": config["path"], "step": config.get("step"), "sha256": weights, "init_from": config.get("init_from")}
+def start_record(path) -> dict:
+    """What a run started from checkpoint `path` records of it: its identity (path, step, the weights file it
+    loaded and its sha256) and, nested, what that checkpoint itself started from: the chain of runs behind the
+    weights (their steps add up to the model's total)."""
+    return {**checkpoint_identity(path), "init_from": read_config(path).get("init_from")}
 
 
 def train(
@@ -555,6 +554,6 @@ def train(
             _check_same_codec({"codec": codec_record(source.codec)[0]}, trainer.model, f"--init-from {init_from}")
         trainer.parallel.load_model_state(trainer.model, source.state_dict())
         trainer.parallel.load_model_state(trainer.ema.module, source.state_dict())
-        trainer.init_from = start_record(read_config(init_from))
+        trainer.init_from = start_record(init_from)
     trainer.run(progress, time_limit)
     return trainer

@@ -275,13 +275,14 @@ def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(tra
         (2, 0.25, 0.1)
     # the weights' history travels with them: this run started from `trained`, and a run from this one says both
     parent = read_config(trained)
-    started = {"path": parent["path"], "step": parent["step"], "sha256": parent["files"]["ema.safetensors"],
-               "init_from": None}
+    started = {"path": parent["path"], "weights": "ema.safetensors", "sha256": parent["files"]["ema.safetensors"],
+               "step": parent["step"], "init_from": None}
     assert read_config(out)["init_from"] == started and lean["init_from"] == started
     again = f"train --init-from {tmp_path / 'lean'} --data {crafter} --out {tmp_path / 'ft2'} --batch 2 --clip-len 4 " \
             f"--log-every 1 --steps"
     assert main(f"{again} 1".split()) == 0
     chain = read_config(tmp_path / "ft2")["init_from"]
-    assert (chain["step"], chain["sha256"], chain["init_from"]) == (2, lean["files"]["model.safetensors"], started)
+    assert (chain["step"], chain["weights"], chain["sha256"], chain["init_from"]) == \
+        (2, "model.safetensors", lean["files"]["model.safetensors"], started)
     assert main(f"{again} 2".split()) == 0  # the same command resumes the run: the record stays
     assert read_config(tmp_path / "ft2")["step"] == 2 and read_config(tmp_path / "ft2")["init_from"] == chain
