@@ -257,7 +257,7 @@ def test_damaged_or_foreign_context_files_are_one_line_errors(trained, tmp_path,
         assert "unknown device 'foo'" in capsys.readouterr().err
 
 
-def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(trained, crafter, tmp_path):
+def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(trained, crafter, tmp_path, capsys):
     from scd.checkpoint import export_checkpoint, read_config
 
     out = tmp_path / "ft"
@@ -286,3 +286,13 @@ def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(tra
         (2, "model.safetensors", lean["files"]["model.safetensors"], started)
     assert main(f"{again} 2".split()) == 0  # the same command resumes the run: the record stays
     assert read_config(tmp_path / "ft2")["step"] == 2 and read_config(tmp_path / "ft2")["init_from"] == chain
+    # so does a bare command: the run's own network (scd-tiny, not the default preset), the changes named
+    capsys.readouterr()
+    bare = f"train --data {crafter} --out {tmp_path / 'ft2'} --batch 2 --clip-len 4 --log-every 1 --steps 3 --lr 2e-4"
+    assert main(bare.split()) == 0
+    said = capsys.readouterr().out
+    assert "lr 0.0003 -> 0.0002" in said and "steps 2 -> 3" in said and "warmup" not in said
+    tuned = read_config(tmp_path / "ft2")
+    assert tuned["step"] == 3 and tuned["init_from"] == chain and tuned["model"] == lean["model"]
+    assert main(f"{bare} --preset scd-xs".split()) == 2  # a preset given must be the run's
+    assert "cannot resume" in capsys.readouterr().err

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from . import COMMANDS
 from .options import (add_device_option, add_option, add_surgery_arguments, at_least, check_out_dir, positive,
                       surgery_from_args)
+
+DEFAULT_PRESET = "scd-s"
 
 
 def latent_patch_size(preset, frame_shape) -> int:
@@ -20,8 +23,21 @@ def latent_patch_size(preset, frame_shape) -> int:
     return h // gh
 
 
+def changed_options(saved: dict, given: dict, prefix: str = "") -> list[str]:
+    """'name old -> new' for each training option (TrainConfig.to_dict, nested) that differs between a run's
+    checkpoint and this command."""
+    changed = []
+    for name in sorted(set(saved) | set(given)):
+        old, new = saved.get(name), given.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_options(old, new, f"{prefix}{name}.")
+        elif old != new and not (isinstance(old, list) and tuple(old) == new):
+            changed.append(f"{prefix}{name} {old} -> {new}")
+    return changed
+
+
 def cmd_train(args) -> int:
-    from ..checkpoint import load_model_codec, read_config
+    from ..checkpoint import check_resumable, load_model_codec, read_config
     from ..codec import load_codec
     from ..config import ModelConfig, get_preset
     from ..data.store import ClipDataset, VideoStore
@@ -29,21 +45,25 @@ def cmd_train(args) -> int:
     from ..train import TrainConfig, train
 
     check_out_dir(args.out)
+    previous = None if args.no_resume or not Path(args.out).is_dir() else check_resumable(args.out)
+    # the network comes from a preset, or from a checkpoint: the run's own when it resumes (unless --preset is
+    # given: then the two must agree), else --init-from's
+    source = None if previous is not None and args.preset else previous or args.init_from
     store = VideoStore(args.data)
-    codec = None  # pixels, or with --init-from the checkpoint's codec
+    codec = None  # pixels, or the source checkpoint's codec
     if args.codec:
         codec = load_codec(args.codec, pixel_shape=store.frame_shape)  # a codec for other frames fails here
-    elif args.init_from:
-        codec = load_model_codec(read_config(args.init_from))
+    elif source:
+        codec = load_model_codec(read_config(source))
     # a latent codec encodes the data once (cached), on the training device
     data = ClipDataset(store, args.clip_len, codec=codec, encode_device=args.device)
     inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
-    if args.init_from:  # the checkpoint's network and settings, but those given here
-        model_config = ModelConfig.from_dict(read_config(args.init_from)["model"])
+    if source:  # the checkpoint's network and settings, but those given here
+        model_config = ModelConfig.from_dict(read_config(source)["model"])
         if args.history_noise_inference is not None:
             model_config = model_config.replace(history_noise=inference_noise)
     else:
-        preset = get_preset(args.preset)
+        preset = get_preset(args.preset or DEFAULT_PRESET)
         model_config = preset.replace(num_actions=data.num_actions, frame_shape=data.frame_shape,
                                       history_noise=inference_noise)
         if codec is not None and codec.kind != "pixel":  # latents: the preset's token grid, unbounded values
@@ -66,10 +86,14 @@ def cmd_train(args) -> int:
                       rollout_context=args.rollout_context, micro_batch=args.micro_batch)
     main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
     world = int(os.environ.get("WORLD_SIZE", 1))
+    if main_process and previous is not None:
+        changed = changed_options(read_config(previous)["train"], cfg.to_dict())
+        if changed:
+            print(f"resuming {previous} with other training options than its run's: {', '.join(changed)}")
     if main_process:
         space = "" if codec is None or codec.kind == "pixel" else \
             f" in the latent space of the {codec.describe()}, patch {model_config.patch_size}"
-        print(f"training {model_config.arch} ({args.init_from or args.preset}) on {len(data)} clips of "
+        print(f"training {model_config.arch} ({source or args.preset or DEFAULT_PRESET}) on {len(data)} clips of "
               f"{args.clip_len} frames from {args.data}{space} -> {args.out} on {args.device}"
               + (f" x {world} processes ({args.parallel})" if world > 1 else ""))
     start = time.perf_counter()
@@ -87,7 +111,8 @@ def add_train_parser(sub) -> None:
     from ..train import TrainConfig
 
     p = sub.add_parser("train", help=COMMANDS["train"][0])
-    p.add_argument("--preset", default="scd-s", help="model preset, any case (see `scd info all`; default: scd-s)")
+    p.add_argument("--preset", help=f"model preset, any case (see `scd info all`; default: {DEFAULT_PRESET}, or "
+                   "the run's own model when --out holds a checkpoint to resume)")
     p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
     p.add_argument("--codec", metavar="DIR",
