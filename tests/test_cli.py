@@ -291,7 +291,7 @@ def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(tra
     bare = f"train --data {crafter} --out {tmp_path / 'ft2'} --batch 2 --clip-len 4 --log-every 1 --steps 3 --lr 2e-4"
     assert main(bare.split()) == 0
     said = capsys.readouterr().out
-    assert "lr 0.0003 -> 0.0002" in said and "steps 2 -> 3" in said and "warmup" not in said
+    assert "lr 0.0003 -> 0.0002" in said and "steps 2 -> 3" in said and "warmup" not in said and "betas" not in said
     tuned = read_config(tmp_path / "ft2")
     assert tuned["step"] == 3 and tuned["init_from"] == chain and tuned["model"] == lean["model"]
     assert main(f"{bare} --preset scd-xs".split()) == 2  # a preset given must be the run's

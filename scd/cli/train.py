@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -24,14 +25,14 @@ def latent_patch_size(preset, frame_shape) -> int:
 
 
 def changed_options(saved: dict, given: dict, prefix: str = "") -> list[str]:
-    """'name old -> new' for each training option (TrainConfig.to_dict, nested) that differs between a run's
-    checkpoint and this command."""
+    """'name old -> new' for each training option (TrainConfig.to_dict as JSON, nested) that differs between a
+    run's checkpoint and this command."""
     changed = []
     for name in sorted(set(saved) | set(given)):
         old, new = saved.get(name), given.get(name)
         if isinstance(old, dict) and isinstance(new, dict):
             changed += changed_options(old, new, f"{prefix}{name}.")
-        elif old != new and not (isinstance(old, list) and tuple(old) == new):
+        elif old != new:
             changed.append(f"{prefix}{name} {old} -> {new}")
     return changed
 
@@ -49,17 +50,18 @@ def cmd_train(args) -> int:
     # the network comes from a preset, or from a checkpoint: the run's own when it resumes (unless --preset is
     # given: then the two must agree), else --init-from's
     source = None if previous is not None and args.preset else previous or args.init_from
+    source_config = read_config(source) if source else None
     store = VideoStore(args.data)
     codec = None  # pixels, or the source checkpoint's codec
     if args.codec:
         codec = load_codec(args.codec, pixel_shape=store.frame_shape)  # a codec for other frames fails here
     elif source:
-        codec = load_model_codec(read_config(source))
+        codec = load_model_codec(source_config)
     # a latent codec encodes the data once (cached), on the training device
     data = ClipDataset(store, args.clip_len, codec=codec, encode_device=args.device)
     inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
     if source:  # the checkpoint's network and settings, but those given here
-        model_config = ModelConfig.from_dict(read_config(source)["model"])
+        model_config = ModelConfig.from_dict(source_config["model"])
         if args.history_noise_inference is not None:
             model_config = model_config.replace(history_noise=inference_noise)
     else:
@@ -87,7 +89,8 @@ def cmd_train(args) -> int:
     main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
     world = int(os.environ.get("WORLD_SIZE", 1))
     if main_process and previous is not None:
-        changed = changed_options(read_config(previous)["train"], cfg.to_dict())
+        # compared as config.json holds them (tuples are lists there)
+        changed = changed_options(read_config(previous)["train"], json.loads(json.dumps(cfg.to_dict())))
         if changed:
             print(f"resuming {previous} with other training options than its run's: {', '.join(changed)}")
     if main_process:
