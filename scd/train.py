@@ -108,6 +108,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """The options a checkpoint saved (config.json's "train"), without the keys this version does not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        options = {k: v for k, v in data.items() if k in known}
+        if "flow" in options:
+            options["flow"] = FlowConfig.from_dict(options["flow"])
+        return cls(**options)
+
     def objective(self):
         """The training objective these options describe."""
         if self.rollout_steps:

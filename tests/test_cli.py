@@ -147,13 +147,23 @@ def test_train_and_generate_options_take_their_defaults_from_the_library():
     import inspect
 
     from scd.cli import build_parser
+    from scd.flow import FlowConfig
     from scd.sampling import Streamer
     from scd.train import TrainConfig
 
+    from scd.cli.train import TRAINING_OPTIONS, training_config
+
     train = build_parser("train").parse_args(["train", "--data", "d", "--out", "o"])
-    for option, field in [("steps", "steps"), ("batch", "batch"), ("lr", "lr"), ("warmup", "warmup"),
-                          ("ckpt_every", "ckpt_every"), ("seed", "seed"), ("ema", "ema_decay")]:
-        assert getattr(train, option) == getattr(TrainConfig(), field), option
+    assert training_config(train, None) == TrainConfig()  # a new run: the library's defaults
+    defaults = TrainConfig().to_dict()
+    for key in TRAINING_OPTIONS.values():  # every option names a field
+        *section, name = key.split(".")
+        assert name in (defaults[section[0]] if section else defaults), key
+    given = build_parser("train").parse_args("train --data d --out o --ema 0.99 --eta 0.1 --no-bf16 --lr-min 0".split())
+    saved = TrainConfig(ema_decay=0.9, bf16=True, lr=1e-3, flow=FlowConfig(context_noise=0.2, shift=3.0))
+    cfg = training_config(given, saved.to_dict())  # a resumed run: its own options, except those given
+    assert (cfg.ema_decay, cfg.bf16, cfg.lr, cfg.lr_min, cfg.flow.context_noise, cfg.flow.shift) == \
+        (0.99, False, 1e-3, 0.0, 0.1, 3.0)
     generate = build_parser("generate").parse_args(["generate"])
     defaults = inspect.signature(Streamer).parameters
     assert (generate.steps, generate.samples, generate.seed, generate.shift) == tuple(
@@ -296,3 +306,9 @@ def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(tra
     assert tuned["step"] == 3 and tuned["init_from"] == chain and tuned["model"] == lean["model"]
     assert main(f"{bare} --preset scd-xs".split()) == 2  # a preset given must be the run's
     assert "cannot resume" in capsys.readouterr().err
+    # options not given are the run's own, not the library's defaults: only the new step count is a change
+    assert main(f"train --data {crafter} --out {tmp_path / 'ft2'} --steps 4".split()) == 0
+    said = capsys.readouterr().out
+    assert "steps 3 -> 4" in said and "lr" not in said.split("other training options")[1].split("\n")[0]
+    train = read_config(tmp_path / "ft2")["train"]
+    assert (train["steps"], train["lr"], train["batch"], train["clip_len"], train["log_every"]) == (4, 2e-4, 2, 4, 1)

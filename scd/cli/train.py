@@ -24,6 +24,35 @@ def latent_patch_size(preset, frame_shape) -> int:
     return h // gh
 
 
+# CLI option (argparse dest) -> TrainConfig.to_dict key ("flow.x": a FlowConfig field). Their argparse default is
+# None (not given): a resumed run keeps its own value, a new run takes the library's.
+TRAINING_OPTIONS = {
+    "steps": "steps", "batch": "batch", "clip_len": "clip_len", "lr": "lr", "warmup": "warmup", "lr_min": "lr_min",
+    "weight_decay": "weight_decay", "grad_clip": "grad_clip", "ema": "ema_decay", "bf16": "bf16",
+    "ckpt_every": "ckpt_every", "log_every": "log_every", "seed": "seed", "rollout_steps": "rollout_steps",
+    "rollout_context": "rollout_context", "micro_batch": "micro_batch", "K": "flow.K", "eta": "flow.context_noise",
+    "timesteps": "flow.timesteps", "shift": "flow.shift", "action_dropout": "flow.action_dropout",
+    "encoder_t_min": "flow.encoder_t_min", "history_noise": "flow.history_noise",
+}
+
+
+def training_config(args, saved: dict | None):
+    """TrainConfig from `saved` (a resumed run's config.json "train"; None: the library's defaults) with the options
+    given on the command line in place of its values."""
+    from ..train import TrainConfig
+
+    options = (TrainConfig.from_dict(saved) if saved is not None else TrainConfig()).to_dict()
+    for dest, key in TRAINING_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            *section, name = key.split(".")
+            (options[section[0]] if section else options)[name] = value
+    surgery = surgery_from_args(args)
+    if surgery is not None:
+        options["surgery"] = surgery
+    return TrainConfig.from_dict(options)
+
+
 def changed_options(saved: dict, given: dict, prefix: str = "") -> list[str]:
     """'name old -> new' for each training option (TrainConfig.to_dict as JSON, nested) that differs between a
     run's checkpoint and this command."""
@@ -42,11 +71,12 @@ def cmd_train(args) -> int:
     from ..codec import load_codec
     from ..config import ModelConfig, get_preset
     from ..data.store import ClipDataset, VideoStore
-    from ..flow import FlowConfig
-    from ..train import TrainConfig, train
+    from ..train import train
 
     check_out_dir(args.out)
     previous = None if args.no_resume or not Path(args.out).is_dir() else check_resumable(args.out)
+    saved_train = read_config(previous)["train"] if previous is not None else None
+    cfg = training_config(args, saved_train)
     # the network comes from a preset, or from a checkpoint: the run's own when it resumes (unless --preset is
     # given: then the two must agree), else --init-from's
     source = None if previous is not None and args.preset else previous or args.init_from
@@ -58,8 +88,9 @@ def cmd_train(args) -> int:
     elif source:
         codec = load_model_codec(source_config)
     # a latent codec encodes the data once (cached), on the training device
-    data = ClipDataset(store, args.clip_len, codec=codec, encode_device=args.device)
-    inference_noise = args.history_noise / 2 if args.history_noise_inference is None else args.history_noise_inference
+    data = ClipDataset(store, cfg.clip_len, codec=codec, encode_device=args.device)
+    inference_noise = cfg.flow.history_noise / 2 if args.history_noise_inference is None else \
+        args.history_noise_inference
     if source:  # the checkpoint's network and settings, but those given here
         model_config = ModelConfig.from_dict(source_config["model"])
         if args.history_noise_inference is not None:
@@ -78,26 +109,18 @@ def cmd_train(args) -> int:
     given = {"prediction": args.prediction, "sample_steps": args.sample_steps,
              "sample_temperature": args.sample_temperature, "sample_shift": args.sample_shift}
     model_config = model_config.replace(**{k: v for k, v in given.items() if v is not None})
-    flow = FlowConfig(timesteps=args.timesteps, shift=args.shift, K=args.K, context_noise=args.eta,
-                      action_dropout=args.action_dropout, encoder_t_min=args.encoder_t_min,
-                      history_noise=args.history_noise)
-    cfg = TrainConfig(steps=args.steps, batch=args.batch, clip_len=args.clip_len, lr=args.lr, warmup=args.warmup,
-                      lr_min=args.lr_min, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema,
-                      bf16=args.bf16, ckpt_every=args.ckpt_every, log_every=args.log_every, seed=args.seed, flow=flow,
-                      surgery=surgery_from_args(args), rollout_steps=args.rollout_steps,
-                      rollout_context=args.rollout_context, micro_batch=args.micro_batch)
     main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
     world = int(os.environ.get("WORLD_SIZE", 1))
     if main_process and previous is not None:
         # compared as config.json holds them (tuples are lists there)
-        changed = changed_options(read_config(previous)["train"], json.loads(json.dumps(cfg.to_dict())))
+        changed = changed_options(saved_train, json.loads(json.dumps(cfg.to_dict())))
         if changed:
             print(f"resuming {previous} with other training options than its run's: {', '.join(changed)}")
     if main_process:
         space = "" if codec is None or codec.kind == "pixel" else \
             f" in the latent space of the {codec.describe()}, patch {model_config.patch_size}"
         print(f"training {model_config.arch} ({source or args.preset or DEFAULT_PRESET}) on {len(data)} clips of "
-              f"{args.clip_len} frames from {args.data}{space} -> {args.out} on {args.device}"
+              f"{cfg.clip_len} frames from {args.data}{space} -> {args.out} on {args.device}"
               + (f" x {world} processes ({args.parallel})" if world > 1 else ""))
     start = time.perf_counter()
     trainer = train(model_config, data, args.out, cfg, resume=not args.no_resume, init_from=args.init_from,
@@ -117,7 +140,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--preset", help=f"model preset, any case (see `scd info all`; default: {DEFAULT_PRESET}, or "
                    "the run's own model when --out holds a checkpoint to resume)")
     p.add_argument("--data", required=True, help="data set directory (from `scd data record`)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.csv, loss.png; one that holds "
+                   "checkpoints is resumed with its own network and training options, except those given here")
     p.add_argument("--codec", metavar="DIR",
                    help="train a latent world model in this codec's space: a codec or `scd codec train` run "
                         "directory, a diffusers autoencoder folder, or 'crafter' (the shipped Crafter autoencoder); "
@@ -189,7 +213,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
     p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds")
     add_surgery_arguments(p, training=True)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, **dict.fromkeys(TRAINING_OPTIONS))  # None: not given (see training_config)
 
 
 # -- scd demo ------------------------------------------------------------------------------------------------
