@@ -127,6 +127,25 @@ def test_without_steps_each_model_renders_with_its_own_sample_steps(assets, tmp_
                   steps=1).steps_for("scd") == 1
 
 
+def test_each_model_plays_with_the_history_window_it_trained_with_unless_one_is_given(assets, tmp_path):
+    from scd.play.engine import DEFAULT_WINDOW, load_models
+
+    meta = {"data": {"action_names": CRAFTER_ACTIONS}, "train": {"clip_len": 5}}
+    scd = save_checkpoint(tmp_path / "scd", load_model(assets["scd"]), meta=meta)
+    context = load_context_npz(assets["context"])
+    models, names, windows = load_models({"scd": scd, "dit": assets["dit"]}, context)
+    assert windows == {"scd": 4, "dit": DEFAULT_WINDOW} and names == list(CRAFTER_ACTIONS)
+    for name in ("scd", "dit"):
+        engine = Engine({name: models[name]}, context, context_frames=3, window=windows, steps=1)
+        engine.open_session()
+        engine.render_next()
+        assert engine.batches[name].streamer.window == windows[name]
+    with pytest.raises(ValueError, match="no history window for dit"):
+        Engine(models, context, context_frames=3, window={"scd": 4})
+    with pytest.raises(ValueError, match="exceeds the history --window 2 of scd"):
+        Engine(models, context, context_frames=3, window={"scd": 2, "dit": 7})
+
+
 def test_play_renders_at_the_given_temperature_else_each_models_own(assets):
     models = {"scd": load_model(assets["scd"])}
     models["scd"].config = dataclasses.replace(models["scd"].config, sample_temperature=0.25)

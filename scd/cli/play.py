@@ -36,8 +36,8 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, help="std of each frame's starting noise (default: each model's own "
                    "sample_temperature)")
     p.add_argument("--context", type=int, default=4, help="real frames each session starts from (default 4)")
-    p.add_argument("--window", type=int, default=7, help="past frames the next frame sees (default 7: the shipped "
-                                                          "models trained on 8-frame clips)")
+    p.add_argument("--window", type=int, help="past frames the next frame sees (default: each model's training clip "
+                                              "length - 1, or 7 where its checkpoint does not say)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of every session")
     p.add_argument("--threads", type=int, default=1, help="torch threads for generation (default 1)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -61,7 +61,7 @@ def print_benchmark(engine, results: dict, threads: int) -> None:
 
     first = next(iter(results.values()))
     print(f"scd play --benchmark: {first['frames']} frames per model and session, {first['sessions']} session(s) in "
-          f"one batch, window {engine.window}, "
+          f"one batch, window {', '.join(f'{n} {w}' for n, w in engine.windows.items())}, "
           f"context {engine.context_frames}, {threads} torch thread(s), bf16 {'on' if engine.bf16 else 'off'}, "
           f"compile {'on' if engine.compile else 'off'}, {engine.models[next(iter(results))].device}")
     print(f"{'model':<11} {'blocks':>6} {'params':>7} {'S':>3} {'BP/frame':>8} {'frames/s':>8} "
@@ -94,9 +94,9 @@ def cmd_play(args) -> int:
         torch.set_num_threads(args.threads)
         context = load_context(args.data, args.context)
         checkpoints = {name: path for name, path in (("scd", args.scd), ("dit", args.dit)) if path}
-        models, action_names = load_models(checkpoints, context, args.untrained, args.device)
+        models, action_names, windows = load_models(checkpoints, context, args.untrained, args.device)
         engine = Engine(models, context, action_names=action_names, steps=args.steps, context_frames=args.context,
-                        window=args.window, seed=args.seed,
+                        window=windows if args.window is None else args.window, seed=args.seed,
                         bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16, compile=args.compile,
                         temperature=args.temperature)
         if args.benchmark is not None:

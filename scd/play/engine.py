@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, trained_window
 from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset, is_temperature
 from ..data.context import ContextSet
 from ..models import build_model
@@ -50,6 +50,7 @@ FPS_WINDOW = 20  # frames over which the generation rate is averaged
 # about 1e-7 of their size, 0.004 rad at 2^16 frames. Past that its sessions rejoin a fresh batch from their recent
 # frames (a re-read of 7 frames each, every 18 minutes at 60 frames/s).
 REBASE_FRAMES = 2**16
+DEFAULT_WINDOW = 7  # history window of a model that does not say what it trained on (8-frame clips)
 VIDEO_FPS = 15  # playback rate of saved sessions
 VIDEO_SCALE = 4  # nearest-neighbour upscaling of saved sessions
 
@@ -67,10 +68,11 @@ def fast_bf16(device: str | torch.device) -> bool:
 
 
 def load_models(checkpoints: dict, context: ContextSet, untrained: bool = False,
-                device: str | torch.device = "cpu") -> tuple[dict, list[str] | None]:
+                device: str | torch.device = "cpu") -> tuple[dict, list[str] | None, dict]:
     """The models to play: name ("scd", "dit") -> model, from `checkpoints` (name -> checkpoint; none given: the
-    shipped ones) or, `untrained`, random-weight presets of the context's frame shape; and the action names the
-    checkpoints' data description gives (None if it gives none)."""
+    shipped ones) or, `untrained`, random-weight presets of the context's frame shape; the action names the
+    checkpoints' data description gives (None if it gives none); and each model's history window, the one it
+    trained with (name -> trained_window, DEFAULT_WINDOW where the checkpoint does not say)."""
     if untrained:
         if checkpoints:
             raise ValueError("--untrained builds random-weight scd-xs and dit-xs; do not combine it with --scd/--dit")
@@ -79,21 +81,23 @@ def load_models(checkpoints: dict, context: ContextSet, untrained: bool = False,
         h, w, c = context.frames.shape[2:]
         torch.manual_seed(0)
         return {name: build_model(get_preset(preset).replace(frame_shape=(c, h, w), num_actions=num_actions))
-                .to(device).eval() for name, preset in UNTRAINED_PRESETS.items()}, None
+                .to(device).eval() for name, preset in UNTRAINED_PRESETS.items()}, None, \
+            dict.fromkeys(UNTRAINED_PRESETS, DEFAULT_WINDOW)
     if not checkpoints:
         missing = [str(p) for p in DEFAULT_CHECKPOINTS.values() if not (p / "config.json").is_file()]
         if missing:
             raise FileNotFoundError(f"the shipped checkpoints are missing ({', '.join(missing)}; not part of this "
                                     "install yet): pass --scd CKPT and/or --dit CKPT, or --untrained to try the speed")
         checkpoints = dict(DEFAULT_CHECKPOINTS)
-    models, action_names = {}, None
+    models, action_names, windows = {}, None, {}
     for name, path in checkpoints.items():
         model, info = load_checkpoint(path, device=device)
         if model.config.arch != ARCHS[name]:
             raise ValueError(f"--{name} {path} is a {model.config.arch} checkpoint, expected {ARCHS[name]}")
         models[name] = model
+        windows[name] = trained_window(info) or DEFAULT_WINDOW
         action_names = action_names or info.get("data", {}).get("action_names")
-    return models, action_names
+    return models, action_names, windows
 
 
 # -- the engine ----------------------------------------------------------------------------------------------
@@ -153,11 +157,11 @@ class Engine:
     checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame
     (default: each model's own `config.sample_steps`); temperature: the starting noise's std (default: each
     model's own `config.sample_temperature`);
-    window: past frames the next frame sees; seed: the noise seed of each model's batch; bf16: autocast on the CPU;
+    window: past frames the next frame sees, for every model or by name (a dict); seed: the noise seed of each model's batch; bf16: autocast on the CPU;
     compile: the compiled per-frame step (the first frames of each batch size wait for the compiler)."""
 
     def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int | None = None,
-                 context_frames: int = 4, window: int = 7, seed: int = 0, bf16: bool = False,
+                 context_frames: int = 4, window: int | dict = DEFAULT_WINDOW, seed: int = 0, bf16: bool = False,
                  compile: bool = False, on_event: Callable | None = None, temperature: float | None = None):
         if not models:
             raise ValueError("no model to play: give at least one checkpoint")
@@ -179,14 +183,18 @@ class Engine:
                              f"{first.num_actions} actions")
         if not 1 <= context_frames <= context.length:
             raise ValueError(f"--context {context_frames}: {context.source} holds 1..{context.length} frames per episode")
-        if context_frames > window:
-            raise ValueError(f"--context {context_frames} exceeds the history --window {window}")
+        windows = window if isinstance(window, dict) else dict.fromkeys(models, window)
+        for name in models:
+            if name not in windows or not isinstance(windows[name], int) or windows[name] < 1:
+                raise ValueError(f"no history window for {name}: give an integer >= 1, got {windows.get(name)!r}")
+            if context_frames > windows[name]:
+                raise ValueError(f"--context {context_frames} exceeds the history --window {windows[name]} of {name}")
         if steps is not None and steps < 1:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         if temperature is not None and not is_temperature(temperature):
             raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
         self.models, self.context = models, context
-        self.steps, self.context_frames, self.window, self.seed, self.bf16 = steps, context_frames, window, seed, bf16
+        self.steps, self.context_frames, self.windows, self.seed, self.bf16 = steps, context_frames, windows, seed, bf16
         self.compile, self.temperature = compile, temperature
         self.on_event = on_event or (lambda event: None)
         if bf16:  # torch notes once that RMSNorm's float32 weight meets bf16 input; expected under autocast
@@ -355,14 +363,15 @@ class Engine:
     def _join(self, session: Session) -> None:
         model = self.models[session.model]
         with self._lock:
-            recent = list(session.recording)[-self.window:]
+            recent = list(session.recording)[-self.windows[session.model]:]
         frames = torch.from_numpy(np.stack([f for f, _ in recent]))[None].to(model.device)  # uint8 (1, n, H, W, 3)
         actions = torch.tensor([[a for _, a in recent]], dtype=torch.long, device=model.device)
         batch = self.batches.get(session.model)
         with torch.inference_mode(), self._autocast():
             if batch is None:
                 streamer = Streamer(model, frames, actions, steps=self.steps_for(session.model), seed=self.seed,
-                                    window=self.window, compile=self.compile, temperature=self.temperature)
+                                    window=self.windows[session.model], compile=self.compile,
+                                    temperature=self.temperature)
                 self.batches[session.model] = Batch(streamer, [session.id])
             else:
                 batch.streamer.join(frames, actions)

@@ -306,7 +306,7 @@ class PlayServer:
                    "params": sum(p.numel() for p in m.parameters())} for name, m in engine.models.items()]
         return {**engine.status(page.session), "type": "hello", "actions": key_bindings(engine.action_names),
                 "models": models, "steps": {name: engine.steps_for(name) for name in engine.models},
-                "window": engine.window, "context": engine.context_frames, "max_message_bytes": MAX_MESSAGE_BYTES,
+                "windows": engine.windows, "context": engine.context_frames, "max_message_bytes": MAX_MESSAGE_BYTES,
                 "shared_world": self.shared_session is not None}
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:

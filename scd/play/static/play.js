@@ -143,9 +143,9 @@ function onMessage(event) {
     buildModels(msg.models);
     showStatus(msg);
     for (const id of ["pause", "reset", "next", "save"]) $(id).disabled = false;
-    const steps = msg.models.map((m) => `${m.label} ${msg.steps[m.id]}`).join(", ");
+    const per = msg.models.map((m) => `${m.label} ${msg.steps[m.id]} steps, ${msg.windows[m.id]} frames of history`);
     const world = msg.shared_world ? "every page shares this world" : "this page plays its own world";
-    say(`${world}; denoising steps per frame: ${steps}; ${msg.window} frames of history`);
+    say(`${world}; per frame: ${per.join("; ")}`);
   } else if (msg.type === "status") {
     showStatus(msg);
   } else if (msg.type === "saved") {
