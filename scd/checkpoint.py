@@ -325,6 +325,12 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torc
     return load_checkpoint(path, weights, device)[0]
 
 
+def rollout_window(config, info: dict) -> int | None:
+    """The history window a model streams with unless told: its config's `sample_window`, else its trained window
+    (None when neither is known: the whole rollout)."""
+    return config.sample_window or trained_window(info)
+
+
 def trained_window(info: dict) -> int | None:
     """The most past frames a training frame of a checkpoint saw (its clip length - 1): the rollout window that
     stays within what it learnt. None when the info does not say (a checkpoint from outside `scd train`)."""
@@ -344,14 +350,17 @@ def load_trainer_state(path: str | os.PathLike, format: str = FORMAT) -> dict:
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dict | None = None,
                       overwrite: bool = False, sample_steps: int | None = None,
-                      sample_temperature: float | None = None, sample_shift: float | None = None) -> Path:
+                      sample_temperature: float | None = None, sample_shift: float | None = None,
+                      sample_window: int | None = None) -> Path:
     """A lean, shippable copy of a checkpoint: the EMA weights as the model's only weights, the config and
     data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary);
-    `sample_steps`, `sample_temperature` and `sample_shift` replace the model's default sampler settings. An
+    `sample_steps`, `sample_temperature`, `sample_shift` and `sample_window` replace the model's default sampler
+    settings. An
     existing `dst` is replaced only with `overwrite`, and never when it is (or holds) the source."""
     check_output(dst, overwrite, [src])
     model, info = load_checkpoint(src)
-    given = {"sample_steps": sample_steps, "sample_temperature": sample_temperature, "sample_shift": sample_shift}
+    given = {"sample_steps": sample_steps, "sample_temperature": sample_temperature, "sample_shift": sample_shift,
+             "sample_window": sample_window}
     model.config = model.config.replace(**{k: v for k, v in given.items() if v is not None})
     meta = {k: v for k, v in info.items() if k not in ("format", "model", "path", "codec")}  # the model's codec
     meta["exported_from"] = {"path": info["path"], "step": info.get("step")}

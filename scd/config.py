@@ -33,7 +33,7 @@ PREDICTIONS = ("velocity", "x", "change", "change-noisy")
 
 
 # The sampler settings a model carries as its defaults (a checkpoint's may change without touching its weights).
-SAMPLER_DEFAULTS = ("sample_steps", "sample_temperature", "sample_shift")
+SAMPLER_DEFAULTS = ("sample_steps", "sample_temperature", "sample_shift", "sample_window")
 
 
 def _is_finite_number(value) -> bool:
@@ -98,6 +98,10 @@ class ModelConfig:
     # Shift k of the sampler's schedule unless told (t' = k t / (1 + (k - 1) t)): k < 1 puts the later steps at low
     # noise, where they sharpen the first step's estimate instead of adding detail from noise.
     sample_shift: float = 1.0
+    # Past frames the next frame sees in `scd generate` / `scd play` / `scd demo` unless told (a KV-cache window;
+    # `scd eval` and `rollout` see the whole rollout). None: the training clip length - 1, the most any training
+    # frame saw; RoPE lets a model read further back, which can hold what the context showed for longer.
+    sample_window: int | None = None
     # Range of valid frame values (pixels: [-1, 1]); a generated frame is clamped to it before it becomes history,
     # so a rollout never reads values no training frame had. None: unbounded (latents).
     frame_range: tuple[float, float] | None = (-1.0, 1.0)
@@ -153,6 +157,9 @@ class ModelConfig:
             problems.append(f"sample_temperature must be a finite number >= 0, got {self.sample_temperature!r}")
         if not is_shift(self.sample_shift):
             problems.append(f"sample_shift must be a finite number > 0, got {self.sample_shift!r}")
+        if self.sample_window is not None and (isinstance(self.sample_window, bool) or
+                                               not isinstance(self.sample_window, int) or self.sample_window < 1):
+            problems.append(f"sample_window must be an integer >= 1 or None, got {self.sample_window!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 

@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--sample-temperature", type=float,
                    help="the models' default starting-noise std (default: their configs')")
     p.add_argument("--sample-shift", type=float, help="the models' default schedule shift (default: their configs')")
+    p.add_argument("--sample-window", type=int, help="the models' default history window (default: their configs')")
     args = p.parse_args()
     if args.scd is None and args.dit is None:
         p.error("give --scd, --dit or both")
@@ -36,7 +37,8 @@ def main() -> None:
         if src is None:
             continue
         path = export_checkpoint(src, SHIPPED_CHECKPOINTS[name], overwrite=True, sample_steps=args.sample_steps,
-                                  sample_temperature=args.sample_temperature, sample_shift=args.sample_shift)
+                                  sample_temperature=args.sample_temperature, sample_shift=args.sample_shift,
+                                  sample_window=args.sample_window)
         print(f"{name}: {path} ({sum(f.stat().st_size for f in path.iterdir()) / 1e6:.1f} MB)")
     store = VideoStore(args.bench)
     span = slice(args.start, args.start + args.frames)

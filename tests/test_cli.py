@@ -280,9 +280,12 @@ def test_fine_tuning_keeps_the_network_and_takes_the_given_sampling_settings(tra
     assert {k: v for k, v in tuned.items() if k not in settings} == \
         {k: v for k, v in source.items() if k not in settings}
     lean = read_config(export_checkpoint(out, tmp_path / "lean", sample_steps=2, sample_temperature=0.25,
-                                         sample_shift=0.1))
-    assert (lean["model"]["sample_steps"], lean["model"]["sample_temperature"], lean["model"]["sample_shift"]) == \
-        (2, 0.25, 0.1)
+                                         sample_shift=0.1, sample_window=2))
+    assert (lean["model"]["sample_steps"], lean["model"]["sample_temperature"], lean["model"]["sample_shift"],
+            lean["model"]["sample_window"]) == (2, 0.25, 0.1, 2)
+    # scd generate streams with the model's sample_window (2), not its trained window (3)
+    assert main(f"generate --checkpoint {tmp_path / 'lean'} --context 3 --frames 1 --out {tmp_path}/v.mp4".split()) == 2
+    assert "--context 3 exceeds the history window of 2" in capsys.readouterr().err
     # the weights' history travels with them: this run started from `trained`, and a run from this one says both
     parent = read_config(trained)
     started = {"path": parent["path"], "weights": "ema.safetensors", "sha256": parent["files"]["ema.safetensors"],

@@ -487,6 +487,13 @@ def test_a_rollout_takes_the_models_own_sampler_defaults_unless_told(field, opti
             get_preset("scd-tiny").replace(**{field: value})
 
 
+def test_sample_window_is_a_window_or_none():
+    assert get_preset("scd-tiny").replace(sample_window=5).sample_window == 5
+    for bad in (0, 2.5, True, "7"):
+        with pytest.raises(ValueError, match="sample_window must be an integer >= 1 or None"):
+            get_preset("scd-tiny").replace(sample_window=bad)
+
+
 def test_temperature_scales_the_starting_noise():
     model = tiny("scd")
     frames, actions = clip(f=4)

@@ -140,6 +140,11 @@ def test_each_model_plays_with_the_history_window_it_trained_with_unless_one_is_
         engine.open_session()
         engine.render_next()
         assert engine.batches[name].streamer.window == windows[name]
+    # a model's own sample_window comes before the window it trained with
+    model = load_model(assets["scd"])
+    model.config = model.config.replace(sample_window=6)
+    chosen = save_checkpoint(tmp_path / "chosen", model, meta=meta)
+    assert load_models({"scd": chosen}, context)[2] == {"scd": 6}
     with pytest.raises(ValueError, match="no history window for dit"):
         Engine(models, context, context_frames=3, window={"scd": 4})
     with pytest.raises(ValueError, match="exceeds the history --window 2 of scd"):

@@ -31,7 +31,7 @@ def cmd_generate(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from ..checkpoint import load_checkpoint, trained_window
+    from ..checkpoint import load_checkpoint, rollout_window
     from ..config import SHIPPED_CONTEXT, SHIPPED_MODELS
     from ..data.context import load_episode
     from ..sampling import Guidance, rollout
@@ -42,10 +42,11 @@ def cmd_generate(args) -> int:
     if Path(args.out).suffix not in (".mp4", ".gif"):
         raise ValueError(f"unsupported video format {Path(args.out).suffix!r} of --out {args.out}: use .mp4 or .gif")
     model, info = load_checkpoint(args.checkpoint or SHIPPED_MODELS["crafter-scd"], device=args.device)
-    window = args.window or trained_window(info)
+    window = args.window or rollout_window(model.config, info)
     if window is not None and args.context > window:
         raise ValueError(f"--context {args.context} exceeds the history window of {window} frames (the next frame "
-                         f"sees at most {window}; default: the training clip length - 1): lower --context or "
+                         f"sees at most {window}; default: the model's sample_window, else its training clip length - 1): lower "
+                         f"--context or "
                          f"pass --window {args.context}")
     # the context: --data, else the data the model was trained on if it is on this machine, else the shipped file
     data = args.data or info.get("data", {}).get("path")

@@ -36,8 +36,8 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, help="std of each frame's starting noise (default: each model's own "
                    "sample_temperature)")
     p.add_argument("--context", type=int, default=4, help="real frames each session starts from (default 4)")
-    p.add_argument("--window", type=int, help="past frames the next frame sees (default: each model's training clip "
-                                              "length - 1, or 7 where its checkpoint does not say)")
+    p.add_argument("--window", type=int, help="past frames the next frame sees (default: each model's sample_window, "
+                                              "else its training clip length - 1, else 7)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of every session")
     p.add_argument("--threads", type=int, default=1, help="torch threads for generation (default 1)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,

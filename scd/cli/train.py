@@ -107,7 +107,8 @@ def cmd_train(args) -> int:
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
     given = {"prediction": args.prediction, "sample_steps": args.sample_steps,
-             "sample_temperature": args.sample_temperature, "sample_shift": args.sample_shift}
+             "sample_temperature": args.sample_temperature, "sample_shift": args.sample_shift,
+             "sample_window": args.sample_window}
     model_config = model_config.replace(**{k: v for k, v in given.items() if v is not None})
     main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -198,6 +199,9 @@ def add_train_parser(sub) -> None:
     add_option(p, "--sample-shift", ModelConfig, "sample_shift", "schedule shift k the model samples with unless "
                "told (recorded in its config; with --init-from, the checkpoint's unless given)", type=positive())
     # None: the preset's, or the --init-from checkpoint's
+    p.add_argument("--sample-window", type=at_least(1), metavar="W", help="history window (past frames) the model "
+                   "streams with in scd generate / play unless told (recorded in its config; default: the training "
+                   "clip length - 1; with --init-from, the checkpoint's unless given)")
     p.set_defaults(prediction=None, sample_steps=None, sample_temperature=None, sample_shift=None)
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint, trained_window
+from ..checkpoint import load_checkpoint, rollout_window
 from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset, is_temperature
 from ..data.context import ContextSet
 from ..models import build_model
@@ -71,8 +71,9 @@ def load_models(checkpoints: dict, context: ContextSet, untrained: bool = False,
                 device: str | torch.device = "cpu") -> tuple[dict, list[str] | None, dict]:
     """The models to play: name ("scd", "dit") -> model, from `checkpoints` (name -> checkpoint; none given: the
     shipped ones) or, `untrained`, random-weight presets of the context's frame shape; the action names the
-    checkpoints' data description gives (None if it gives none); and each model's history window, the one it
-    trained with (name -> trained_window, DEFAULT_WINDOW where the checkpoint does not say)."""
+    checkpoints' data description gives (None if it gives none); and each model's history window (name ->
+    rollout_window: its sample_window, else the one it trained with; DEFAULT_WINDOW where the checkpoint does not
+    say)."""
     if untrained:
         if checkpoints:
             raise ValueError("--untrained builds random-weight scd-xs and dit-xs; do not combine it with --scd/--dit")
@@ -95,7 +96,7 @@ def load_models(checkpoints: dict, context: ContextSet, untrained: bool = False,
         if model.config.arch != ARCHS[name]:
             raise ValueError(f"--{name} {path} is a {model.config.arch} checkpoint, expected {ARCHS[name]}")
         models[name] = model
-        windows[name] = trained_window(info) or DEFAULT_WINDOW
+        windows[name] = rollout_window(model.config, info) or DEFAULT_WINDOW
         action_names = action_names or info.get("data", {}).get("action_names")
     return models, action_names, windows
 
