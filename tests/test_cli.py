@@ -228,7 +228,7 @@ def test_the_readme_python_example_runs_as_written(capsys):
 
 def test_demo_fine_tunes_the_shipped_model_and_compares_on_held_out_episodes(tmp_path, capfd):
     out = tmp_path / "demo"
-    args = f"demo --out {out} --minutes 0.02 --episodes 3 --length 12 --held-out 1 --frames 4 --steps 1"
+    args = f"demo --out {out} --minutes 0.02 --episodes 3 --length 17 --held-out 1 --frames 4 --steps 1"
     assert main(args.split()) == 0
     printed, err = capfd.readouterr()
     assert "held-out PSNR over 1 episodes x 4 generated frames: shipped" in printed

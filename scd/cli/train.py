@@ -243,7 +243,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--minutes", type=positive(), default=5.0, help="fine-tuning time budget (default: 5)")
     p.add_argument("--episodes", type=at_least(2), default=10, help="episodes to record (default: 10)")
     p.add_argument("--held-out", type=at_least(1), default=2, help="last episodes kept for the video (default: 2)")
-    p.add_argument("--length", type=at_least(8), default=150, help="frames per recorded episode (default: 150)")
+    p.add_argument("--length", type=at_least(16), default=150,
+                   help="frames per recorded episode, at least the shipped SCD's 16-frame training clip (default: 150)")
     p.add_argument("--seed", type=at_least(0), default=7, help="recording seed (default: 7)")
     add_option(p, "--lr", TrainConfig, "lr", "fine-tuning learning rate", type=positive())
     p.add_argument("--context", type=at_least(1), default=4, help="real frames each rollout starts from (default: 4)")
