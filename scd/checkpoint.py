@@ -355,8 +355,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, extra: dic
     """A lean, shippable copy of a checkpoint: the EMA weights as the model's only weights, the config and
     data description, no optimizer state. `extra` is merged into config.json (e.g. a model card summary);
     `sample_steps`, `sample_temperature`, `sample_shift` and `sample_window` replace the model's default sampler
-    settings. An
-    existing `dst` is replaced only with `overwrite`, and never when it is (or holds) the source."""
+    settings. An existing `dst` is replaced only with `overwrite`, and never when it is (or holds) the source."""
     check_output(dst, overwrite, [src])
     model, info = load_checkpoint(src)
     given = {"sample_steps": sample_steps, "sample_temperature": sample_temperature, "sample_shift": sample_shift,

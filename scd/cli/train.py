@@ -198,10 +198,10 @@ def add_train_parser(sub) -> None:
                type=at_least(0.0, float))
     add_option(p, "--sample-shift", ModelConfig, "sample_shift", "schedule shift k the model samples with unless "
                "told (recorded in its config; with --init-from, the checkpoint's unless given)", type=positive())
-    # None: the preset's, or the --init-from checkpoint's
     p.add_argument("--sample-window", type=at_least(1), metavar="W", help="history window (past frames) the model "
                    "streams with in scd generate / play unless told (recorded in its config; default: the training "
                    "clip length - 1; with --init-from, the checkpoint's unless given)")
+    # None: the preset's, or the --init-from checkpoint's
     p.set_defaults(prediction=None, sample_steps=None, sample_temperature=None, sample_shift=None)
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
