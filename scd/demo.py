@@ -69,7 +69,8 @@ def demo(out: str | Path, minutes: float = 5.0, episodes: int = 10, held_out: in
         columns.setdefault("ground truth", []).append(truth.numpy())
         captions += [f"episode {e}: {'context' if i < context else 'generated'} {i + 1}/{total}" for i in range(total)]
         for name, model in (("shipped", shipped), ("fine-tuned", tuned)):
-            pred = generate(model, truth[None, :context], actions, steps=steps, seed=0, window=rollout_window(model.config, info))
+            pred = generate(model, truth[None, :context], actions, steps=steps, seed=0,
+                            window=rollout_window(model.config, info))
             pixels = model.codec.decode_pixels(pred[0, 0])  # (frames, 3, H, W) in [-1, 1]
             scores[name].append(float(psnr(pixels[None], model.codec.as_pixels(truth[None, context:])).mean()))
             columns.setdefault(name, []).append(np.concatenate([truth[:context].numpy(),

@@ -147,11 +147,10 @@ def test_train_and_generate_options_take_their_defaults_from_the_library():
     import inspect
 
     from scd.cli import build_parser
+    from scd.cli.train import TRAINING_OPTIONS, training_config
     from scd.flow import FlowConfig
     from scd.sampling import Streamer
     from scd.train import TrainConfig
-
-    from scd.cli.train import TRAINING_OPTIONS, training_config
 
     train = build_parser("train").parse_args(["train", "--data", "d", "--out", "o"])
     assert training_config(train, None) == TrainConfig()  # a new run: the library's defaults

@@ -45,9 +45,8 @@ def cmd_generate(args) -> int:
     window = args.window or rollout_window(model.config, info)
     if window is not None and args.context > window:
         raise ValueError(f"--context {args.context} exceeds the history window of {window} frames (the next frame "
-                         f"sees at most {window}; default: the model's sample_window, else its training clip length - 1): lower "
-                         f"--context or "
-                         f"pass --window {args.context}")
+                         f"sees at most {window}; default: the model's sample_window, else its training clip length "
+                         f"- 1): lower --context or pass --window {args.context}")
     # the context: --data, else the data the model was trained on if it is on this machine, else the shipped file
     data = args.data or info.get("data", {}).get("path")
     if args.data is None and (data is None or not Path(data).exists()):

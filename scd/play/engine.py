@@ -158,7 +158,8 @@ class Engine:
     checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame
     (default: each model's own `config.sample_steps`); temperature: the starting noise's std (default: each
     model's own `config.sample_temperature`);
-    window: past frames the next frame sees, for every model or by name (a dict); seed: the noise seed of each model's batch; bf16: autocast on the CPU;
+    window: past frames the next frame sees, for every model or by name (a dict); seed: the noise seed of each
+    model's batch; bf16: autocast on the CPU;
     compile: the compiled per-frame step (the first frames of each batch size wait for the compiler)."""
 
     def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int | None = None,
