@@ -15,12 +15,16 @@ Protocol, for each of the first `videos` episodes of the data set:
      (max PSNR, max SSIM, min LPIPS) is picked, separately for each metric; its per-frame values make the
      best-of-N curve. "mean" averages all N trajectories instead. Both are then averaged over videos;
   5. FVD (Kinetics-400 I3D, StyleGAN-V convention) compares whole clips, the context included: the V recorded
-     clips of C+H frames against the V*N clips made of the same context followed by each trajectory. I3D needs
-     C+H >= 9 frames and the Frechet distance >= 2 videos. The paper's FVD uses 256 videos; with a few videos
+     clips of C+H frames against the V*N clips made of the same context followed by each trajectory; and, per
+     window of generated frames (1-16 and the last 16, step 7), the recorded frames of that window against the
+     generated ones, so that a worse FVD can be placed early or late in the rollout. I3D needs >= 9 frames and
+     the Frechet distance >= 2 videos. The paper's FVD uses 256 videos; with a few videos
      the score is noisy and biased upward, so compare models only on the same videos and settings;
   6. drift, per frame and averaged over trajectories: the colour-histogram distance to the recorded frame
      (scd.metrics.color_histogram_distance, 0 = same colours) and the sharpness ratio (mean |Laplacian| of the
-     generated frame over the recorded one's: < 1 blurrier, > 1 noisier);
+     generated frame over the recorded one's: < 1 blurrier, > 1 noisier) and the motion gap (mean |change| of
+     each generated frame from the one before it, minus the recorded video's: < 0 the rollout moves less than the
+     real play, > 0 it flickers);
   7. the trivial baselines (scd.baselines: copy the last context frame, the per-pixel context mean) are scored on
      the same clips and stand in every table and plot; window means over frames 1-16 and over the last 16 frames
      summarise short-term quality and long-term drift.
@@ -54,14 +58,15 @@ from .plots import pyplot, save_figure
 from .sampling import Guidance, rollout
 from .timing import timed
 
-FORMAT = "scd-eval-v2"
-VIDEO_FORMAT = "scd-eval-video-v2"
+FORMAT = "scd-eval-v3"
+VIDEO_FORMAT = "scd-eval-video-v3"
 DEFAULT_DATA = "data/crafter-bench"
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
 TITLES = {"psnr": "PSNR (dB, higher is better)", "ssim": "SSIM (higher is better)",
           "lpips": "LPIPS-AlexNet (lower is better)",
           "color_hist": "colour-histogram distance to real (lower is better)",
-          "sharpness": "sharpness / real (1 = as sharp; <1 blurred, >1 noisy)"}
+          "sharpness": "sharpness / real (1 = as sharp; <1 blurred, >1 noisy)",
+          "motion": "motion - real motion (0 = moves as real; <0 freezes)"}
 WINDOW = 16  # frames in the window means (first 16 and last 16 generated frames)
 SHEET_VIDEOS = 4  # videos shown in contact_sheet.png
 I3D_MIN_FRAMES = 9
@@ -225,14 +230,28 @@ def summarize(records: list[dict]) -> dict:
     horizon = len(curves["psnr"]["mean"])
     windows = {f"{a}-{b}": {m: float(np.mean(curves[m]["mean"][a - 1 : b])) for m in METRICS + DRIFT_METRICS}
                for a, b in horizon_windows(horizon)}
-    fvd = None
-    if all(r.get("i3d_fake") is not None for r in records) and len(records) >= 2:
-        from .metrics import frechet_distance
-
-        real = np.array([r["i3d_real"] for r in records])
-        fake = np.concatenate([np.array(r["i3d_fake"]) for r in records])
-        fvd = frechet_distance(real, fake)
+    fvd = _fvd([r["i3d_real"] for r in records], [r["i3d_fake"] for r in records])
+    for name, window in windows.items():
+        real = [(r["i3d_windows_real"] or {}).get(name, [None])[0] for r in records]  # None: FVD off, too short
+        window["fvd"] = _fvd(real, [(r["i3d_windows_fake"] or {}).get(name) for r in records])
     return {"summary": summary, "windows": windows, "fvd": fvd, "curves": curves, "per_video": per_video}
+
+
+def _fvd(real: list, fake: list) -> float | None:
+    """Frechet distance of per-video I3D features, real [V x (400,)] against fake [V x (N, 400)]; None where a
+    video has none (FVD off, or a window too short for I3D) or with fewer than 2 videos."""
+    if len(real) < 2 or any(x is None for x in real + fake):
+        return None
+    from .metrics import frechet_distance
+
+    return frechet_distance(np.array(real), np.concatenate([np.array(f) for f in fake]))
+
+
+def window_features(frames: torch.Tensor) -> dict[str, list]:
+    """Frames after the context (M, H, 3, h, w) -> {window: (M, 400) I3D features of its frames} for each window
+    of `horizon_windows` long enough for I3D."""
+    return {f"{a}-{b}": clip_features(frames[:, a - 1 : b]).tolist()
+            for a, b in horizon_windows(frames.shape[1]) if b - a + 1 >= I3D_MIN_FRAMES}
 
 
 # -- resumable results ---------------------------------------------------------------------------------------
@@ -367,10 +386,11 @@ def evaluate(
         context, target = clip[: settings.context], clip[settings.context :]
         first = settings.start
         recorded = torch.from_numpy(np.array(store.episode(ep)[0][first : first + settings.context]))  # uint8
-        real_features = None
-        if settings.fvd:
-            known = [done[lab, ep]["i3d_real"] for lab, _, _ in models if (lab, ep) in done]
-            real_features = known[0] if known else clip_features(clip[None])[0].tolist()
+        real_features = real_windows = None
+        if settings.fvd:  # the recorded clip's features, shared by every model
+            known = [done[lab, ep] for lab, _, _ in models if (lab, ep) in done]
+            real_features = known[0]["i3d_real"] if known else clip_features(clip[None])[0].tolist()
+            real_windows = known[0]["i3d_windows_real"] if known else window_features(target[None])
         for label, model, ident in pending:
             bar.set_postfix_str(f"{label} episode {ep}")
             if isinstance(model, torch.nn.Module):
@@ -384,15 +404,19 @@ def evaluate(
             else:  # a baseline: one deterministic "trajectory"
                 pred, seconds = timed(lambda: model(context, settings.horizon))
                 bar.update(settings.horizon)
-            scores = frame_scores(pred, target[None].expand_as(pred))  # {measure: (N, H)}
+            scores = frame_scores(pred, target[None].expand_as(pred),  # {measure: (N, H)}
+                                  context[-1][None].expand_as(pred[:, 0]))
             record = {"format": VIDEO_FORMAT, "settings": settings.to_dict(), "data": data_info,
                       "checkpoint_sha256": ident["sha256"], "checkpoint": ident["path"], "episode": ep,
                       "episode_seed": store.meta.episodes[ep].seed, "rollout_seconds": seconds,
-                      "metrics": {m: v.tolist() for m, v in scores.items()}, "i3d_real": None, "i3d_fake": None}
+                      "metrics": {m: v.tolist() for m, v in scores.items()}, "i3d_real": None, "i3d_fake": None,
+                      "i3d_windows_real": None, "i3d_windows_fake": None}
             if settings.fvd:
                 full = torch.cat([context[None].expand(pred.shape[0], *context.shape), pred], dim=1)
                 record["i3d_real"] = real_features
                 record["i3d_fake"] = clip_features(full).tolist()
+                record["i3d_windows_real"] = real_windows
+                record["i3d_windows_fake"] = window_features(pred)
             shown = [h - 1 for h in sheet_horizons(settings.horizon)]
             sheet_frames = frames_to_uint8(pred[0, shown])  # (len(shown), h, w, 3)
             atomic_write(_sheet_path(out, label, ep), lambda f: np.savez_compressed(f, frames=sheet_frames))
@@ -517,13 +541,16 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {m['label']} | {metric} | " + " | ".join(f"{curve[h - 1]:.3f}" for h in marks) + " |")
     windows = list(report["models"][0]["windows"])
     lines += ["", "## Window means over generated frames (mean over trajectories)", "",
-              "| model | frames | PSNR | SSIM | LPIPS | colour-hist | sharpness |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | frames | PSNR | SSIM | LPIPS | colour-hist | sharpness | motion | FVD |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for w in windows:
         for m in report["models"]:
             v = m["windows"][w]
             lines.append(f"| {m['label']} | {w} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['lpips']:.4f} | "
-                         f"{v['color_hist']:.3f} | {v['sharpness']:.3f} |")
+                         f"{v['color_hist']:.3f} | {v['sharpness']:.3f} | {v['motion']:+.4f} | "
+                         f"{_fmt(v.get('fvd'), 1)} |")
+    lines += ["", "Window FVD: the recorded frames of the window against the generated ones (no context), "
+              "where the window has at least 9 frames."]
     lines += ["", "copy-last-frame and context-mean are the trivial baselines on the same clips (no actions used); "
               "a model that does not beat them has not learnt the world."]
     return "\n".join(lines) + "\n"
@@ -552,7 +579,6 @@ def plot_curves(report: dict):
         ax.set_xlabel("prediction horizon (frames after the context)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    axes[-1].axis("off")
     fig.suptitle(f"{len(report['episodes'])} videos, context {s['context']} frames, best of {s['trajectories']} "
                  f"trajectories (solid) and their mean (dashed), {_sampler(s)}; baselines in grey")
     return fig

@@ -54,7 +54,8 @@ def rollout_quality(model, frames, actions, context: int, steps: int = 20, shift
     device = model.device
     pred = generate(model, frames[:, :context].to(device), actions.to(device), steps=steps, shift=shift, seed=seed)[:, 0]
     codec = model.codec
-    scores = frame_scores(codec.decode_pixels(pred).cpu(), codec.as_pixels(frames[:, context:]).cpu())
+    scores = frame_scores(codec.decode_pixels(pred).cpu(), codec.as_pixels(frames[:, context:]).cpu(),
+                          codec.as_pixels(frames[:, context - 1]).cpu())
     out = {name: float(scores[name].mean()) for name in METRICS}
     out["per_frame"] = {name: [round(float(x), 5) for x in scores[name].mean(0)] for name in METRICS}
     return out

@@ -4,7 +4,8 @@
 
 Rows: every model of every folder (label, training step), then the copy-last-frame and context-mean baselines once
 (they must be the same clips in every folder: same data, videos, context and horizon, checked). Columns: PSNR, SSIM
-and LPIPS over generated frames 1-16, colour-histogram distance and sharpness ratio over frames 1-16 and the last 16.
+and LPIPS over generated frames 1-16, colour-histogram distance and sharpness ratio over frames 1-16 and the last 16,
+the motion gap and the FVD of the last 16 ("-" where the evaluation ran without FVD).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def row(model: dict, first: str, last: str) -> str:
     step = model["checkpoint"].get("step")
     name = model["label"] if step is None else f"{model['label']} ({step} steps)"
     cells = [f"{w['psnr']:.2f}", f"{w['ssim']:.3f}", f"{w['lpips']:.3f}", f"{w['color_hist']:.3f}",
-             f"{z['color_hist']:.3f}", f"{w['sharpness']:.2f}", f"{z['sharpness']:.2f}"]
+             f"{z['color_hist']:.3f}", f"{w['sharpness']:.2f}", f"{z['sharpness']:.2f}", f"{z['motion']:+.4f}",
+             "-" if z.get("fvd") is None else f"{z['fvd']:.0f}"]
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
@@ -44,8 +46,8 @@ def main(folders: list[str]) -> None:
     windows = list(reference["models"][0]["windows"])
     first, last = windows[0], windows[-1]
     print(f"| model | PSNR {first} | SSIM {first} | LPIPS {first} | colour-hist {first} | colour-hist {last} "
-          f"| sharpness {first} | sharpness {last} |")
-    print("| --- | " + " | ".join(["---"] * 7) + " |")
+          f"| sharpness {first} | sharpness {last} | motion {last} | FVD {last} |")
+    print("| --- | " + " | ".join(["---"] * 9) + " |")
     for report in reports:
         for model in report["models"]:
             if model["arch"] != "baseline":

@@ -85,10 +85,10 @@ def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpt
 
     # Drift measures and window means for every row; the baselines are scored on the same clips.
     for m in report["models"]:
-        assert all(len(m["curves"][k]["mean"]) == 5 for k in ("color_hist", "sharpness"))
+        assert all(len(m["curves"][k]["mean"]) == 5 for k in ("color_hist", "sharpness", "motion"))
         assert list(m["windows"]) == ["1-5"] and 0 <= m["windows"]["1-5"]["color_hist"] <= 1
     from scd.data.store import VideoStore, frames_to_model
-    from scd.metrics import color_histogram_distance, psnr as psnr_fn
+    from scd.metrics import color_histogram_distance, motion, psnr as psnr_fn
 
     frames = frames_to_model(VideoStore(crafter).episode(0)[0][:8])  # context 0-2, target 3-7
     last = frames[2:3].expand(5, -1, -1, -1)[None]
@@ -98,13 +98,18 @@ def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpt
                        np.mean([color_histogram_distance(frames_to_model(VideoStore(crafter).episode(e)[0][2:3])[None],
                                                          frames_to_model(VideoStore(crafter).episode(e)[0][3:4])[None]).item()
                                 for e in (0, 1)]))
+    # Copying the last frame never moves: its motion gap is minus the recorded video's motion.
+    assert np.allclose(copy["curves"]["motion"]["mean"],
+                       -np.mean([motion(frames_to_model(VideoStore(crafter).episode(e)[0][3:8])[None],
+                                        frames_to_model(VideoStore(crafter).episode(e)[0][2:3])).numpy()
+                                 for e in (0, 1)], axis=0)[0], atol=1e-6)
     mean_row = report["models"][3]
     assert mean_row["per_video"][0]["psnr"]["mean"] == pytest.approx(
         psnr_fn(frames[:3].mean(0).expand(5, -1, -1, -1)[None], frames[None, 3:8]).mean().item(), rel=1e-5)
 
     md = (out / "metrics.md").read_text()
-    assert "PSNR best-of-3" in md and "by prediction horizon" in md and md.count("| scd |") == 7
-    assert md.count("| copy-last-frame |") == 7 and "Window means" in md
+    assert "PSNR best-of-3" in md and "by prediction horizon" in md and md.count("| scd |") == 8
+    assert md.count("| copy-last-frame |") == 8 and "Window means" in md
     with Image.open(out / "metrics.png") as png:
         assert png.size[0] > 1000 and png.size[1] > 300
     # Contact sheet: per video the rows real, scd, dit and the two baselines at horizons +1 +2 +4 +5, 2x scaled.
@@ -157,19 +162,25 @@ def test_fvd_compares_recorded_clips_with_every_trajectory_context_included(craf
                             videos[:, 0].mean((1, 2, 3)), videos[:, -1].mean((1, 2, 3))], dim=1)
 
     monkeypatch.setattr(evaluate_module, "clip_features", cheap_features)
-    settings = EvalSettings(context=4, horizon=5, trajectories=2, steps=1, fvd=True)
+    settings = EvalSettings(context=4, horizon=9, trajectories=2, steps=1, fvd=True)
     report = evaluate([ckpts["scd"], ckpts["dit"]], crafter, tmp_path / "eval", settings, progress=False)
     assert len(calls) == 4
-    # Per episode: the recorded clip once (shared by both models), then each model's 2 trajectories.
-    # ... and each baseline's single deterministic "trajectory".
-    assert [tuple(v.shape[:2]) for v in seen] == [(1, 9), (2, 9), (2, 9), (1, 9), (1, 9)] * 2
-    real, fake = seen[0], seen[1]
+    # Per episode: the recorded clip and its generated part (window 1-9) once, shared by both models, then each
+    # model's 2 trajectories whole and their window, then each baseline's single deterministic "trajectory".
+    per_episode = [(1, 13), (1, 9)] + [(2, 13), (2, 9)] * 2 + [(1, 13), (1, 9)] * 2
+    assert [tuple(v.shape[:2]) for v in seen] == per_episode * 2
+    real, real_window, fake, fake_window = seen[0], seen[1], seen[2], seen[3]
     torch.testing.assert_close(fake[:, :4], real[:, :4].expand(2, -1, -1, -1, -1))  # the given context
+    torch.testing.assert_close(real_window[0], real[0, 4:])  # a window holds generated frames only
+    torch.testing.assert_close(fake_window, fake[:, 4:])
     records = [json.loads((tmp_path / "eval" / "videos" / "scd" / f"episode_{e:04d}.json").read_text())
                for e in (0, 1)]
     expected = frechet_distance(np.array([r["i3d_real"] for r in records]),
                                 np.concatenate([r["i3d_fake"] for r in records]))
     assert report["models"][0]["fvd"] == pytest.approx(expected) and np.isfinite(expected)
+    window = frechet_distance(np.array([r["i3d_windows_real"]["1-9"][0] for r in records]),
+                              np.concatenate([r["i3d_windows_fake"]["1-9"] for r in records]))
+    assert report["models"][0]["windows"]["1-9"]["fvd"] == pytest.approx(window) and window != expected
     assert "FVD" in (tmp_path / "eval" / "metrics.md").read_text()
 
 

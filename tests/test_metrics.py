@@ -449,3 +449,16 @@ def test_sharpness_is_zero_on_flat_frames_and_falls_with_blur():
     assert sharpness(video).item() == pytest.approx(4.0)  # |4 * 1 - 0| or |0 - 4| on [0, 1] luminance
     blurred = torch.nn.functional.avg_pool2d(video[0], 3, stride=1, padding=1)[None]
     assert sharpness(blurred) < sharpness(video)
+
+
+def test_motion_is_the_mean_change_from_the_frame_before_starting_at_the_given_one():
+    from scd.metrics import motion
+
+    before = -torch.ones(2, 3, 8, 8)
+    half = before.clone()
+    half[..., 4:] = 1.0  # right half turns white: a change of 1 on half the pixels
+    video = torch.stack([half, half, before], dim=1)  # (2, 3, 3, 8, 8): change, stay, change back
+    assert motion(video, before).tolist() == [[0.5, 0.0, 0.5]] * 2
+    assert motion(video, half).tolist() == [[0.0, 0.0, 0.5]] * 2  # frame 0 is measured from `before`
+    with pytest.raises(ValueError, match="before must be one frame per video"):
+        motion(video, before[:1])

@@ -3,7 +3,7 @@
 Videos are float tensors in [-1, 1] of shape (B, T, 3, H, W); frames are (N, 3, H, W).
 
 - :func:`psnr`, :func:`ssim`, :func:`lpips`: per-frame scores, (B, T).
-- :func:`color_histogram_distance`, :func:`sharpness`: per-frame drift measures, (B, T).
+- :func:`color_histogram_distance`, :func:`sharpness`, :func:`motion`: per-frame drift measures, (B, T).
 - :class:`LPIPS`: the LPIPS v0.1 network (AlexNet or VGG16), frames -> (N,) distances.
 - :class:`I3D`, :func:`i3d_features`: Kinetics-400 I3D logits, the FVD feature.
 - :func:`frechet_distance`, :func:`fvd`: Frechet distance of feature sets / of two video sets.
@@ -19,9 +19,9 @@ dependencies and never imported:
 from ._weights import MissingWeightsError
 from .frechet import frechet_distance, fvd
 from .i3d import I3D, i3d_features
-from .image import color_histogram_distance, psnr, sharpness, ssim
+from .image import color_histogram_distance, motion, psnr, sharpness, ssim
 from .perceptual import LPIPS, lpips
 from .scores import frame_scores
 
-__all__ = ["psnr", "ssim", "color_histogram_distance", "sharpness", "lpips", "LPIPS", "I3D", "i3d_features", "frechet_distance", "fvd", "frame_scores",
+__all__ = ["psnr", "ssim", "color_histogram_distance", "sharpness", "motion", "lpips", "LPIPS", "I3D", "i3d_features", "frechet_distance", "fvd", "frame_scores",
            "MissingWeightsError"]

@@ -1,6 +1,6 @@
-"""Per-frame pixel metrics: PSNR and SSIM, and two drift measures (colour-histogram distance, sharpness).
+"""Per-frame pixel metrics: PSNR and SSIM, and three drift measures (colour-histogram distance, sharpness, motion).
 
-Both take videos in [-1, 1] of shape (B, T, 3, H, W), map them to [0, 1] and score every frame
+All take videos in [-1, 1] of shape (B, T, 3, H, W), map them to [0, 1] and score every frame
 separately with data range 1, returning a (B, T) tensor, so that callers can aggregate over
 frames, trajectories (best of K) or videos as their protocol says.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from ._checks import check_pair, check_video, clamp_unit_range
+from ._checks import check_frames, check_pair, check_video, clamp_unit_range
 
-__all__ = ["psnr", "ssim", "color_histogram_distance", "sharpness"]
+__all__ = ["psnr", "ssim", "color_histogram_distance", "sharpness", "motion"]
 
 SSIM_KERNEL = 11  # Gaussian window size (sigma 1.5), as in Wang et al. 2004 and torchmetrics' default
 
@@ -105,3 +105,26 @@ def sharpness(video: torch.Tensor) -> torch.Tensor:
     lap = (4 * luma[..., 1:-1, 1:-1] - luma[..., :-2, 1:-1] - luma[..., 2:, 1:-1]
            - luma[..., 1:-1, :-2] - luma[..., 1:-1, 2:])
     return lap.abs().mean(dim=(2, 3))
+
+
+@torch.no_grad()
+def motion(video: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """Mean absolute change of each frame from the one before it, on [0, 1] pixels: how much the picture moves
+    (scrolling, walking creatures, day turning to night). Compare a rollout with the real video as a difference:
+    < 0 it moves less than the real one (freezes, or drifts back to a remembered view), > 0 more (flicker).
+
+    Args:
+        video: (B, T, 3, H, W), float in [-1, 1].
+        before: (B, 3, H, W), the frame before video[:, 0] (for a rollout: the last context frame).
+    Returns:
+        (B, T) in [0, 1].
+    """
+    check_video(video, "video")
+    check_frames(before, "before")
+    if before.shape != video[:, 0].shape:
+        raise ValueError(f"before must be one frame per video, shape {tuple(video[:, 0].shape)}, "
+                         f"got {tuple(before.shape)}")
+    dtype = torch.promote_types(video.dtype, torch.float32)
+    x = torch.cat([before[:, None], video], dim=1).to(dtype)  # (B, T + 1, 3, H, W)
+    x = (clamp_unit_range(x, "video") + 1) / 2
+    return (x[:, 1:] - x[:, :-1]).abs().mean(dim=(2, 3, 4))

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from .image import color_histogram_distance, psnr, sharpness, ssim
+from .image import color_histogram_distance, motion, psnr, sharpness, ssim
 from .perceptual import lpips
 
 METRICS = ("psnr", "ssim", "lpips")  # frame metrics
-DRIFT_METRICS = ("color_hist", "sharpness")  # how far a rollout drifts from the real frames
+DRIFT_METRICS = ("color_hist", "sharpness", "motion")  # how far a rollout drifts from the real frames
 LPIPS_NET = "alex"
 
 
-def frame_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Videos (B, T, 3, H, W) in [-1, 1] (pred clamped to it) -> {measure: (B, T)} for every frame: PSNR, SSIM,
-    LPIPS-AlexNet, the colour-histogram distance (0 = same colours) and the sharpness ratio (mean |Laplacian| of
-    the generated frame over the real one's: < 1 blurred, > 1 noisy)."""
-    pred, target = pred.float().clamp(-1, 1), target.float()
+def frame_scores(pred: torch.Tensor, target: torch.Tensor, before: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Videos (B, T, 3, H, W) in [-1, 1] (pred clamped to it) and the real frame before them, (B, 3, H, W) ->
+    {measure: (B, T)} for every frame: PSNR, SSIM, LPIPS-AlexNet, the colour-histogram distance (0 = same
+    colours), the sharpness ratio (mean |Laplacian| of the generated frame over the real one's: < 1 blurred, > 1
+    noisy) and the motion gap (the generated frame's mean |change| from the frame before it minus the real one's:
+    < 0 the rollout moves less than the real video, > 0 more)."""
+    pred, target, before = pred.float().clamp(-1, 1), target.float(), before.float()
     return {"psnr": psnr(pred, target), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET),
             "color_hist": color_histogram_distance(pred, target),
-            "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6)}
+            "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6),
+            "motion": motion(pred, before) - motion(target, before)}
