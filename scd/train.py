@@ -14,6 +14,9 @@ import io
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,8 +467,8 @@ class Trainer:
         return bool(value.item())
 
     def run(self, progress: bool = True, time_limit: float | None = None) -> list[float]:
-        """Train until cfg.steps (or until `time_limit` seconds have passed, then checkpoint and stop);
-        returns the losses of the steps run by this call."""
+        """Train until cfg.steps (or until `time_limit` seconds have passed or a stop is requested, see
+        StopRequests: then checkpoint and stop); returns the losses of the steps run by this call."""
         began = time.perf_counter()
         main = self.procs.main
         if main:
@@ -480,7 +483,8 @@ class Trainer:
             bar = tqdm(total=round(time_limit), disable=not progress, desc="train", unit="s",
                        bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]")
         batches = self.loader(self.step)
-        with open(self.log_path, "a", newline="") if main else contextlib.nullcontext() as log:
+        with open(self.log_path, "a", newline="") if main else contextlib.nullcontext() as log, \
+                StopRequests() as stop:
             writer = csv.DictWriter(log, LOG_FIELDS) if main else None
             while self.step < self.cfg.steps:
                 start = time.perf_counter()
@@ -494,17 +498,46 @@ class Trainer:
                     bar.set_postfix(step=self.step, loss=f"{loss:.4f}")
                 elapsed = time.perf_counter() - began
                 bar.update(1 if time_limit is None else min(elapsed, bar.total) - bar.n)
-                out_of_time = time_limit is not None and self._agree(elapsed > time_limit)
-                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
+                # every rank stops at the same step (one scalar all-reduce per step under torchrun)
+                stopping = self._agree((time_limit is not None and elapsed > time_limit) or stop.requested)
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stopping:
                     if main:
                         os.fsync(log.fileno())  # the rows up to a checkpoint outlive a power cut with it
                     self.save()  # on every rank: FSDP gathers the shards
                     _barrier(self.procs)
-                if out_of_time:
+                if stopping:
                     break
         del batches  # stops the loader's worker processes
         bar.close()
         return losses
+
+
+class StopRequests:
+    """While active, SIGTERM (a scheduler's preemption, `kill PID`) or a first Ctrl-C asks the run to stop rather
+    than killing it: the step under way finishes, a checkpoint is written and `run` returns, so the rerun of the same
+    command resumes where it stopped. A second Ctrl-C interrupts at once. Outside the main thread (where Python
+    cannot install handlers) it changes nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint", file=sys.stderr)
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def start_record(path) -> dict:

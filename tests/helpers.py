@@ -1,9 +1,36 @@
 """Helpers shared by the tests (import as `from helpers import ...`; pytest puts tests/ on sys.path)."""
 
+import contextlib
+import os
+import signal
+
 import numpy as np
 import torch
 
 from scd.data import DatasetWriter
+
+
+@contextlib.contextmanager
+def terminate_after_step(monkeypatch, trainer_class, step: int):
+    """Send this process SIGTERM (as a scheduler preempting the job would) right after `trainer_class.train_step`
+    finishes step `step`. Yields the list of SIGTERMs that reached the handler outside the run: the default one
+    would end pytest, so a stand-in counts them instead."""
+    real_step = trainer_class.train_step
+
+    def step_then_terminate(self, *args):
+        out = real_step(self, *args)
+        if self.step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    unhandled = []
+    outside = signal.signal(signal.SIGTERM, lambda *_: unhandled.append(1))
+    monkeypatch.setattr(trainer_class, "train_step", step_then_terminate)
+    try:
+        yield unhandled
+    finally:
+        monkeypatch.setattr(trainer_class, "train_step", real_step)
+        signal.signal(signal.SIGTERM, outside)
 
 
 def perturb(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:

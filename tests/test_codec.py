@@ -14,7 +14,7 @@ from scd.codec import (AutoencoderCodec, AutoencoderConfig, CodecTrainConfig, Co
                        evaluate_codec, load_codec, train_codec)
 from scd.data import frames_to_model
 
-from helpers import squares, tiny_diffusers, write_squares
+from helpers import squares, terminate_after_step, tiny_diffusers, write_squares
 
 TINY = AutoencoderConfig(latent_channels=4, widths=(8, 16))  # f2: 16x16 frames -> (4, 8, 8)
 needs_diffusers = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None,
@@ -128,6 +128,13 @@ def test_kl_term_and_time_limit(tmp_path, data):
                           time_limit=0)  # stops after the first step, with a checkpoint
     assert trainer.step == 1 and latest_checkpoint(tmp_path).name == "ckpt-0000001"
     assert float(trainer.read_log()[0]["kl"]) > 0
+
+
+def test_sigterm_stops_codec_training_with_a_checkpoint(tmp_path, data, monkeypatch):
+    cfg = CodecTrainConfig(steps=50, batch=4, lpips_weight=0, log_every=1, scale_frames=8)
+    with terminate_after_step(monkeypatch, CodecTrainer, 2) as unhandled:
+        trainer = train_codec(data, tmp_path, cfg, TINY, progress=False)
+    assert trainer.step == 2 and latest_checkpoint(tmp_path).name == "ckpt-0000002" and not unhandled
 
 
 @needs_lpips

@@ -1,5 +1,7 @@
 """Training loop, checkpoints and exact resumption on tiny synthetic clips."""
 
+import os
+import signal
 
 import pytest
 import torch
@@ -8,7 +10,9 @@ from scd.checkpoint import latest_checkpoint, load_model, read_config
 from scd.config import ModelConfig
 from scd.flow import FlowConfig, sample_timesteps, shift_time
 from scd.sampling import euler_sample, flow_schedule
-from scd.train import TrainConfig, train
+from scd.train import StopRequests, TrainConfig, Trainer, train
+
+from helpers import terminate_after_step
 
 
 class MovingSquares(torch.utils.data.Dataset):
@@ -266,3 +270,25 @@ def test_a_cuda_device_gets_an_index(monkeypatch):
     assert Processes().device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="2 CUDA device"):
         Processes().device("cuda:2")
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, monkeypatch):
+    data = MovingSquares()
+    cfg = TrainConfig(steps=5, batch=4, clip_len=4, lr=1e-3, warmup=2, ckpt_every=100, log_every=1, flow=FLOW)
+    full = [float(r["loss"]) for r in train(tiny_config("scd"), data, tmp_path / "a", cfg, progress=False).read_log()]
+    with terminate_after_step(monkeypatch, Trainer, 2) as unhandled:
+        stopped = train(tiny_config("scd"), data, tmp_path / "b", cfg, progress=False)
+        assert stopped.step == 2 and latest_checkpoint(tmp_path / "b").name == "ckpt-0000002" and not unhandled
+        os.kill(os.getpid(), signal.SIGTERM)  # the run gave the handler back
+        assert unhandled == [1]
+    resumed = train(tiny_config("scd"), data, tmp_path / "b", cfg, progress=False)
+    assert resumed.step == 5 and [float(r["loss"]) for r in resumed.read_log()] == full
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

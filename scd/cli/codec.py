@@ -44,7 +44,8 @@ def add_codec_parser(subparsers) -> None:
     add_option(p, "--seed", CodecTrainConfig, "seed", "seed of the weights, the frame order and the noise",
                type=at_least(0))
     add_device_option(p)
-    p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds")
+    p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds; "
+                   "SIGTERM or Ctrl-C also stop with a checkpoint after the step under way (twice Ctrl-C: at once)")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if --out holds checkpoints")
     p.set_defaults(func=cmd_codec_train)
 
@@ -77,8 +78,11 @@ def cmd_codec_train(args) -> int:
                           init_from=args.init_from, time_limit=args.time_limit, device=args.device)
     scores = "" if not trainer.last_val else \
         f"; on --val-data: PSNR {trainer.last_val['psnr']:.2f} dB, SSIM {trainer.last_val['ssim']:.4f}"
-    print(f"done: step {trainer.step}, {trainer.codec.describe()}{scores}; the codec is {args.out} "
-          f"(`scd train --codec {args.out}`)")
+    if trainer.step < cfg.steps:  # the time limit, SIGTERM or Ctrl-C: a checkpoint was written at this step
+        print(f"stopped at step {trainer.step} of {cfg.steps}{scores}; run the same command again to resume")
+    else:
+        print(f"done: step {trainer.step}, {trainer.codec.describe()}{scores}; the codec is {args.out} "
+              f"(`scd train --codec {args.out}`)")
     return 0
 
 

@@ -128,7 +128,11 @@ def cmd_train(args) -> int:
                     data_info=data.description(), time_limit=args.time_limit, device=args.device, workers=args.workers,
                     parallel=args.parallel)
     if main_process:
-        print(f"done: step {trainer.step}, {time.perf_counter() - start:.0f} s; checkpoints and log.csv in {args.out}")
+        took = f"{time.perf_counter() - start:.0f} s; checkpoints and log.csv in {args.out}"
+        if trainer.step < cfg.steps:  # the time limit, SIGTERM or Ctrl-C: a checkpoint was written at this step
+            print(f"stopped at step {trainer.step} of {cfg.steps}, {took}; run the same command again to resume")
+        else:
+            print(f"done: step {trainer.step}, {took}")
     return 0
 
 
@@ -215,7 +219,8 @@ def add_train_parser(sub) -> None:
                type=at_least(1))
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
-    p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds")
+    p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds; "
+                   "SIGTERM or Ctrl-C also stop with a checkpoint after the step under way (twice Ctrl-C: at once)")
     add_surgery_arguments(p, training=True)
     p.set_defaults(func=cmd_train, **dict.fromkeys(TRAINING_OPTIONS))  # None: not given (see training_config)
 

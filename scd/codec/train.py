@@ -25,7 +25,7 @@ from scd.checkpoint import (LATEST, check_resumable, latest_checkpoint, load_tra
 from scd.data.store import VideoStore, frames_to_model
 from scd.fileio import atomic_write, atomic_write_text
 from scd.metrics import LPIPS
-from scd.train import Processes, StepBatches, TrainConfig, read_log, stream_seed
+from scd.train import Processes, StepBatches, StopRequests, TrainConfig, read_log, stream_seed
 
 from .autoencoder import CODEC_PRESETS, DEFAULT_PRESET, AutoencoderCodec, AutoencoderConfig
 from .base import CODEC_FORMAT, load_codec
@@ -209,8 +209,8 @@ class CodecTrainer:
 
     # -- loop -------------------------------------------------------------------------------------------------
     def run(self, progress: bool = True, time_limit: float | None = None) -> list[float]:
-        """Train until cfg.steps, or until `time_limit` seconds have passed (then checkpoint and stop); returns
-        the losses of the steps run by this call."""
+        """Train until cfg.steps, or until `time_limit` seconds have passed or a stop is requested (StopRequests):
+        then checkpoint and stop; returns the losses of the steps run by this call."""
         began = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_log()
@@ -221,7 +221,7 @@ class CodecTrainer:
             bar = tqdm(total=round(time_limit), disable=not progress, desc="codec", unit="s",
                        bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]")
         batches = iter(StepBatches(len(self.frames), self.cfg.batch, self.cfg.seed, self.step))
-        with open(self.log_path, "a", newline="") as log:
+        with open(self.log_path, "a", newline="") as log, StopRequests() as stop:
             writer = csv.DictWriter(log, LOG_FIELDS)
             while self.step < self.cfg.steps:
                 start = time.perf_counter()
@@ -235,13 +235,13 @@ class CodecTrainer:
                     bar.set_postfix(step=self.step, loss=f"{loss:.4f}")
                 elapsed = time.perf_counter() - began
                 bar.update(1 if time_limit is None else min(elapsed, bar.total) - bar.n)
-                out_of_time = time_limit is not None and elapsed > time_limit
-                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
+                stopping = (time_limit is not None and elapsed > time_limit) or stop.requested
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stopping:
                     os.fsync(log.fileno())
                     self.save()
                     if self.last_val:
                         bar.set_postfix(step=self.step, loss=f"{loss:.4f}", val_psnr=f"{self.last_val['psnr']:.2f}")
-                if out_of_time:
+                if stopping:
                     break
         bar.close()
         return losses
