@@ -137,6 +137,13 @@ MUTATIONS = [
     Mutation("schedule shift ignores the model's own default", "scd/sampling.py",
              "shift = model.config.sample_shift if shift is None else shift",
              "shift = 1.0 if shift is None else shift", ("tests/test_models.py",)),
+    Mutation("motion measured from the frame itself instead of the one before", "scd/metrics/image.py",
+             "return (x[:, 1:] - x[:, :-1]).abs()", "return (x[:, 1:] - x[:, 1:]).abs()",
+             ("tests/test_metrics.py", "tests/test_eval.py")),
+    Mutation("window FVD scores the generated frames one frame late", "scd/evaluate.py",
+             "clip_features(frames[:, a - 1 : b])", "clip_features(frames[:, a : b + 1])", ("tests/test_eval.py",)),
+    Mutation("a SIGTERM during training is not a stop request", "scd/train.py",
+             "stop.requested)", "False)", ("tests/test_train.py",)),
 ]
 
 
