@@ -151,17 +151,23 @@ def test_each_model_plays_with_the_history_window_it_trained_with_unless_one_is_
         Engine(models, context, context_frames=3, window={"scd": 2, "dit": 7})
 
 
-def test_play_renders_at_the_given_temperature_else_each_models_own(assets):
+def test_play_renders_at_the_given_temperature_and_shift_else_each_models_own(assets):
+    from scd.sampling import flow_schedule
+
     models = {"scd": load_model(assets["scd"])}
-    models["scd"].config = dataclasses.replace(models["scd"].config, sample_temperature=0.25)
+    models["scd"].config = dataclasses.replace(models["scd"].config, sample_temperature=0.25, sample_shift=0.2)
     context = load_context_npz(assets["context"])
-    for given, used in ((None, 0.25), (0.5, 0.5)):
-        engine = Engine(models, context, context_frames=3, window=4, temperature=given)
+    steps = models["scd"].config.sample_steps
+    for given, used in (((None, None), (0.25, 0.2)), ((0.5, 3.0), (0.5, 3.0))):
+        engine = Engine(models, context, context_frames=3, window=4, temperature=given[0], shift=given[1])
         engine.open_session()
         engine.render_next()
-        assert engine.batches["scd"].streamer.temperature == used
+        assert engine.batches["scd"].streamer.temperature == used[0]
+        assert torch.equal(engine.batches["scd"].streamer.schedule, flow_schedule(steps, used[1]))
     with pytest.raises(ValueError, match="--temperature must be a finite number >= 0"):
         Engine(models, context, context_frames=3, window=4, temperature=-1.0)
+    with pytest.raises(ValueError, match="--shift must be a finite number > 0"):
+        Engine(models, context, context_frames=3, window=4, shift=0.0)
 
 
 def test_a_long_lived_batch_starts_again_from_frame_0_and_its_sessions_go_on(assets, monkeypatch):

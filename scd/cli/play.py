@@ -35,6 +35,8 @@ def add_play_parser(subparsers: argparse._SubParsersAction) -> None:
                                                  "shipped models)")
     p.add_argument("--temperature", type=float, help="std of each frame's starting noise (default: each model's own "
                    "sample_temperature)")
+    p.add_argument("--shift", type=float, help="schedule shift k of the denoising steps (default: each model's own "
+                   "sample_shift)")
     p.add_argument("--context", type=int, default=4, help="real frames each session starts from (default 4)")
     p.add_argument("--window", type=int, help="past frames the next frame sees (default: each model's sample_window, "
                                               "else its training clip length - 1, else 7)")
@@ -98,7 +100,7 @@ def cmd_play(args) -> int:
         engine = Engine(models, context, action_names=action_names, steps=args.steps, context_frames=args.context,
                         window=windows if args.window is None else args.window, seed=args.seed,
                         bf16=fast_bf16(args.device) if args.bf16 is None else args.bf16, compile=args.compile,
-                        temperature=args.temperature)
+                        temperature=args.temperature, shift=args.shift)
         if args.benchmark is not None:
             print_benchmark(engine, benchmark(engine, args.benchmark, sessions=args.sessions), args.threads)
             return 0

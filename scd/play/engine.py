@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint, rollout_window
-from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset, is_temperature
+from ..config import SHIPPED_CHECKPOINTS as DEFAULT_CHECKPOINTS, get_preset, is_shift, is_temperature
 from ..data.context import ContextSet
 from ..models import build_model
 from ..sampling import Streamer
@@ -156,15 +156,16 @@ class Engine:
     models: name -> WorldModel (same frame shape and action set). context: real opening frames; each session
     starts from the last `context_frames` frames of one episode. action_names: the game's (e.g. from the
     checkpoints' data description; default: the context's, else action_<id>). steps: denoising steps S per frame
-    (default: each model's own `config.sample_steps`); temperature: the starting noise's std (default: each
-    model's own `config.sample_temperature`);
+    (default: each model's own `config.sample_steps`); temperature: the starting noise's std, shift: the
+    schedule's shift (default: each model's own `config.sample_temperature`, `config.sample_shift`);
     window: past frames the next frame sees, for every model or by name (a dict); seed: the noise seed of each
     model's batch; bf16: autocast on the CPU;
     compile: the compiled per-frame step (the first frames of each batch size wait for the compiler)."""
 
     def __init__(self, models: dict, context: ContextSet, *, action_names=None, steps: int | None = None,
                  context_frames: int = 4, window: int | dict = DEFAULT_WINDOW, seed: int = 0, bf16: bool = False,
-                 compile: bool = False, on_event: Callable | None = None, temperature: float | None = None):
+                 compile: bool = False, on_event: Callable | None = None, temperature: float | None = None,
+                 shift: float | None = None):
         if not models:
             raise ValueError("no model to play: give at least one checkpoint")
         unknown = set(models) - set(MODEL_LABELS)
@@ -195,9 +196,11 @@ class Engine:
             raise ValueError(f"--steps must be >= 1, got {steps}")
         if temperature is not None and not is_temperature(temperature):
             raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
+        if shift is not None and not is_shift(shift):
+            raise ValueError(f"--shift must be a finite number > 0, got {shift}")
         self.models, self.context = models, context
         self.steps, self.context_frames, self.windows, self.seed, self.bf16 = steps, context_frames, windows, seed, bf16
-        self.compile, self.temperature = compile, temperature
+        self.compile, self.temperature, self.shift = compile, temperature, shift
         self.on_event = on_event or (lambda event: None)
         if bf16:  # torch notes once that RMSNorm's float32 weight meets bf16 input; expected under autocast
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
@@ -373,7 +376,7 @@ class Engine:
             if batch is None:
                 streamer = Streamer(model, frames, actions, steps=self.steps_for(session.model), seed=self.seed,
                                     window=self.windows[session.model], compile=self.compile,
-                                    temperature=self.temperature)
+                                    temperature=self.temperature, shift=self.shift)
                 self.batches[session.model] = Batch(streamer, [session.id])
             else:
                 batch.streamer.join(frames, actions)
