@@ -16,10 +16,10 @@ Protocol, for each of the first `videos` episodes of the data set:
      best-of-N curve. "mean" averages all N trajectories instead. Both are then averaged over videos;
   5. FVD (Kinetics-400 I3D, StyleGAN-V convention) compares whole clips, the context included: the V recorded
      clips of C+H frames against the V*N clips made of the same context followed by each trajectory; and, per
-     window of generated frames (1-16 and the last 16, step 7), the recorded frames of that window against the
-     generated ones, so that a worse FVD can be placed early or late in the rollout. I3D needs >= 9 frames and
-     the Frechet distance >= 2 videos. The paper's FVD uses 256 videos; with a few videos
-     the score is noisy and biased upward, so compare models only on the same videos and settings;
+     window of generated frames (1-16 and the last 16), the recorded frames of that window against the generated
+     ones, so that a worse FVD can be placed early or late in the rollout. I3D needs >= 9 frames and the Frechet
+     distance >= 2 videos. The paper's FVD uses 256 videos; with a few videos the score is noisy and biased
+     upward, so compare models only on the same videos and settings;
   6. drift, per frame and averaged over trajectories: the colour-histogram distance to the recorded frame
      (scd.metrics.color_histogram_distance, 0 = same colours) and the sharpness ratio (mean |Laplacian| of the
      generated frame over the recorded one's: < 1 blurrier, > 1 noisier) and the motion gap (mean |change| of
