@@ -69,7 +69,7 @@ def changed_options(saved: dict, given: dict, prefix: str = "") -> list[str]:
 def cmd_train(args) -> int:
     from ..checkpoint import check_resumable, load_model_codec, read_config
     from ..codec import load_codec
-    from ..config import ModelConfig, get_preset
+    from ..config import SAMPLER_DEFAULTS, ModelConfig, get_preset
     from ..data.store import ClipDataset, VideoStore
     from ..train import train
 
@@ -106,9 +106,7 @@ def cmd_train(args) -> int:
             model_config = model_config.replace(patch_size=args.patch_size)
         if args.fusion and model_config.arch == "scd":
             model_config = model_config.replace(fusion=args.fusion)
-    given = {"prediction": args.prediction, "sample_steps": args.sample_steps,
-             "sample_temperature": args.sample_temperature, "sample_shift": args.sample_shift,
-             "sample_window": args.sample_window}
+    given = {"prediction": args.prediction, **{k: getattr(args, k) for k in SAMPLER_DEFAULTS}}
     model_config = model_config.replace(**{k: v for k, v in given.items() if v is not None})
     main_process = int(os.environ.get("RANK", 0)) == 0  # under torchrun only rank 0 speaks
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -137,7 +135,7 @@ def cmd_train(args) -> int:
 
 
 def add_train_parser(sub) -> None:
-    from ..config import PREDICTIONS, ModelConfig
+    from ..config import PREDICTIONS, SAMPLER_DEFAULTS, ModelConfig
     from ..flow import FlowConfig
     from ..train import TrainConfig
 
@@ -206,7 +204,7 @@ def add_train_parser(sub) -> None:
                    "streams with in scd generate / play unless told (recorded in its config; default: the training "
                    "clip length - 1; with --init-from, the checkpoint's unless given)")
     # None: the preset's, or the --init-from checkpoint's
-    p.set_defaults(prediction=None, sample_steps=None, sample_temperature=None, sample_shift=None)
+    p.set_defaults(prediction=None, **dict.fromkeys(SAMPLER_DEFAULTS))
     add_option(p, "--history-noise", FlowConfig, "history_noise", "noise augmentation of history frames: each at "
                "a flow time ~ U(0, MAX), given to the network (0 = clean history)", metavar="MAX")
     p.add_argument("--history-noise-inference", type=at_least(0.0, float), metavar="T",
