@@ -78,9 +78,10 @@ class EvalSettings:
 
     context C >= 1 given frames; horizon H >= 1 generated frames (None: the rest of the shortest evaluated
     episode after start + C); trajectories N >= 1 per video; start: first context frame in each episode;
-    steps/shift/temperature: Euler sampler (None: each model's own defaults); cfg_*: classifier-free guidance as in `scd generate` (scale 1 = off); window:
-    past frames the next frame sees (None: all; a model trained on clips of F frames stays within the frame
-    distances it saw with window = F - 1)."""
+    steps/shift/temperature: Euler sampler (None: each model's own defaults); cfg_*: classifier-free guidance as
+    in `scd generate` (scale 1 = off); window: past frames the next frame sees (None: all; a model trained on
+    clips of F frames stays within the frame distances it saw with window = F - 1); teacher_forcing: each frame
+    rendered from the recorded history (the baselines then copy, or average, the C recorded frames before it)."""
 
     context: int = 36
     horizon: int | None = None
@@ -97,6 +98,9 @@ class EvalSettings:
     window: int | None = None
     history_noise: float | None = None  # flow time of the history frames (None: the model's own setting)
     temperature: float | None = None  # starting-noise std (None: each model's own config.sample_temperature)
+    # every generated frame from the recorded frames before it (one step ahead) instead of the model's own; the
+    # gap to the rollout's curves is the exposure bias, per horizon
+    teacher_forcing: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -162,17 +166,19 @@ def _check_model_fits(model, label: str, store) -> None:
 
 # -- one video -----------------------------------------------------------------------------------------------
 def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, settings: EvalSettings, seed: int,
-                          on_frame=None, compile: bool = False) -> torch.Tensor:
+                          on_frame=None, compile: bool = False, observed: torch.Tensor | None = None) -> torch.Tensor:
     """context (C, H, W, 3) uint8 recorded frames (or (C, ...) in the model's space), actions (C + horizon,) -> N
     trajectories of pixels (N, horizon, 3, H, W) in [-1, 1], decoded by the model's codec.
 
     Frames are clamped to [-1, 1] (what writing them as images would do); on_frame() is called per frame;
-    compile: the compiled per-frame step (Streamer)."""
+    compile: the compiled per-frame step (Streamer); observed: the recorded frames after the context, as the
+    context's, read as history instead of the generated ones (teacher forcing)."""
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16) if settings.bf16 else nullcontext()
     frames = []
+    observed = None if observed is None else observed[None].to(model.device)
     with autocast:
         for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
-                             steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
+                             observed=observed, steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
                              num_samples=settings.trajectories, seed=seed, window=settings.window,
                              history_noise=settings.history_noise, temperature=settings.temperature,
                              compile=compile):
@@ -183,6 +189,15 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
     if not torch.isfinite(out).all():
         raise ValueError("the model produced NaN or inf frames")
     return model.codec.decode_pixels(out)  # the pixel codec: the frames clamped to [-1, 1]
+
+
+def baseline_predictions(baseline, clip: torch.Tensor, settings: EvalSettings) -> torch.Tensor:
+    """A trivial predictor's "rollout" (1, H, 3, h, w) of a recorded clip (C + H, 3, h, w): from the context, or
+    under teacher forcing each frame from the C recorded frames before it."""
+    c, horizon = settings.context, settings.horizon
+    if not settings.teacher_forcing:
+        return baseline(clip[:c], horizon)
+    return torch.cat([baseline(clip[i : i + c], 1) for i in range(horizon)], dim=1)
 
 
 def sheet_horizons(horizon: int) -> list[int]:
@@ -385,7 +400,8 @@ def evaluate(
         clip, actions = store.clip(ep, settings.start, clip_len)  # pixels (C + H, 3, h, w) in [-1, 1], (C + H,)
         context, target = clip[: settings.context], clip[settings.context :]
         first = settings.start
-        recorded = torch.from_numpy(np.array(store.episode(ep)[0][first : first + settings.context]))  # uint8
+        recorded = torch.from_numpy(np.array(store.episode(ep)[0][first : first + clip_len]))  # uint8 (C + H, h, w, 3)
+        observed = recorded[settings.context :] if settings.teacher_forcing else None
         real_features = real_windows = None
         if settings.fvd:  # the recorded clip's features, shared by every model
             known = [done[lab, ep] for lab, _, _ in models if (lab, ep) in done]
@@ -396,16 +412,16 @@ def evaluate(
             if isinstance(model, torch.nn.Module):
                 try:
                     pred, seconds = timed(lambda: generate_trajectories(  # encoded and decoded by its codec
-                        model, recorded, actions, settings, settings.seed * 100_000 + ep, on_frame=bar.update,
-                        compile=compile),
+                        model, recorded[: settings.context], actions, settings, settings.seed * 100_000 + ep,
+                        on_frame=bar.update, compile=compile, observed=observed),
                         model.device)
                 except ValueError as err:
                     raise ValueError(f"model {label}, episode {ep}: {err}") from None
             else:  # a baseline: one deterministic "trajectory"
-                pred, seconds = timed(lambda: model(context, settings.horizon))
+                pred, seconds = timed(lambda: baseline_predictions(model, clip, settings))
                 bar.update(settings.horizon)
             scores = frame_scores(pred, target[None].expand_as(pred),  # {measure: (N, H)}
-                                  context[-1][None].expand_as(pred[:, 0]))
+                                  context[-1][None].expand_as(pred[:, 0]), recorded_history=settings.teacher_forcing)
             record = {"format": VIDEO_FORMAT, "settings": settings.to_dict(), "data": data_info,
                       "checkpoint_sha256": ident["sha256"], "checkpoint": ident["path"], "episode": ep,
                       "episode_seed": store.meta.episodes[ep].seed, "rollout_seconds": seconds,
@@ -486,12 +502,15 @@ def _fmt(value: float | None, digits: int) -> str:
 
 
 def _sampler(settings: dict) -> str:
-    """How the rollouts were sampled: "denoising steps: 4, temperature: each model's own, shift: 1"."""
+    """How the rollouts were sampled: "denoising steps: 4, temperature: each model's own, shift: 1", and whether
+    from the recorded history."""
     own = "each model's own"
     parts = []
     for name, key in (("denoising steps", "steps"), ("temperature", "temperature"), ("shift", "shift")):
         value = settings.get(key)  # reports older than the temperature option have none
         parts.append(f"{name}: {own if value is None else format(value, 'g')}")
+    if settings.get("teacher_forcing"):
+        parts.append("teacher forcing: every frame from the recorded frames before it")
     return ", ".join(parts)
 
 

@@ -257,13 +257,22 @@ class Streamer:
         self.batch = len(kept)
 
     @torch.no_grad()
-    def step(self, action: torch.Tensor | int) -> torch.Tensor:
-        """Render the next frame given its action (B,) (or one int for all) -> (B, num_samples, C, H, W)."""
+    def step(self, action: torch.Tensor | int, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """Render the next frame given its action (B,) (or one int for all) -> (B, num_samples, C, H, W).
+
+        observed: the frame that really came next, (B, C, H, W) in the model's space or uint8 (B, H, W, 3): it
+        enters the history instead of the rendered one (teacher forcing; a world model corrected by real
+        observations), so the next frame is rendered from it, exactly as if it had been given as context."""
         model, stream, guidance = self.model, self.stream, self.guidance
         if isinstance(action, int):
             action = torch.full((self.batch,), action, dtype=torch.long)
         model.check_actions(action, (self.batch,))
         _check_user_actions(model, action)
+        if observed is not None:
+            observed = _checked_frames(model, observed[:, None], "observed")[:, 0]
+            if observed.shape[0] != self.batch:
+                raise ValueError(f"observed must hold one frame per video ({self.batch}), got {observed.shape[0]}")
+            observed = observed.to(self.device).repeat_interleave(self.num_samples, dim=0)
         a = action.to(self.device).repeat_interleave(self.num_samples, dim=0)
         cfg = model.config
         noise = self.temperature * torch.randn((stream.batch, *cfg.frame_shape), generator=self.generator)
@@ -280,30 +289,39 @@ class Streamer:
         frame = self.render(model, stream, self.schedule, guidance, noise, a, zeta, step_callback)
         if self.render is not render_frame:
             frame = frame.clone()  # a CUDA graph's output lives in memory its next replay overwrites
-        model.commit(stream, frame, a)
+        model.commit(stream, frame if observed is None else observed, a)
         self.frames_generated += 1
         return frame.view(self.batch, self.num_samples, *frame.shape[1:])
 
 
-def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, **kwargs) -> Iterator[torch.Tensor]:
+def rollout(model, context_frames: torch.Tensor, actions: torch.Tensor, observed: torch.Tensor | None = None,
+            **kwargs) -> Iterator[torch.Tensor]:
     """Generate frames one at a time; yields each new frame as (B, num_samples, C, H, W).
 
     actions: (B, C0 + H) for the C0 context frames and the H frames to generate (actions[:, i] produced
-    frame i). Other keyword arguments as for `Streamer` (steps, shift, guidance, num_samples, seed, window,
-    callback, history_noise); the window defaults to the whole rollout."""
+    frame i). observed: the recorded frames after the context, (B, H, ...) as the context's: each generated
+    frame is then rendered from the recorded frames before it (teacher forcing: every frame one step ahead of
+    real history) instead of from the model's own. Other keyword arguments as for `Streamer` (steps, shift,
+    guidance, num_samples, seed, window, callback, history_noise); the window defaults to the whole rollout."""
     context_frames = _checked_frames(model, context_frames, "context_frames")
     b, c0 = context_frames.shape[:2]
     if actions.ndim != 2 or actions.shape[0] != b or actions.shape[1] <= c0:
         raise ValueError(
             f"actions must have shape (B={b}, context {c0} + frames to generate), got {tuple(actions.shape)}"
         )
+    horizon = actions.shape[1] - c0
+    if observed is not None:
+        observed = _checked_frames(model, observed, "observed")
+        if tuple(observed.shape[:2]) != (b, horizon):
+            raise ValueError(f"observed must hold the {horizon} recorded frames after the context of each of the "
+                             f"{b} videos, shape (B={b}, {horizon}, ...), got {tuple(observed.shape)}")
     model.check_actions(actions, actions.shape)
     _check_user_actions(model, actions)
     if kwargs.get("window") is None:
         kwargs["window"] = actions.shape[1]
     streamer = Streamer(model, context_frames, actions[:, :c0], **kwargs)
-    for i in range(c0, actions.shape[1]):
-        yield streamer.step(actions[:, i])
+    for i in range(horizon):
+        yield streamer.step(actions[:, c0 + i], None if observed is None else observed[:, i])
 
 
 def generate(model, context_frames, actions, **kwargs) -> torch.Tensor:

@@ -144,6 +144,13 @@ MUTATIONS = [
              "clip_features(frames[:, a - 1 : b])", "clip_features(frames[:, a : b + 1])", ("tests/test_eval.py",)),
     Mutation("a SIGTERM during training is not a stop request", "scd/train.py",
              "stop.requested)", "False)", ("tests/test_train.py",)),
+    Mutation("teacher forcing commits the rendered frame, not the observed one", "scd/sampling.py",
+             "frame if observed is None else observed, a)", "frame, a)", ("tests/test_streaming.py",)),
+    Mutation("teacher-forced baselines read the frame to predict", "scd/evaluate.py",
+             "baseline(clip[i : i + c], 1)", "baseline(clip[i + 1 : i + c + 1], 1)", ("tests/test_eval.py",)),
+    Mutation("teacher-forced motion measured from the generated frame before", "scd/metrics/scores.py",
+             "pred_before = real_before if recorded_history else", "pred_before = real_before if False else",
+             ("tests/test_eval.py",)),
 ]
 
 

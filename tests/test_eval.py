@@ -125,6 +125,45 @@ def test_two_checkpoints_side_by_side_write_json_markdown_and_plot(crafter, ckpt
     assert np.array_equal(sheet[copy_row : copy_row + 128 : 2, 130 + 3 * 130 : 130 + 3 * 130 + 128 : 2], recorded[2])
 
 
+def test_teacher_forcing_renders_each_frame_from_the_recorded_history(crafter, ckpts, tmp_path, capsys):
+    from scd.data.store import VideoStore, frames_to_model
+    from scd.metrics import motion, psnr as psnr_fn
+
+    free = evaluate([ckpts["scd"]], crafter, tmp_path / "free", EvalSettings(**QUICK), videos=2, progress=False)
+    argv = (f"eval --checkpoint {ckpts['scd']} --data {crafter} --out {tmp_path / 'forced'} --videos 2 --context 3 "
+            f"--horizon 5 --trajectories 3 --steps 2 --no-fvd --teacher-forcing").split()
+    assert main(argv) == 0
+    assert "teacher forcing: every frame from the recorded frames before it" in capsys.readouterr().out
+    forced = json.loads((tmp_path / "forced" / "metrics.json").read_text())
+    assert forced["settings"]["teacher_forcing"] is True
+    model_free, model_forced = free["models"][0]["curves"]["psnr"]["mean"], forced["models"][0]["curves"]["psnr"]["mean"]
+    assert model_forced[0] == pytest.approx(model_free[0], abs=1e-9)  # frame 1: the same seed and history
+    assert not np.allclose(model_forced[1:], model_free[1:])
+    # The baselines predict each frame from the 3 recorded frames before it: copy-last is the frame before.
+    copy, mean = forced["models"][1], forced["models"][2]
+    expected_copy, expected_mean, real_motion = [], [], []
+    for e in (0, 1):
+        frames = frames_to_model(VideoStore(crafter).episode(e)[0][:8])  # context 0-2, targets 3-7
+        expected_copy.append(psnr_fn(frames[None, 2:7], frames[None, 3:8])[0].numpy())
+        windows = torch.stack([frames[i : i + 3].mean(0) for i in range(5)])
+        expected_mean.append(psnr_fn(windows[None], frames[None, 3:8])[0].numpy())
+        real_motion.append(motion(frames[None, 3:8], frames[2:3])[0].numpy())
+    assert np.allclose(copy["curves"]["psnr"]["mean"], np.mean(expected_copy, axis=0), rtol=1e-5)
+    assert np.allclose(mean["curves"]["psnr"]["mean"], np.mean(expected_mean, axis=0), rtol=1e-5)
+    # Copying the frame before never moves from it: the motion gap is minus the recorded motion.
+    assert np.allclose(copy["curves"]["motion"]["mean"], -np.mean(real_motion, axis=0), atol=1e-6)
+    # A model frame's motion is measured from the recorded frame before it.
+    from scd.metrics.scores import frame_scores
+
+    pred = torch.rand(1, 5, 3, 64, 64) * 2 - 1
+    target = frames_to_model(VideoStore(crafter).episode(0)[0][3:8])[None]
+    before = frames_to_model(VideoStore(crafter).episode(0)[0][2:3])
+    gap = frame_scores(pred, target, before, recorded_history=True)["motion"]
+    previous = torch.cat([before[None], target[:, :-1]], dim=1)
+    assert torch.allclose(gap, ((pred - previous).abs() - (target - previous).abs()).mean(dim=(2, 3, 4)) / 2,
+                          atol=1e-6)
+
+
 def test_rerun_skips_finished_videos_and_refuses_other_settings(crafter, ckpts, tmp_path, monkeypatch):
     calls = count_rollouts(monkeypatch)
     out = tmp_path / "eval"

@@ -183,6 +183,39 @@ def test_a_video_that_joins_and_outlives_a_batch_renders_as_it_would_alone(arch,
     torch.testing.assert_close(torch.cat(b, dim=1), alone(1, 3, 9), atol=2e-5, rtol=1e-4)
 
 
+TEACHER_OPTIONS = [("causal_dit", {}, None), ("causal_dit", dict(prediction="change"), Guidance(2.0, null_action=True)),
+                   ("scd", dict(prediction="change"), None), ("scd", dict(encoder_input="noisy_current"), None)]
+
+
+@pytest.mark.parametrize("arch, changes, guidance", TEACHER_OPTIONS)
+def test_teacher_forced_frames_equal_rollouts_from_the_recorded_history(arch, changes, guidance):
+    """With observed frames every generated frame i is rendered from the recorded frames before it: it equals the
+    first frame of a fresh rollout whose context is all those frames (no window: a frame's cached keys depend on
+    the frames it saw). Temperature 0 takes the noise out."""
+    model = tiny(arch, **changes)
+    frames, actions = clip(b=2, f=8)
+    kw = dict(steps=2, guidance=guidance, temperature=0.0)
+    forced = generate(model, frames[:, :2], actions, observed=frames[:, 2:], **kw)  # (B, 1, 6, C, H, W)
+    for i in range(6):
+        fresh = Streamer(model, frames[:, : 2 + i], actions[:, : 2 + i], **kw).step(actions[:, 2 + i])
+        torch.testing.assert_close(forced[:, :, i], fresh, atol=2e-5, rtol=1e-4)
+    free = generate(model, frames[:, :2], actions, **kw)
+    torch.testing.assert_close(free[:, :, 0], forced[:, :, 0])  # the first frame has only recorded history
+    assert (free[:, :, 1:] - forced[:, :, 1:]).abs().amax() > 1e-3  # afterwards the histories differ
+
+
+def test_observed_frames_are_checked():
+    model = tiny("scd")
+    frames, actions = clip(b=2, f=6)
+    with pytest.raises(ValueError, match="observed must hold the 3 recorded frames after the context"):
+        generate(model, frames[:, :3], actions, observed=frames[:, 3:5], steps=1)
+    with pytest.raises(ValueError, match="observed must have shape"):
+        generate(model, frames[:, :3], actions, observed=frames[:, 3:, :1], steps=1)
+    streamer = Streamer(model, frames[:, :2], actions[:, :2], steps=1)
+    with pytest.raises(ValueError, match="observed must hold one frame per video \\(2\\), got 1"):
+        streamer.step(actions[:, 2], observed=frames[:1, 2])
+
+
 def test_joining_and_leaving_check_their_input():
     model = tiny("scd")
     frames, actions = clip(b=2, f=6)

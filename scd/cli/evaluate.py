@@ -36,6 +36,9 @@ def add_eval_parser(subparsers) -> None:
                    help="flow time at which history frames are read (default: each model's trained setting)")
     p.add_argument("--temperature", type=float,
                    help="std of each frame's starting noise (default: each model's own sample_temperature)")
+    p.add_argument("--teacher-forcing", action="store_true",
+                   help="render every frame from the recorded frames before it (one step ahead) instead of the "
+                        "model's own: compared with a plain run, the exposure bias per horizon")
     p.add_argument("--no-fvd", action="store_true", help="skip FVD (I3D is slow on a CPU: ~5 s per 30 frames)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the rollouts")
     add_compile_option(p)
@@ -53,6 +56,7 @@ def cmd_eval(args) -> int:
         steps=args.steps, shift=args.shift, cfg_scale=args.cfg_scale, cfg_null_action=args.cfg_null_action,
         cfg_context_noise=args.cfg_context_noise, seed=args.seed, fvd=not args.no_fvd, bf16=args.bf16,
         window=args.window, history_noise=args.history_noise, temperature=args.temperature,
+        teacher_forcing=args.teacher_forcing,
     )
     report = evaluate(args.checkpoint, args.data, args.out, settings, videos=args.videos, labels=args.label,
                       fresh=args.fresh, device=args.device, compile=args.compile)
