@@ -162,6 +162,9 @@ def test_teacher_forcing_renders_each_frame_from_the_recorded_history(crafter, c
     previous = torch.cat([before[None], target[:, :-1]], dim=1)
     assert torch.allclose(gap, ((pred - previous).abs() - (target - previous).abs()).mean(dim=(2, 3, 4)) / 2,
                           atol=1e-6)
+    # A frame equal to the real one (copy-last while nothing moves) scores PSNR_CAP, not inf, so means stay finite.
+    scores = frame_scores(torch.cat([target[:, :1], pred[:, 1:]], dim=1), target, before)["psnr"]
+    assert scores[0, 0] == 100.0 and torch.isfinite(scores).all() and scores[0, 1:].max() < 20
 
 
 def test_rerun_skips_finished_videos_and_refuses_other_settings(crafter, ckpts, tmp_path, monkeypatch):
