@@ -178,7 +178,8 @@ def generate_trajectories(model, context: torch.Tensor, actions: torch.Tensor, s
     observed = None if observed is None else observed[None].to(model.device)
     with autocast:
         for frame in rollout(model, context[None].to(model.device), actions[None].to(model.device),
-                             observed=observed, steps=settings.steps, shift=settings.shift, guidance=settings.guidance(),
+                             observed=observed, steps=settings.steps, shift=settings.shift,
+                             guidance=settings.guidance(),
                              num_samples=settings.trajectories, seed=seed, window=settings.window,
                              history_noise=settings.history_noise, temperature=settings.temperature,
                              compile=compile):

@@ -136,7 +136,8 @@ def test_teacher_forcing_renders_each_frame_from_the_recorded_history(crafter, c
     assert "teacher forcing: every frame from the recorded frames before it" in capsys.readouterr().out
     forced = json.loads((tmp_path / "forced" / "metrics.json").read_text())
     assert forced["settings"]["teacher_forcing"] is True
-    model_free, model_forced = free["models"][0]["curves"]["psnr"]["mean"], forced["models"][0]["curves"]["psnr"]["mean"]
+    model_free = free["models"][0]["curves"]["psnr"]["mean"]
+    model_forced = forced["models"][0]["curves"]["psnr"]["mean"]
     assert model_forced[0] == pytest.approx(model_free[0], abs=1e-9)  # frame 1: the same seed and history
     assert not np.allclose(model_forced[1:], model_free[1:])
     # The baselines predict each frame from the 3 recorded frames before it: copy-last is the frame before.

@@ -31,7 +31,8 @@ def frame_scores(pred: torch.Tensor, target: torch.Tensor, before: torch.Tensor,
     def moved(video, previous):  # (B, T) mean |change| of each frame from its own previous one
         return motion(video.flatten(0, 1)[:, None], previous.flatten(0, 1)).reshape(b, t)
 
-    return {"psnr": psnr(pred, target).clamp(max=PSNR_CAP), "ssim": ssim(pred, target), "lpips": lpips(pred, target, net=LPIPS_NET),
+    return {"psnr": psnr(pred, target).clamp(max=PSNR_CAP), "ssim": ssim(pred, target),
+            "lpips": lpips(pred, target, net=LPIPS_NET),
             "color_hist": color_histogram_distance(pred, target),
             "sharpness": sharpness(pred) / sharpness(target).clamp(min=1e-6),
             "motion": moved(pred, pred_before) - moved(target, real_before)}
