@@ -6,6 +6,11 @@ docs/experiments.md, "Why the long rollouts fade").
     python scripts/motion_probes.py crafter-scd --probe blur         # from a blurred recorded history
     python scripts/motion_probes.py crafter-scd --probe frozen       # from a history whose last frames stand still
     python scripts/motion_probes.py crafter-scd --probe roundtrip    # rollout, each latent decoded and encoded again
+    python scripts/motion_probes.py crafter-scd --probe anchor --steps 4 --temperature 1 --shift 1   # whose errors?
+
+The anchor probe (change prediction) splits the exposure bias over 64 frames: SSIM / LPIPS / sharpness against the
+recorded frames when the history the encoder reads and the anchor x_{i-1} the change is added to are each the
+recorded frames or the model's own.
 
 Motion is scd.metrics.motion: a frame's mean |change| from the frame before it, on [0, 1] pixels. The ratios are
 generated over recorded motion, on the frames whose recorded action is a move (move_left/right/up/down, actions 1-4
@@ -22,7 +27,8 @@ import torch
 from scd.checkpoint import load_checkpoint
 from scd.data.store import VideoStore, frames_to_model
 from scd.evaluate import EvalSettings, generate_trajectories
-from scd.metrics import motion, psnr, sharpness
+from scd.metrics import lpips, motion, psnr, sharpness, ssim
+from scd.sampling import Streamer
 
 CONTEXT, HORIZON, WINDOW = 4, 16, 15
 MOVES = range(1, 5)
@@ -140,8 +146,51 @@ def roundtrip_probe(model, store, episodes: int) -> str:
         model.commit = plain
 
 
+ANCHOR_HORIZON = 64
+ANCHOR_MODES = {  # (encoder history, anchor): whose frames
+    "own history, own anchor (rollout)": (False, False),
+    "recorded history, recorded anchor (teacher forcing)": (True, True),
+    "recorded history, own anchor": (True, False),
+    "own history, recorded anchor": (False, True),
+}
+
+
+def anchor_probe(model, store, episodes: int, sampler: dict) -> str:
+    if not model.prediction.needs_anchor:
+        raise SystemExit("the anchor probe needs a change-prediction model")
+    marks = [h for h in (1, 2, 4, 8, 16, 32, 64) if h <= ANCHOR_HORIZON]
+    lines = [f"{episodes} episodes, {CONTEXT} context frames, window {WINDOW}, sampler {sampler or 'the model own'}; "
+             f"at +{'/'.join(map(str, marks))}:"]
+    for mode, (recorded_history, recorded_anchor) in ANCHOR_MODES.items():
+        scores = {"ssim": [], "lpips": [], "sharpness": []}
+        for ep in range(episodes):
+            frames, actions = episode(store, ep, CONTEXT + ANCHOR_HORIZON)
+            latents = model.codec.encode(frames[None])  # (1, C + H, c, h, w)
+            streamer = Streamer(model, latents[:, :CONTEXT], actions[None, :CONTEXT], window=WINDOW, seed=ep,
+                                **sampler)
+            own_anchor, out = None, []
+            for i in range(ANCHOR_HORIZON):
+                if own_anchor is not None:
+                    streamer.stream.anchor = own_anchor
+                frame = streamer.step(actions[None, CONTEXT + i],
+                                      latents[:, CONTEXT + i] if recorded_history else None)[:, 0]
+                out.append(frame)
+                # the next frame's x_{i-1}: the commit set it to the committed frame; swap it if that is not it
+                own_anchor = None if recorded_history == recorded_anchor else \
+                    (latents[:, CONTEXT + i] if recorded_anchor else frame)
+            pred = model.codec.decode_pixels(torch.stack(out, dim=1).float())  # (1, H, 3, h, w)
+            real = frames_to_model(frames[CONTEXT:])[None]
+            scores["ssim"].append(ssim(pred, real)[0])
+            scores["lpips"].append(lpips(pred, real)[0])
+            scores["sharpness"].append((sharpness(pred) / sharpness(real).clamp(min=1e-6))[0])
+        curves = {k: torch.stack(v).mean(0) for k, v in scores.items()}
+        lines.append(f"  {mode}: " + "; ".join(
+            f"{k} " + "/".join(f"{curves[k][h - 1]:.3f}" for h in marks) for k in curves))
+    return "\n".join(lines)
+
+
 PROBES = {"rollout": rollout_probe, "one-step": one_step_probe, "blur": blur_probe, "frozen": frozen_probe,
-          "roundtrip": roundtrip_probe}
+          "roundtrip": roundtrip_probe, "anchor": anchor_probe}
 
 
 def main() -> None:
@@ -150,9 +199,17 @@ def main() -> None:
     parser.add_argument("--data", default="data/crafter-val64", help="recorded Crafter episodes (>= 24 frames)")
     parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--probe", choices=list(PROBES), default="rollout")
+    parser.add_argument("--steps", type=int, help="sampler of the anchor probe (default: the model's own)")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--shift", type=float)
     args = parser.parse_args()
     model = load_checkpoint(args.checkpoint)[0]
-    print(PROBES[args.probe](model, VideoStore(args.data), args.episodes))
+    store = VideoStore(args.data)
+    if args.probe == "anchor":
+        sampler = {k: getattr(args, k) for k in ("steps", "temperature", "shift") if getattr(args, k) is not None}
+        print(anchor_probe(model, store, args.episodes, sampler))
+    else:
+        print(PROBES[args.probe](model, store, args.episodes))
 
 
 if __name__ == "__main__":
