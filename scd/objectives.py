@@ -8,6 +8,9 @@ rollout scheme) is one more small class here.
 - `RolloutTraining`: the history is the model's own few-step samples (the paper's rollout training, as in Self
   Forcing), so the model learns to recover from its own errors (exposure bias); the targets stay the recorded
   frames and no gradient flows through the sampling.
+- `OneStepHistory`: the history is the model's one-step predictions, each from the recorded frames before it:
+  every history frame (and change prediction's anchor) carries one step's error, and the recorded targets stay
+  consistent with the recorded past the predictions came from.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ class RolloutTraining:
         if self.steps < 1 or self.context < 1:
             raise ValueError(f"rollout training needs steps >= 1 and context >= 1, got {self.steps}, {self.context}")
 
+    def own_frames(self, net, frames: torch.Tensor, actions: torch.Tensor, seed: int) -> torch.Tensor:
+        """The model's frames after the context, (B, 1, F - context, C, H, W): a streamed rollout from the recorded
+        context driven by the recorded actions. net.run: under FSDP2 the sharded weights are gathered."""
+        return net.run(generate, net, frames[:, : self.context], actions, steps=self.steps, seed=seed,
+                       window=frames.shape[1])
+
     def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         f = frames.shape[1]
         if f <= self.context:
@@ -57,8 +66,22 @@ class RolloutTraining:
         net = getattr(model, "module", model)  # a DDP wrapper: sample with the module (no gradient to sync)
         was_training = net.training
         net.eval()
-        with torch.no_grad():  # net.run: under FSDP2 the sharded weights are gathered for the sampling
-            own = net.run(generate, net, frames[:, : self.context], actions, steps=self.steps, seed=seed, window=f)
+        with torch.no_grad():
+            own = self.own_frames(net, frames, actions, seed)
         net.train(was_training)
         history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
         return flow_matching_loss(model, frames, actions, self.flow, history=history)
+
+
+@dataclass(frozen=True)
+class OneStepHistory(RolloutTraining):
+    """History = `context` recorded frames, then the model's one-step predictions: frame j sampled with `steps`
+    Euler steps from the recorded frames before it (teacher-forced sampling, `generate(observed=)`), not from the
+    model's earlier frames. A rollout's history compounds its errors and drifts away from the recorded future the
+    loss asks for; here each history frame is off by one step's error, and the model learns to render the recorded
+    frame i from a history, and an anchor x_{i-1}, that are slightly wrong in the way its own frames are. Costs
+    what RolloutTraining does (one streamed pass over the clip)."""
+
+    def own_frames(self, net, frames: torch.Tensor, actions: torch.Tensor, seed: int) -> torch.Tensor:
+        return net.run(generate, net, frames[:, : self.context], actions, observed=frames[:, self.context :],
+                       steps=self.steps, seed=seed, window=frames.shape[1])

@@ -42,7 +42,7 @@ from .config import SAMPLER_DEFAULTS, ModelConfig
 from .fileio import atomic_write_text
 from .flow import FlowConfig
 from .models import WorldModel, build_model
-from .objectives import FlowMatching, RolloutTraining
+from .objectives import FlowMatching, OneStepHistory, RolloutTraining
 from .parallel import SingleProcess, strategy
 from .plots import pyplot, save_figure
 from .surgery import Surgery
@@ -73,6 +73,8 @@ class TrainConfig:
     # steps after `rollout_context` recorded frames; 0 = teacher forcing (objectives.FlowMatching).
     rollout_steps: int = 0
     rollout_context: int = 1
+    # each sampled history frame from the recorded frames before it (objectives.OneStepHistory), not a rollout
+    rollout_one_step: bool = False
     # Clips per forward pass (gradient accumulation; None: each process's whole share of `batch`). Each micro-batch
     # draws its noise from a stream seeded by (seed, step, its index in the global batch), so runs with the same
     # batch and micro_batch give the same losses on any number of processes.
@@ -99,6 +101,8 @@ class TrainConfig:
                             f"{self.rollout_context}")
         elif self.rollout_steps and self.rollout_context >= self.clip_len:
             problems.append(f"rollout_context ({self.rollout_context}) must be shorter than clip_len ({self.clip_len})")
+        if self.rollout_one_step and not self.rollout_steps:
+            problems.append("rollout_one_step needs rollout_steps >= 1 (the Euler steps of the sampled history)")
         if self.rollout_steps and self.surgery is not None:
             problems.append("rollout training does not combine with a surgery")
         if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch:
@@ -123,7 +127,8 @@ class TrainConfig:
     def objective(self):
         """The training objective these options describe."""
         if self.rollout_steps:
-            return RolloutTraining(self.flow, self.rollout_steps, self.rollout_context)
+            kind = OneStepHistory if self.rollout_one_step else RolloutTraining
+            return kind(self.flow, self.rollout_steps, self.rollout_context)
         return FlowMatching(self.flow, self.surgery)
 
     def lr_factor(self, step: int) -> float:

@@ -144,6 +144,8 @@ MUTATIONS = [
              "clip_features(frames[:, a - 1 : b])", "clip_features(frames[:, a : b + 1])", ("tests/test_eval.py",)),
     Mutation("a SIGTERM during training is not a stop request", "scd/train.py",
              "stop.requested)", "False)", ("tests/test_train.py",)),
+    Mutation("one-step history samples a rollout instead", "scd/objectives.py",
+             "actions, observed=frames[:, self.context :],", "actions,", ("tests/test_train.py",)),
     Mutation("PSNR of identical frames stays inf in the scores", "scd/metrics/scores.py",
              "psnr(pred, target).clamp(max=PSNR_CAP)", "psnr(pred, target)", ("tests/test_eval.py",)),
     Mutation("teacher forcing commits the rendered frame, not the observed one", "scd/sampling.py",

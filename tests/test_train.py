@@ -196,6 +196,42 @@ def test_rollout_training_reads_the_models_own_samples_as_history(arch, monkeypa
     assert model.training  # sampling in eval mode, then back
 
 
+@pytest.mark.parametrize("arch", ["scd", "causal_dit"])
+def test_one_step_history_predicts_each_frame_from_the_recorded_frames_before_it(arch, monkeypatch):
+    """OneStepHistory: after the recorded context, history frame j is the model's sample from recorded frames < j:
+    changing the recorded frames from k on changes history frames k + 1 on only (k is recorded-history only up to
+    k - 1); the targets stay the recorded frames."""
+    import scd.objectives as objectives
+    from scd.models import build_model
+    from scd.objectives import OneStepHistory
+
+    from helpers import perturb
+
+    torch.manual_seed(0)
+    model = perturb(build_model(tiny_config(arch)), 0.05)
+    frames, actions = (torch.stack(x) for x in zip(*[MovingSquares()[i] for i in range(2)]))
+    seen = []
+    real_loss = objectives.flow_matching_loss
+    monkeypatch.setattr(objectives, "flow_matching_loss",
+                        lambda m, f, a, cfg, history: seen.append((f, history)) or real_loss(m, f, a, cfg, history=history))
+    objective = OneStepHistory(FlowConfig(), steps=2, context=1)
+    k = 2
+    changed = frames.clone()
+    changed[:, k:] = -changed[:, k:]
+    for clip in (frames, changed):
+        torch.manual_seed(3)
+        assert torch.isfinite(objective(model, clip, actions))
+    (targets, history), (targets2, history2) = seen
+    assert torch.equal(targets, frames) and torch.equal(targets2, changed)
+    assert torch.equal(history[:, :1], frames[:, :1])
+    assert not torch.allclose(history[:, 1:], frames[:, 1:])  # the model's frames, not the recorded ones
+    torch.testing.assert_close(history2[:, : k + 1], history[:, : k + 1])
+    assert (history2[:, k + 1 :] - history[:, k + 1 :]).abs().amax() > 1e-3
+    assert TrainConfig(rollout_steps=2, rollout_one_step=True, clip_len=4).objective() == OneStepHistory(steps=2)
+    with pytest.raises(ValueError, match="rollout_one_step needs rollout_steps >= 1"):
+        TrainConfig(rollout_one_step=True)
+
+
 def test_rollout_training_resumes_exactly(tmp_path):
     data = MovingSquares()
     cfg = TrainConfig(steps=4, batch=2, clip_len=4, lr=1e-3, warmup=1, ckpt_every=2, log_every=1, flow=FLOW,
