@@ -328,7 +328,8 @@ class Trainer:
         sampler = StepBatches(len(self.dataset), self.cfg.batch, self.cfg.seed, start, self.procs.rank,
                               self.procs.world)
         return iter(torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.workers,
-                                                pin_memory=self.device.type == "cuda"))
+                                                pin_memory=self.device.type == "cuda",
+                                                worker_init_fn=leave_stop_signals_to_the_main_process))
 
     # -- state ------------------------------------------------------------------------------------------------
     def trainer_state(self) -> dict:
@@ -543,6 +544,14 @@ class StopRequests:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def leave_stop_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader worker start: ignore SIGTERM and SIGINT. A scheduler's preemption (Slurm signals every process of
+    the job), `pkill -f` or Ctrl-C in a terminal reach the workers too; a worker they killed would crash the run
+    instead of letting StopRequests finish the step and write the checkpoint. The workers end with the loader."""
+    for sig in StopRequests.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def start_record(path) -> dict:

@@ -144,6 +144,8 @@ MUTATIONS = [
              "clip_features(frames[:, a - 1 : b])", "clip_features(frames[:, a : b + 1])", ("tests/test_eval.py",)),
     Mutation("a SIGTERM during training is not a stop request", "scd/train.py",
              "stop.requested)", "False)", ("tests/test_train.py",)),
+    Mutation("data loader workers die of the stop signals", "scd/train.py",
+             "worker_init_fn=leave_stop_signals_to_the_main_process", "worker_init_fn=None", ("tests/test_train.py",)),
     Mutation("one-step history samples a rollout instead", "scd/objectives.py",
              "actions, observed=frames[:, self.context :],", "actions,", ("tests/test_train.py",)),
     Mutation("PSNR of identical frames stays inf in the scores", "scd/metrics/scores.py",

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -319,6 +320,44 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_rerun_resumes_ex
         assert unhandled == [1]
     resumed = train(tiny_config("scd"), data, tmp_path / "b", cfg, progress=False)
     assert resumed.step == 5 and [float(r["loss"]) for r in resumed.read_log()] == full
+
+
+class WorkerPids(MovingSquares):
+    """MovingSquares that writes the pid of every DataLoader worker that loads a clip to `path`."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def __getitem__(self, i):
+        if torch.utils.data.get_worker_info() is not None:
+            with open(self.path, "a") as f:
+                f.write(f"{os.getpid()}\n")
+        return super().__getitem__(i)
+
+
+def test_stop_signals_that_reach_the_data_loader_workers_leave_them_running(tmp_path, monkeypatch):
+    """A scheduler signals every process of the job, the loader's workers too: SIGTERM and SIGINT to the workers
+    after step 2 change nothing (a dead worker would fail the next batch), SIGTERM to the run after step 4 stops it
+    there with a checkpoint."""
+    pids = tmp_path / "pids"
+    data = WorkerPids(pids)
+    cfg = TrainConfig(steps=6, batch=4, clip_len=4, lr=1e-3, warmup=2, ckpt_every=100, log_every=1, flow=FLOW)
+    real_step = Trainer.train_step
+
+    def step_then_signal_the_workers(self, *args):
+        out = real_step(self, *args)
+        if self.step == 2:
+            for pid in {int(p) for p in pids.read_text().split()}:
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGINT)
+            time.sleep(0.2)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal_the_workers)
+    with terminate_after_step(monkeypatch, Trainer, 4) as unhandled:
+        stopped = train(tiny_config("scd"), data, tmp_path / "run", cfg, progress=False, workers=1)
+    assert stopped.step == 4 and latest_checkpoint(tmp_path / "run").name == "ckpt-0000004" and not unhandled
 
 
 def test_a_second_ctrl_c_interrupts_at_once():
