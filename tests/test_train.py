@@ -165,13 +165,11 @@ def test_learning_rate_warms_up_then_decays_to_lr_min_on_a_cosine():
         TrainConfig(lr=1e-3, lr_min=1e-2)
 
 
-@pytest.mark.parametrize("arch", ["scd", "causal_dit"])
-def test_rollout_training_reads_the_models_own_samples_as_history(arch, monkeypatch):
-    """History = the recorded context then the model's own samples, which depend on the recorded context and
-    actions only (not on the recorded future); the targets stay the recorded frames."""
+def histories_read(arch, objective, changed_from: int, monkeypatch):
+    """Run `objective` on two MovingSquares clips, the second's recorded frames from `changed_from` on negated (another
+    recorded future), with the same random draws -> [(targets, history)] of each clip's flow-matching loss."""
     import scd.objectives as objectives
     from scd.models import build_model
-    from scd.objectives import RolloutTraining
 
     from helpers import perturb
 
@@ -182,48 +180,40 @@ def test_rollout_training_reads_the_models_own_samples_as_history(arch, monkeypa
     real_loss = objectives.flow_matching_loss
     monkeypatch.setattr(objectives, "flow_matching_loss",
                         lambda m, f, a, cfg, history: seen.append((f, history)) or real_loss(m, f, a, cfg, history=history))
-    objective = RolloutTraining(FlowConfig(), steps=2, context=1)
     changed = frames.clone()
-    changed[:, 1:] = -changed[:, 1:]  # another recorded future
+    changed[:, changed_from:] = -changed[:, changed_from:]
     for clip in (frames, changed):
         torch.manual_seed(3)
         loss = objective(model, clip, actions)
         assert torch.isfinite(loss) and loss.requires_grad
-    (targets, history), (targets2, history2) = seen
-    assert torch.equal(targets, frames) and torch.equal(targets2, changed)
+    assert model.training  # sampling in eval mode, then back
+    assert torch.equal(seen[0][0], frames) and torch.equal(seen[1][0], changed)  # the targets: the recorded frames
+    return seen
+
+
+@pytest.mark.parametrize("arch", ["scd", "causal_dit"])
+def test_rollout_training_reads_the_models_own_samples_as_history(arch, monkeypatch):
+    """History = the recorded context then the model's own samples, which depend on the recorded context and
+    actions only (not on the recorded future); the targets stay the recorded frames."""
+    from scd.objectives import RolloutTraining
+
+    (frames, history), (_, history2) = histories_read(arch, RolloutTraining(FlowConfig(), steps=2, context=1), 1,
+                                                      monkeypatch)
     assert torch.equal(history[:, :1], frames[:, :1])
     assert not torch.allclose(history[:, 1:], frames[:, 1:])  # the model's frames, not the recorded ones
     torch.testing.assert_close(history2, history)  # the recorded future never reaches the history
-    assert model.training  # sampling in eval mode, then back
 
 
 @pytest.mark.parametrize("arch", ["scd", "causal_dit"])
 def test_one_step_history_predicts_each_frame_from_the_recorded_frames_before_it(arch, monkeypatch):
     """OneStepHistory: after the recorded context, history frame j is the model's sample from recorded frames < j:
-    changing the recorded frames from k on changes history frames k + 1 on only (k is recorded-history only up to
-    k - 1); the targets stay the recorded frames."""
-    import scd.objectives as objectives
-    from scd.models import build_model
+    changing the recorded frames from k on changes history frames k + 1 on only; the targets stay the recorded
+    frames."""
     from scd.objectives import OneStepHistory
 
-    from helpers import perturb
-
-    torch.manual_seed(0)
-    model = perturb(build_model(tiny_config(arch)), 0.05)
-    frames, actions = (torch.stack(x) for x in zip(*[MovingSquares()[i] for i in range(2)]))
-    seen = []
-    real_loss = objectives.flow_matching_loss
-    monkeypatch.setattr(objectives, "flow_matching_loss",
-                        lambda m, f, a, cfg, history: seen.append((f, history)) or real_loss(m, f, a, cfg, history=history))
-    objective = OneStepHistory(FlowConfig(), steps=2, context=1)
     k = 2
-    changed = frames.clone()
-    changed[:, k:] = -changed[:, k:]
-    for clip in (frames, changed):
-        torch.manual_seed(3)
-        assert torch.isfinite(objective(model, clip, actions))
-    (targets, history), (targets2, history2) = seen
-    assert torch.equal(targets, frames) and torch.equal(targets2, changed)
+    (frames, history), (_, history2) = histories_read(arch, OneStepHistory(FlowConfig(), steps=2, context=1), k,
+                                                      monkeypatch)
     assert torch.equal(history[:, :1], frames[:, :1])
     assert not torch.allclose(history[:, 1:], frames[:, 1:])  # the model's frames, not the recorded ones
     torch.testing.assert_close(history2[:, : k + 1], history[:, : k + 1])
