@@ -262,7 +262,7 @@ class Streamer:
 
         observed: the frame that really came next, (B, C, H, W) in the model's space or uint8 (B, H, W, 3): it
         enters the history instead of the rendered one (teacher forcing; a world model corrected by real
-        observations), so the next frame is rendered from it, exactly as if it had been given as context."""
+        observations), so the next frame is rendered from it as from a context frame (without a window, exactly so)."""
         model, stream, guidance = self.model, self.stream, self.guidance
         if isinstance(action, int):
             action = torch.full((self.batch,), action, dtype=torch.long)
