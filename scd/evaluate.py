@@ -288,6 +288,8 @@ def _load_record(path: Path, expected: dict) -> dict | None:
         record = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is corrupt ({err}); pass --fresh to recompute") from None
+    if isinstance(record.get("settings"), dict):  # a setting added since then was at its default (the old behaviour)
+        record["settings"] = {**EvalSettings().to_dict(), **record["settings"]}
     different = [k for k, v in expected.items() if record.get(k) != v]
     if different:
         details = []

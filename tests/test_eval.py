@@ -180,6 +180,15 @@ def test_rerun_skips_finished_videos_and_refuses_other_settings(crafter, ckpts, 
     assert both["models"][0]["per_video"][0] == first["models"][0]["per_video"][0]
     evaluate([ckpts["scd"]], crafter, out, EvalSettings(**QUICK), videos=2, progress=False)
     assert len(calls) == 2  # everything was done
+    # A result saved before a setting existed was made at its default: it still counts, and only at the default.
+    path = out / "videos" / "scd" / "episode_0001.json"
+    older = json.loads(path.read_text())
+    del older["settings"]["teacher_forcing"]
+    path.write_text(json.dumps(older))
+    evaluate([ckpts["scd"]], crafter, out, EvalSettings(**QUICK), videos=2, progress=False)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match=r"settings.teacher_forcing: False -> True"):
+        evaluate([ckpts["scd"]], crafter, out, EvalSettings(**QUICK, teacher_forcing=True), videos=2, progress=False)
 
     # A fresh evaluation reproduces the resumed one exactly (per-video seeds).
     fresh = evaluate([ckpts["scd"]], crafter, tmp_path / "fresh", EvalSettings(**QUICK), videos=2, progress=False)
