@@ -51,11 +51,15 @@ class RolloutTraining:
         if self.steps < 1 or self.context < 1:
             raise ValueError(f"rollout training needs steps >= 1 and context >= 1, got {self.steps}, {self.context}")
 
+    def observed(self, frames: torch.Tensor) -> torch.Tensor | None:
+        """Recorded frames the sampling reads as history in place of its own (generate's observed=): none here."""
+        return None
+
     def own_frames(self, net, frames: torch.Tensor, actions: torch.Tensor, seed: int) -> torch.Tensor:
-        """The model's frames after the context, (B, 1, F - context, C, H, W): a streamed rollout from the recorded
+        """The model's frames after the context, (B, 1, F - context, C, H, W): a streamed pass from the recorded
         context driven by the recorded actions. net.run: under FSDP2 the sharded weights are gathered."""
-        return net.run(generate, net, frames[:, : self.context], actions, steps=self.steps, seed=seed,
-                       window=frames.shape[1])
+        return net.run(generate, net, frames[:, : self.context], actions, observed=self.observed(frames),
+                       steps=self.steps, seed=seed, window=frames.shape[1])
 
     def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         f = frames.shape[1]
@@ -82,6 +86,5 @@ class OneStepHistory(RolloutTraining):
     frame i from a history, and an anchor x_{i-1}, that are slightly wrong in the way its own frames are. Costs
     what RolloutTraining does (one streamed pass over the clip)."""
 
-    def own_frames(self, net, frames: torch.Tensor, actions: torch.Tensor, seed: int) -> torch.Tensor:
-        return net.run(generate, net, frames[:, : self.context], actions, observed=frames[:, self.context :],
-                       steps=self.steps, seed=seed, window=frames.shape[1])
+    def observed(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames[:, self.context :]

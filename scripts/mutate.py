@@ -147,7 +147,7 @@ MUTATIONS = [
     Mutation("data loader workers die of the stop signals", "scd/train.py",
              "worker_init_fn=leave_stop_signals_to_the_main_process", "worker_init_fn=None", ("tests/test_train.py",)),
     Mutation("one-step history samples a rollout instead", "scd/objectives.py",
-             "actions, observed=frames[:, self.context :],", "actions,", ("tests/test_train.py",)),
+             "        return frames[:, self.context :]\n", "        return None\n", ("tests/test_train.py",)),
     Mutation("results saved before a setting existed are refused", "scd/evaluate.py",
              "record[\"settings\"] = {**EvalSettings().to_dict(), **record[\"settings\"]}",
              "record[\"settings\"] = record[\"settings\"]", ("tests/test_eval.py",)),
