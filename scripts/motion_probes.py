@@ -27,7 +27,8 @@ import torch
 from scd.checkpoint import load_checkpoint
 from scd.data.store import VideoStore, frames_to_model
 from scd.evaluate import EvalSettings, generate_trajectories
-from scd.metrics import lpips, motion, psnr, sharpness, ssim
+from scd.metrics import motion, psnr, sharpness
+from scd.metrics.scores import frame_scores
 from scd.sampling import Streamer
 
 CONTEXT, HORIZON, WINDOW = 4, 16, 15
@@ -179,10 +180,10 @@ def anchor_probe(model, store, episodes: int, sampler: dict) -> str:
                 own_anchor = None if recorded_history == recorded_anchor else \
                     (latents[:, CONTEXT + i] if recorded_anchor else frame)
             pred = model.codec.decode_pixels(torch.stack(out, dim=1).float())  # (1, H, 3, h, w)
-            real = frames_to_model(frames[CONTEXT:])[None]
-            scores["ssim"].append(ssim(pred, real)[0])
-            scores["lpips"].append(lpips(pred, real)[0])
-            scores["sharpness"].append((sharpness(pred) / sharpness(real).clamp(min=1e-6))[0])
+            real = frames_to_model(frames)
+            scored = frame_scores(pred, real[None, CONTEXT:], real[CONTEXT - 1][None])  # {measure: (1, H)}
+            for k in scores:
+                scores[k].append(scored[k][0])
         curves = {k: torch.stack(v).mean(0) for k, v in scores.items()}
         lines.append(f"  {mode}: " + "; ".join(
             f"{k} " + "/".join(f"{curves[k][h - 1]:.3f}" for h in marks) for k in curves))
