@@ -11,16 +11,20 @@ rollout scheme) is one more small class here.
 - `OneStepHistory`: the history is the model's one-step predictions, each from the recorded frames before it:
   every history frame (and change prediction's anchor) carries one step's error, and the recorded targets stay
   consistent with the recorded past the predictions came from.
+- `AdversarialRollout`: teacher forcing plus a critic's verdict on frames rendered from the model's own rollout
+  history (gradient through the few sampling steps of each frame, not through the history): a target that does
+  not depend on the recorded future, so the model can learn to keep its rollouts sharp without averaging futures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .flow import FlowConfig, flow_matching_loss
-from .sampling import generate
+from .critic import FrameCritic
+from .flow import FlowConfig, flow_matching_loss, interpolate
+from .sampling import euler_sample, flow_schedule, generate
 from .surgery import Surgery, operated
 
 
@@ -88,3 +92,96 @@ class OneStepHistory(RolloutTraining):
 
     def observed(self, frames: torch.Tensor) -> torch.Tensor:
         return frames[:, self.context :]
+
+
+@dataclass(frozen=True)
+class AdversarialRollout(RolloutTraining):
+    """Loss = flow matching (teacher forcing) + `weight` x the hinge generator loss -D(x^_i) of frames x^_i >=
+    `context` rendered from the model's own rollout history: the same `steps`-step sampler as inference (the model's
+    temperature and shift), with gradient through those steps and the frame's context pass, none through the
+    history. Before that, every call takes one step of the critic D (its own AdamW, lr `critic_lr`) on the hinge
+    loss relu(1 - D(recorded frame)) + relu(1 + D(rendered frame)) over the same clip positions.
+
+    The critic and its optimiser are training state (`state_dict`, saved with the trainer's); it runs in one
+    process (each rank would train its own critic). Cost per step: the rollout of RolloutTraining, one more context
+    pass and `steps` decoder passes with gradient, and the critic's two passes."""
+
+    critic: FrameCritic | None = None
+    weight: float = 0.05
+    critic_lr: float = 1e-4
+    critic_optimizer: torch.optim.Optimizer = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.critic is None:
+            raise ValueError("adversarial training needs a critic: FrameCritic(model.config.frame_shape)")
+        if not self.weight > 0 or not self.critic_lr > 0:
+            raise ValueError(f"adversarial weight and critic_lr must be > 0, got {self.weight}, {self.critic_lr}")
+        optimizer = torch.optim.AdamW(self.critic.parameters(), lr=self.critic_lr, betas=(0.0, 0.99))
+        object.__setattr__(self, "critic_optimizer", optimizer)
+
+    # -- training state, saved beside the model's --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"critic": self.critic.state_dict(), "critic_optimizer": self.critic_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+    def to(self, device) -> "AdversarialRollout":
+        self.critic.to(device)
+        return self
+
+    # -- the game ----------------------------------------------------------------------------------------------
+    def rendered_frames(self, net, history: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Every frame i of the clip rendered from history frames < i, as inference renders it (history read at
+        the model's history noise, the sampler's starting noise at its temperature): history (B, F, C, H, W),
+        actions (B, F) -> frames (B, F, C, H, W), differentiable through the sampling, not the history."""
+        cfg = net.config
+        if cfg.arch == "scd" and cfg.encoder_input != "previous_frame":
+            raise ValueError(f"adversarial training renders frames as a rollout does; an SCD encoder reading the "
+                             f"current frame ({cfg.encoder_input!r}) is not supported")
+        history = history.detach()
+        history_t = torch.full(history.shape[:2], cfg.history_noise, device=history.device)
+        read = interpolate(history, torch.randn_like(history), history_t) if cfg.history_noise else history
+        ctx = net.training_context(read, actions, history_t)
+        b, f = history.shape[:2]
+        noise = cfg.sample_temperature * torch.randn_like(history)
+        schedule = flow_schedule(self.steps, cfg.sample_shift, device=history.device)
+        sample = euler_sample(lambda x, t: net.velocity(x, t[:, None].expand(b, f), ctx, actions), noise, schedule)
+        anchor = None
+        if net.prediction.needs_anchor:  # x_{i-1} as the rollout read it (frame 0's anchor: zeros, never scored)
+            anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)
+        frames = net.prediction.to_frame(sample, anchor)
+        return frames if cfg.frame_range is None else frames.clamp(*cfg.frame_range)
+
+    def critic_step(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+        """One hinge-loss step of the critic on recorded and rendered frames (..., C, H, W), in float32."""
+        with torch.autocast(real.device.type, enabled=False):
+            loss = (torch.relu(1 - self.critic(real.detach())).mean()
+                    + torch.relu(1 + self.critic(fake.detach())).mean())
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.critic_optimizer.step()
+        self.critic.zero_grad(set_to_none=True)
+
+    def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        net = getattr(model, "module", model)
+        if net is not model:
+            raise ValueError("adversarial training runs in one process (each rank would train its own critic)")
+        f = frames.shape[1]
+        if f <= self.context:
+            raise ValueError(f"adversarial training with {self.context} context frames needs clips longer than "
+                             f"that, got {f} frames")
+        seed = int(torch.randint(2**62, ()))
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            own = self.own_frames(net, frames, actions, seed)
+        net.train(was_training)
+        history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
+        fake = self.rendered_frames(net, history, actions)[:, self.context :]  # (B, F - context, C, H, W)
+        self.critic_step(frames[:, self.context :], fake)
+        with torch.autocast(frames.device.type, enabled=False):
+            generator = -self.critic(fake.float()).mean()
+        return flow_matching_loss(model, frames, actions, self.flow) + self.weight * generator

@@ -42,7 +42,8 @@ from .config import SAMPLER_DEFAULTS, ModelConfig
 from .fileio import atomic_write_text
 from .flow import FlowConfig
 from .models import WorldModel, build_model
-from .objectives import FlowMatching, OneStepHistory, RolloutTraining
+from .critic import FrameCritic
+from .objectives import AdversarialRollout, FlowMatching, OneStepHistory, RolloutTraining
 from .parallel import SingleProcess, strategy
 from .plots import pyplot, save_figure
 from .surgery import Surgery
@@ -75,6 +76,11 @@ class TrainConfig:
     rollout_context: int = 1
     # each sampled history frame from the recorded frames before it (objectives.OneStepHistory), not a rollout
     rollout_one_step: bool = False
+    # Adversarial rollout training (objectives.AdversarialRollout) when > 0: teacher forcing plus this weight times
+    # a critic's verdict on frames rendered from the model's own rollout (rollout_steps, rollout_context); the
+    # critic (critic.FrameCritic) learns at critic_lr.
+    adversarial_weight: float = 0.0
+    critic_lr: float = 1e-4
     # Clips per forward pass (gradient accumulation; None: each process's whole share of `batch`). Each micro-batch
     # draws its noise from a stream seeded by (seed, step, its index in the global batch), so runs with the same
     # batch and micro_batch give the same losses on any number of processes.
@@ -103,6 +109,12 @@ class TrainConfig:
             problems.append(f"rollout_context ({self.rollout_context}) must be shorter than clip_len ({self.clip_len})")
         if self.rollout_one_step and not self.rollout_steps:
             problems.append("rollout_one_step needs rollout_steps >= 1 (the Euler steps of the sampled history)")
+        if self.adversarial_weight < 0 or not self.critic_lr > 0:
+            problems.append(f"adversarial_weight must be >= 0 and critic_lr > 0, got {self.adversarial_weight}, "
+                            f"{self.critic_lr}")
+        elif self.adversarial_weight and (not self.rollout_steps or self.rollout_one_step):
+            problems.append("adversarial_weight needs rollout_steps >= 1 (the Euler steps of the rollout and of the "
+                            "rendered frames) and no rollout_one_step")
         if self.rollout_steps and self.surgery is not None:
             problems.append("rollout training does not combine with a surgery")
         if self.micro_batch is not None and not 1 <= self.micro_batch <= self.batch:
@@ -124,8 +136,14 @@ class TrainConfig:
             options["flow"] = FlowConfig.from_dict(options["flow"])
         return cls(**options)
 
-    def objective(self):
-        """The training objective these options describe."""
+    def objective(self, model: WorldModel | None = None):
+        """The training objective these options describe (an adversarial one builds its critic for `model`)."""
+        if self.adversarial_weight:
+            if model is None:
+                raise ValueError("adversarial training builds a critic for the model's frames: pass the model")
+            return AdversarialRollout(self.flow, self.rollout_steps, self.rollout_context,
+                                      critic=FrameCritic(model.config.frame_shape), weight=self.adversarial_weight,
+                                      critic_lr=self.critic_lr)
         if self.rollout_steps:
             kind = OneStepHistory if self.rollout_one_step else RolloutTraining
             return kind(self.flow, self.rollout_steps, self.rollout_context)
@@ -307,7 +325,12 @@ class Trainer:
         # what the objective calls: the model, its DistributedDataParallel wrapper, or the model sharded in place
         self.net = self.parallel.wrap(self.model, self.device)
         self.dataset, self.cfg = dataset, cfg
-        self.objective = objective or cfg.objective()  # objective(model, frames, actions) -> loss
+        self.objective = objective or cfg.objective(self.model)  # objective(model, frames, actions) -> loss
+        if hasattr(self.objective, "state_dict"):  # an objective with its own training state (a critic)
+            if self.procs.world > 1:
+                raise ValueError(f"{type(self.objective).__name__} trains its own state in one process, "
+                                 f"not {self.procs.world}")
+            self.objective.to(self.device)
         self.out_dir = Path(out_dir)
         self.data_info = data_info or {}
         self.init_from: dict | None = None  # the checkpoint whose weights started the run (start_record)
@@ -336,7 +359,10 @@ class Trainer:
         """Optimiser (full, torch's layout), schedule and step, on the main process; every process calls it."""
         # no generator states: every random stream is seeded from (seed, step, part) (stream_seed)
         optimizer = self.parallel.optimizer_state(self.model, self.optimizer, self.procs.main)
-        return {"step": self.step, "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
+        state = {"step": self.step, "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
+        if hasattr(self.objective, "state_dict"):
+            state["objective"] = self.objective.state_dict()
+        return state
 
     def save(self) -> Path | None:
         """Checkpoint the current step. Every process calls it (a sharded model is gathered); rank 0 writes and
@@ -384,6 +410,11 @@ class Trainer:
         state = load_trainer_state(path)
         self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if hasattr(self.objective, "load_state_dict"):
+            if "objective" not in state:
+                raise ValueError(f"cannot resume {config['path']} with {type(self.objective).__name__}: the "
+                                 f"checkpoint has no state of it (made by another objective)")
+            self.objective.load_state_dict(state["objective"])
         self.step = int(state["step"])
         self.init_from = config.get("init_from")
 

@@ -31,6 +31,7 @@ TRAINING_OPTIONS = {
     "weight_decay": "weight_decay", "grad_clip": "grad_clip", "ema": "ema_decay", "bf16": "bf16",
     "ckpt_every": "ckpt_every", "log_every": "log_every", "seed": "seed", "rollout_steps": "rollout_steps",
     "rollout_context": "rollout_context", "rollout_one_step": "rollout_one_step", "micro_batch": "micro_batch",
+    "adversarial_weight": "adversarial_weight", "critic_lr": "critic_lr",
     "K": "flow.K", "eta": "flow.context_noise",
     "timesteps": "flow.timesteps", "shift": "flow.shift", "action_dropout": "flow.action_dropout",
     "encoder_t_min": "flow.encoder_t_min", "history_noise": "flow.history_noise",
@@ -218,6 +219,11 @@ def add_train_parser(sub) -> None:
                type=at_least(1))
     add_option(p, "--rollout-one-step", TrainConfig, "rollout_one_step", "with --rollout-steps: each history frame "
                "is the model's prediction from the recorded frames before it (one step's error), not a rollout")
+    add_option(p, "--adversarial-weight", TrainConfig, "adversarial_weight", "with --rollout-steps: add this "
+               "weight times a critic's verdict on frames rendered from the model's own rollout (0 = off)",
+               metavar="W", type=at_least(0.0, float))
+    add_option(p, "--critic-lr", TrainConfig, "critic_lr", "learning rate of the adversarial critic",
+               type=positive())
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--no-resume", action="store_true", help="do not continue from checkpoints in --out")
     p.add_argument("--time-limit", type=positive(), help="stop (with a checkpoint) after this many seconds; "
