@@ -99,8 +99,9 @@ class AdversarialRollout(RolloutTraining):
     """Loss = flow matching (teacher forcing) + `weight` x the hinge generator loss -D(x^_i) of frames x^_i >=
     `context` rendered from the model's own rollout history: the same `steps`-step sampler as inference (the model's
     temperature and shift), with gradient through those steps and the frame's context pass, none through the
-    history. Before that, every call takes one step of the critic D (its own AdamW, lr `critic_lr`) on the hinge
-    loss relu(1 - D(recorded frame)) + relu(1 + D(rendered frame)) over the same clip positions.
+    history. D reads each frame beside the clip's last recorded context frame (critic.FrameCritic). Before that,
+    every call takes one step of the critic (its own AdamW, lr `critic_lr`) on the hinge loss
+    relu(1 - D(recorded frame)) + relu(1 + D(rendered frame)) over the same clip positions.
 
     The critic and its optimiser are training state (`state_dict`, saved with the trainer's); it runs in one
     process (each rank would train its own critic). Cost per step: the rollout of RolloutTraining, one more context
@@ -155,11 +156,13 @@ class AdversarialRollout(RolloutTraining):
         frames = net.prediction.to_frame(sample, anchor)
         return frames if cfg.frame_range is None else frames.clamp(*cfg.frame_range)
 
-    def critic_step(self, real: torch.Tensor, fake: torch.Tensor) -> None:
-        """One hinge-loss step of the critic on recorded and rendered frames (..., C, H, W), in float32."""
+    def critic_step(self, real: torch.Tensor, fake: torch.Tensor, context: torch.Tensor) -> None:
+        """One hinge-loss step of the critic on recorded and rendered frames (..., C, H, W), each read beside its
+        clip's last context frame (like them), in float32."""
         with torch.autocast(real.device.type, enabled=False):
-            loss = (torch.relu(1 - self.critic(real.detach())).mean()
-                    + torch.relu(1 + self.critic(fake.detach())).mean())
+            context = context.detach().float()
+            loss = (torch.relu(1 - self.critic(real.detach().float(), context)).mean()
+                    + torch.relu(1 + self.critic(fake.detach().float(), context)).mean())
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.critic_optimizer.step()
@@ -181,7 +184,8 @@ class AdversarialRollout(RolloutTraining):
         net.train(was_training)
         history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
         fake = self.rendered_frames(net, history, actions)[:, self.context :]  # (B, F - context, C, H, W)
-        self.critic_step(frames[:, self.context :], fake)
+        context = frames[:, self.context - 1 : self.context].expand_as(fake)  # the last recorded frame, per frame
+        self.critic_step(frames[:, self.context :], fake, context)
         with torch.autocast(frames.device.type, enabled=False):
-            generator = -self.critic(fake.float()).mean()
+            generator = -self.critic(fake.float(), context.float()).mean()
         return flow_matching_loss(model, frames, actions, self.flow) + self.weight * generator

@@ -37,15 +37,23 @@ def test_rendered_frames_are_the_frames_a_rollout_renders_from_that_history(arch
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_the_critic_learns_to_tell_recorded_from_rendered_frames():
+def test_the_critic_learns_which_frames_continue_their_context():
+    """Recorded continuations are their context frame plus a little change, rendered ones are another world of the
+    same statistics: only reading the context tells them apart."""
     adversarial = objective(critic_lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    real = torch.sign(torch.randn(8, *FRAME, generator=g))  # sharp frames
-    fake = 0.1 * torch.randn(8, *FRAME, generator=g)  # washed-out ones
-    for _ in range(60):
-        adversarial.critic_step(real, fake)
+
+    def batch():  # fresh draws every time: the critic cannot learn the samples themselves
+        context = torch.sign(torch.randn(8, *FRAME, generator=g))
+        real = context + 0.1 * torch.randn(8, *FRAME, generator=g)
+        fake = torch.sign(torch.randn(8, *FRAME, generator=g)) + 0.1 * torch.randn(8, *FRAME, generator=g)
+        return real, fake, context
+
+    for _ in range(80):
+        adversarial.critic_step(*batch())
+    real, fake, context = batch()
     with torch.no_grad():
-        assert adversarial.critic(real).min() > adversarial.critic(fake).max()
+        assert adversarial.critic(real, context).min() > adversarial.critic(fake, context).max()
     assert all(p.grad is None for p in adversarial.critic.parameters())  # nothing left for the model's step
 
 
@@ -59,11 +67,12 @@ def test_the_generator_term_moves_rendered_frames_towards_what_the_critic_calls_
     adversarial = objective(weight=1.0)
     adversarial.critic.eval()  # spectral norm's power iteration would move the critic at every call
     monkeypatch.setattr(scd.objectives, "flow_matching_loss", lambda *a, **k: torch.zeros(()))
-    monkeypatch.setattr(AdversarialRollout, "critic_step", lambda self, real, fake: None)
+    monkeypatch.setattr(AdversarialRollout, "critic_step", lambda self, real, fake, context: None)
 
     def score() -> float:
         with torch.no_grad():
-            return adversarial.critic(adversarial.rendered_frames(model, frames, actions)[:, 2:]).mean().item()
+            rendered = adversarial.rendered_frames(model, frames, actions)[:, 2:]
+            return adversarial.critic(rendered, frames[:, 1:2].expand_as(rendered)).mean().item()
 
     monkeypatch.setattr(AdversarialRollout, "own_frames", lambda self, net, f, a, seed: f[:, None, 2:])  # recorded
     before = score()
@@ -104,7 +113,9 @@ def test_adversarial_options_are_checked():
     built = cfg.objective(tiny("scd"))
     assert isinstance(built, AdversarialRollout) and built.critic.frame_shape == FRAME and built.weight == 0.1
     with pytest.raises(ValueError, match=r"the critic scores frames of shape \(3, 16, 16\), got \(3, 8, 8\)"):
-        built.critic(torch.zeros(2, 3, 8, 8))
+        built.critic(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="one context frame per frame"):
+        built.critic(torch.zeros(2, *FRAME), torch.zeros(1, *FRAME))
     with pytest.raises(ValueError, match="H and W must be divisible by 4"):
         FrameCritic((3, 6, 8))
     with pytest.raises(ValueError, match="encoder reading the current frame"):
