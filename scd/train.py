@@ -445,7 +445,8 @@ class Trainer:
         losses = [float(r["loss"]) for r in rows]
         fig, ax = pyplot().subplots(figsize=(6, 3.5))
         ax.plot(steps, losses, lw=1)
-        ax.set(xlabel="step", ylabel="flow-matching loss", yscale="log",
+        # an adversarial objective's loss adds the critic's (signed) score: no log scale then
+        ax.set(xlabel="step", ylabel="training loss", yscale="log" if min(losses) > 0 else "linear",
                title=f"{self.model.config.arch} training loss")
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -160,6 +160,21 @@ MUTATIONS = [
     Mutation("teacher-forced motion measured from the generated frame before", "scd/metrics/scores.py",
              "pred_before = real_before if recorded_history else", "pred_before = real_before if False else",
              ("tests/test_eval.py",)),
+    Mutation("adversarial frames carry gradient into the history", "scd/objectives.py",
+             "        history = history.detach()\n", "", ("tests/test_adversarial.py",)),
+    Mutation("adversarial frames rendered without the anchor's previous frame", "scd/objectives.py",
+             "torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)", "history",
+             ("tests/test_adversarial.py",)),
+    Mutation("critic hinge rewards rendered frames", "scd/objectives.py",
+             "torch.relu(1 + self.critic(fake.detach().float(), context))",
+             "torch.relu(1 - self.critic(fake.detach().float(), context))", ("tests/test_adversarial.py",)),
+    Mutation("generator term pushes away from what the critic calls recorded", "scd/objectives.py",
+             "generator = -self.critic(", "generator = self.critic(", ("tests/test_adversarial.py",)),
+    Mutation("critic ignores the context frame", "scd/critic.py",
+             "torch.cat([frames, context], dim=-3)", "torch.cat([frames, 0 * context], dim=-3)",
+             ("tests/test_adversarial.py",)),
+    Mutation("a resumed run starts a fresh critic", "scd/train.py",
+             "            self.objective.load_state_dict(state[\"objective\"])\n", "", ("tests/test_adversarial.py",)),
 ]
 
 
