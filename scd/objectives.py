@@ -65,19 +65,23 @@ class RolloutTraining:
         return net.run(generate, net, frames[:, : self.context], actions, observed=self.observed(frames),
                        steps=self.steps, seed=seed, window=frames.shape[1])
 
-    def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def history(self, net, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The recorded context, then the model's own frames (B, F, C, H, W), sampled without gradient by the
+        module `net` (not a DDP wrapper: no gradient to sync)."""
         f = frames.shape[1]
         if f <= self.context:
             raise ValueError(f"rollout training with {self.context} context frames needs clips longer than that, "
                              f"got {f} frames")
         seed = int(torch.randint(2**62, ()))  # from the step's seeded stream: a resumed run draws the same rollouts
-        net = getattr(model, "module", model)  # a DDP wrapper: sample with the module (no gradient to sync)
         was_training = net.training
         net.eval()
         with torch.no_grad():
             own = self.own_frames(net, frames, actions, seed)
         net.train(was_training)
-        history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
+        return torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
+
+    def __call__(self, model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        history = self.history(getattr(model, "module", model), frames, actions)
         return flow_matching_loss(model, frames, actions, self.flow, history=history)
 
 
@@ -172,18 +176,7 @@ class AdversarialRollout(RolloutTraining):
         net = getattr(model, "module", model)
         if net is not model:
             raise ValueError("adversarial training runs in one process (each rank would train its own critic)")
-        f = frames.shape[1]
-        if f <= self.context:
-            raise ValueError(f"adversarial training with {self.context} context frames needs clips longer than "
-                             f"that, got {f} frames")
-        seed = int(torch.randint(2**62, ()))
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            own = self.own_frames(net, frames, actions, seed)
-        net.train(was_training)
-        history = torch.cat([frames[:, : self.context], own[:, 0].to(frames.dtype)], dim=1)
-        fake = self.rendered_frames(net, history, actions)[:, self.context :]  # (B, F - context, C, H, W)
+        fake = self.rendered_frames(net, self.history(net, frames, actions), actions)[:, self.context :]  # (B, F - context, C, H, W)
         context = frames[:, self.context - 1 : self.context].expand_as(fake)  # the last recorded frame, per frame
         self.critic_step(frames[:, self.context :], fake, context)
         with torch.autocast(frames.device.type, enabled=False):
