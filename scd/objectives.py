@@ -112,7 +112,7 @@ class AdversarialRollout(RolloutTraining):
     pass and `steps` decoder passes with gradient, and the critic's two passes."""
 
     critic: FrameCritic | None = None
-    weight: float = 0.05
+    weight: float = 0.03
     critic_lr: float = 1e-4
     critic_optimizer: torch.optim.Optimizer = field(init=False, repr=False, compare=False)
 
@@ -176,7 +176,8 @@ class AdversarialRollout(RolloutTraining):
         net = getattr(model, "module", model)
         if net is not model:
             raise ValueError("adversarial training runs in one process (each rank would train its own critic)")
-        fake = self.rendered_frames(net, self.history(net, frames, actions), actions)[:, self.context :]  # (B, F - context, C, H, W)
+        history = self.history(net, frames, actions)
+        fake = self.rendered_frames(net, history, actions)[:, self.context :]  # (B, F - context, C, H, W)
         context = frames[:, self.context - 1 : self.context].expand_as(fake)  # the last recorded frame, per frame
         self.critic_step(frames[:, self.context :], fake, context)
         with torch.autocast(frames.device.type, enabled=False):
