@@ -122,3 +122,11 @@ def test_adversarial_options_are_checked():
         objective().rendered_frames(tiny("scd", encoder_input="noisy_current"), *clip(b=1, f=3))
     with pytest.raises(ValueError, match="needs clips longer than that"):
         objective()(tiny("scd"), *clip(b=1, f=2))
+
+
+def test_resuming_a_run_of_another_objective_with_a_critic_is_refused(tmp_path):
+    cfg = TrainConfig(steps=1, batch=2, clip_len=4, ckpt_every=1, rollout_steps=2, rollout_context=2)
+    train(tiny_config("scd"), MovingSquares(), tmp_path, cfg, progress=False)
+    with pytest.raises(ValueError, match="with AdversarialRollout: the checkpoint has no state of it"):
+        train(tiny_config("scd"), MovingSquares(), tmp_path,
+              TrainConfig(**{**cfg.__dict__, "steps": 2, "adversarial_weight": 0.1}), progress=False)
