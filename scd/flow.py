@@ -170,6 +170,16 @@ def corrupt_history(frames: torch.Tensor, max_t: float) -> tuple[torch.Tensor, t
     return interpolate(frames, torch.randn_like(frames), tau), tau
 
 
+def anchors(prediction, history: torch.Tensor, read: torch.Tensor) -> torch.Tensor | None:
+    """Change prediction's anchor x_{i-1} of every frame of a clip: the history frame before it, as the model read
+    it (`read`, after history noise) or before corruption (`history`), as `prediction` says; frame 0's is zeros (it
+    has no x_{i-1}, and carries no loss). None for predictions without an anchor. (B, F, C, H, W)."""
+    if not prediction.needs_anchor:
+        return None
+    past = read if prediction.anchor_is_read else history
+    return torch.cat([torch.zeros_like(past[:, :1]), past[:, :-1]], dim=1)
+
+
 def repeat_batch(tree, k: int):
     """Stack k copies of every tensor in `tree` (a tensor or a tuple of them) along the batch dim."""
     return torch.utils._pytree.tree_map(lambda x: x.repeat(k, *[1] * (x.ndim - 1)), tree)
@@ -189,11 +199,7 @@ def flow_matching_loss(model, frames: torch.Tensor, actions: torch.Tensor, cfg: 
     clean_history = history
     history, history_t = corrupt_history(history, cfg.history_noise)
     # the flow variable: the frames, or (change prediction) their change from x_{i-1}, before or after corruption
-    anchor = None
-    if net.prediction.needs_anchor:
-        past = history if net.prediction.anchor_is_read else clean_history
-        anchor = torch.cat([torch.zeros_like(past[:, :1]), past[:, :-1]], dim=1)
-    x = net.prediction.to_flow(frames, anchor)  # (B, F, C, H, W)
+    x = net.prediction.to_flow(frames, anchors(net.prediction, clean_history, history))  # (B, F, C, H, W)
     # the K draws share one context pass: targets stacked along the batch, (K*B, F, C, H, W)
     x_k = repeat_batch(x, cfg.K)
     t = sample_timesteps(x_k.shape[:2], cfg, device=x.device)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .critic import FrameCritic
-from .flow import FlowConfig, flow_matching_loss, interpolate
+from .flow import FlowConfig, anchors, flow_matching_loss, interpolate
 from .sampling import euler_sample, flow_schedule, generate
 from .surgery import Surgery, operated
 
@@ -154,19 +154,16 @@ class AdversarialRollout(RolloutTraining):
         noise = cfg.sample_temperature * torch.randn_like(history)
         schedule = flow_schedule(self.steps, cfg.sample_shift, device=history.device)
         sample = euler_sample(lambda x, t: net.velocity(x, t[:, None].expand(b, f), ctx, actions), noise, schedule)
-        anchor = None
-        if net.prediction.needs_anchor:  # x_{i-1} as the rollout read it (frame 0's anchor: zeros, never scored)
-            anchor = torch.cat([torch.zeros_like(history[:, :1]), history[:, :-1]], dim=1)
-        frames = net.prediction.to_frame(sample, anchor)
+        frames = net.prediction.to_frame(sample, anchors(net.prediction, history, read))  # frame 0's: never scored
         return frames if cfg.frame_range is None else frames.clamp(*cfg.frame_range)
 
     def critic_step(self, real: torch.Tensor, fake: torch.Tensor, context: torch.Tensor) -> None:
         """One hinge-loss step of the critic on recorded and rendered frames (..., C, H, W), each read beside its
         clip's last context frame (like them), in float32."""
         with torch.autocast(real.device.type, enabled=False):
-            context = context.detach().float()
-            loss = (torch.relu(1 - self.critic(real.detach().float(), context)).mean()
-                    + torch.relu(1 + self.critic(fake.detach().float(), context)).mean())
+            context = context.detach()
+            loss = (torch.relu(1 - self.critic(real.detach(), context)).mean()
+                    + torch.relu(1 + self.critic(fake.detach(), context)).mean())
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.critic_optimizer.step()
@@ -181,5 +178,5 @@ class AdversarialRollout(RolloutTraining):
         context = frames[:, self.context - 1 : self.context].expand_as(fake)  # the last recorded frame, per frame
         self.critic_step(frames[:, self.context :], fake, context)
         with torch.autocast(frames.device.type, enabled=False):
-            generator = -self.critic(fake.float(), context.float()).mean()
+            generator = -self.critic(fake, context).mean()
         return flow_matching_loss(model, frames, actions, self.flow) + self.weight * generator
